@@ -1,0 +1,19 @@
+//! The contract between sidetrace's components.
+//!
+//! The webhook writes a pod spec, the init container programs iptables from its arguments, the
+//! sidecar listens on ports and reads a config file the operator renders. Each of those is a
+//! promise between two binaries; this crate is the one place where those promises are written,
+//! with no Kubernetes client dependency so that the sidecar and the init container stay small.
+//!
+//! - [`names`]: labels, annotations, container names, env var names.
+//! - [`defaults`]: ports, uid/gid and other well-known values (Istio's, so rules read familiar).
+//! - [`proxy_config`]: the YAML file the operator renders into a ConfigMap and
+//!   `sidetrace-proxy --config` reads.
+
+pub mod defaults;
+pub mod names;
+pub mod proxy_config;
+
+pub use proxy_config::{
+    Direction, OperationRule, PortSpec, PropagationFormat, Protocol, ProxyConfig, ProxyConfigError,
+};

@@ -1,0 +1,69 @@
+//! Names shared by the webhook, the operator, the init container and the sidecar.
+
+/// API group of every sidetrace resource.
+pub const API_GROUP: &str = "sidetrace.dev";
+/// API version of the TracedService resource.
+pub const API_VERSION: &str = "v1alpha1";
+
+/// Namespace label (`enabled`) and pod label (`true`/`false`) that switch injection on or off.
+pub const INJECT_LABEL: &str = "sidetrace.dev/inject";
+/// Value of [`INJECT_LABEL`] on a namespace that turns injection on.
+pub const INJECT_NAMESPACE_ENABLED: &str = "enabled";
+
+/// Pod annotation the webhook writes describing what it injected (JSON).
+pub const STATUS_ANNOTATION: &str = "sidetrace.dev/status";
+
+/// Per-pod override annotations.
+pub mod annotations {
+    /// Service name reported in spans.
+    pub const SERVICE_NAME: &str = "sidetrace.dev/service-name";
+    /// Sampling rate, a decimal in 0..=1.
+    pub const SAMPLING: &str = "sidetrace.dev/sampling";
+    /// Comma-separated inbound ports that are not captured.
+    pub const EXCLUDE_INBOUND_PORTS: &str = "sidetrace.dev/exclude-inbound-ports";
+    /// Comma-separated outbound ports that are not captured.
+    pub const EXCLUDE_OUTBOUND_PORTS: &str = "sidetrace.dev/exclude-outbound-ports";
+    /// Comma-separated outbound CIDRs that are not captured.
+    pub const EXCLUDE_OUTBOUND_CIDRS: &str = "sidetrace.dev/exclude-outbound-cidrs";
+    /// CPU request/limit of the proxy container (Kubernetes quantity).
+    pub const PROXY_CPU: &str = "sidetrace.dev/proxy-cpu";
+    /// Memory request/limit of the proxy container (Kubernetes quantity).
+    pub const PROXY_MEMORY: &str = "sidetrace.dev/proxy-memory";
+    /// Log level of the proxy (error, warn, info, debug, trace).
+    pub const LOG_LEVEL: &str = "sidetrace.dev/log-level";
+}
+
+/// Name of the injected init container that programs iptables.
+pub const INIT_CONTAINER_NAME: &str = "sidetrace-init";
+/// Name of the injected sidecar proxy container.
+pub const PROXY_CONTAINER_NAME: &str = "sidetrace-proxy";
+/// Names of other meshes' proxies: a pod carrying one is never injected.
+pub const FOREIGN_PROXY_CONTAINERS: &[&str] = &["istio-proxy", "linkerd-proxy"];
+/// Volume under which the rendered sidecar config is mounted in the pod.
+pub const CONFIG_VOLUME_NAME: &str = "sidetrace-config";
+/// Directory where the config volume is mounted in the proxy container.
+pub const CONFIG_MOUNT_PATH: &str = "/etc/sidetrace";
+/// File name of the proxy config inside the ConfigMap and the mount.
+pub const CONFIG_FILE_NAME: &str = "proxy.yaml";
+
+/// Labels put on every ConfigMap the operator renders, so a watch can find them.
+pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
+/// Value of [`MANAGED_BY_LABEL`].
+pub const MANAGED_BY_VALUE: &str = "sidetrace-operator";
+/// Label on a rendered ConfigMap naming the TracedService it belongs to.
+pub const TRACED_SERVICE_LABEL: &str = "sidetrace.dev/traced-service";
+
+/// Environment variables the webhook sets and the sidecar reads (each matches a proxy flag).
+pub mod env {
+    pub const INBOUND_PORT: &str = "SIDETRACE_INBOUND_PORT";
+    pub const OUTBOUND_PORT: &str = "SIDETRACE_OUTBOUND_PORT";
+    pub const ADMIN_PORT: &str = "SIDETRACE_ADMIN_PORT";
+    pub const SERVICE_NAME: &str = "SIDETRACE_SERVICE_NAME";
+    pub const COLLECTOR: &str = "SIDETRACE_COLLECTOR";
+    pub const SAMPLING: &str = "SIDETRACE_SAMPLING";
+    pub const CONFIG: &str = "SIDETRACE_CONFIG";
+    pub const LOG_LEVEL: &str = "SIDETRACE_LOG_LEVEL";
+    pub const POD_NAME: &str = "SIDETRACE_POD_NAME";
+    pub const POD_NAMESPACE: &str = "SIDETRACE_POD_NAMESPACE";
+    pub const POD_IP: &str = "SIDETRACE_POD_IP";
+}

@@ -1,0 +1,411 @@
+//! The sidecar configuration file: what the operator renders from a TracedService into a
+//! ConfigMap and what `sidetrace-proxy --config` reads. One type for both sides, so they cannot
+//! drift. Field names are camelCase like the TracedService spec they come from.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// Errors from reading or validating a [`ProxyConfig`].
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyConfigError {
+    /// The text is not YAML of the expected shape; the message carries line and column.
+    #[error("config is not valid YAML of the expected shape: {0}")]
+    Parse(#[from] serde_yaml::Error),
+    /// A field has a value outside what the proxy accepts.
+    #[error("invalid value at {field}: {reason}")]
+    Invalid { field: String, reason: String },
+}
+
+impl ProxyConfigError {
+    /// Short label for metrics and logs.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Self::Parse(_) => "parse",
+            Self::Invalid { .. } => "invalid",
+        }
+    }
+}
+
+fn invalid(field: impl Into<String>, reason: impl Into<String>) -> ProxyConfigError {
+    ProxyConfigError::Invalid {
+        field: field.into(),
+        reason: reason.into(),
+    }
+}
+
+/// Application protocol spoken on an inbound port.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// Peek the first bytes and decide (HTTP/1, HTTP/2 prior knowledge, else opaque TCP).
+    #[default]
+    Auto,
+    /// HTTP/1.1.
+    Http,
+    /// HTTP/2 cleartext with prior knowledge.
+    Http2,
+    /// gRPC over HTTP/2 cleartext.
+    Grpc,
+    /// Opaque TCP: never parsed, never traced, no detection delay.
+    Tcp,
+}
+
+/// Direction of a request relative to the pod.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    /// A request the pod serves (SERVER span).
+    Inbound,
+    /// A request the pod makes (CLIENT span).
+    Outbound,
+}
+
+/// A trace-context header format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub enum PropagationFormat {
+    /// `x-b3-traceid`, `x-b3-spanid`, `x-b3-parentspanid`, `x-b3-sampled`, `x-b3-flags`.
+    #[serde(rename = "b3multi")]
+    B3Multi,
+    /// The single `b3` header.
+    #[serde(rename = "b3single")]
+    B3Single,
+    /// W3C `traceparent` / `tracestate`.
+    #[serde(rename = "w3c")]
+    W3c,
+}
+
+/// An inbound application port and the protocol spoken on it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PortSpec {
+    /// Container port number.
+    #[cfg_attr(feature = "schema", schemars(range(min = 1, max = 65535)))]
+    pub port: u16,
+    /// Protocol on this port; `auto` detects it from the first bytes.
+    #[serde(default)]
+    pub protocol: Protocol,
+}
+
+/// Names the spans of requests that match, like Envoy's `decorator.operation`.
+/// Every field that is set must match; the first matching rule wins.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct OperationRule {
+    /// Span name given to matching requests, e.g. `checkStock`.
+    #[cfg_attr(feature = "schema", schemars(length(min = 1, max = 128)))]
+    pub name: String,
+    /// Only requests in this direction; both when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub direction: Option<Direction>,
+    /// HTTP method, case-insensitive.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<String>,
+    /// Path prefix the request path must start with (query string excluded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_prefix: Option<String>,
+    /// Host (authority without port), case-insensitive; `*.example` matches subdomains.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+}
+
+impl OperationRule {
+    /// Whether a request matches this rule. `host` may carry a port, which is ignored.
+    pub fn matches(&self, direction: Direction, method: &str, path: &str, host: &str) -> bool {
+        if self.direction.is_some_and(|d| d != direction) {
+            return false;
+        }
+        if let Some(m) = &self.method {
+            if !m.eq_ignore_ascii_case(method) {
+                return false;
+            }
+        }
+        if let Some(prefix) = &self.path_prefix {
+            let path = path.split('?').next().unwrap_or(path);
+            if !path.starts_with(prefix.as_str()) {
+                return false;
+            }
+        }
+        if let Some(want) = &self.host {
+            let host = strip_port(host);
+            let matched = match want.strip_prefix("*.") {
+                Some(suffix) => host
+                    .len()
+                    .checked_sub(suffix.len() + 1)
+                    .is_some_and(|dot| {
+                        host.as_bytes()[dot] == b'.'
+                            && host[dot + 1..].eq_ignore_ascii_case(suffix)
+                    }),
+                None => want.eq_ignore_ascii_case(host),
+            };
+            if !matched {
+                return false;
+            }
+        }
+        true
+    }
+}
+
+fn strip_port(host: &str) -> &str {
+    if host.starts_with('[') {
+        // [v6]:port
+        return host.split(']').next().map_or(host, |h| &h[1..]);
+    }
+    match host.rsplit_once(':') {
+        Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) && !h.contains(':') => h,
+        _ => host,
+    }
+}
+
+/// The sidecar's configuration file.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ProxyConfig {
+    /// Service name in spans; the proxy's flag/env value when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_name: Option<String>,
+    /// Probability in 0..=1 that a new trace is sampled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sampling_rate: Option<f64>,
+    /// Inbound ports and their protocols; unlisted ports are auto-detected.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<PortSpec>,
+    /// Span naming rules, first match wins.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub operations: Vec<OperationRule>,
+    /// Formats written on forwarded requests; all formats are always read.
+    /// Empty means the default (B3 multi-header and W3C).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub propagation: Vec<PropagationFormat>,
+    /// Zipkin v2 endpoint spans are posted to; the proxy's flag/env value when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub collector: Option<String>,
+    /// Static tags added to every span.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub tags: BTreeMap<String, String>,
+    /// Request paths (exact, or prefix when ending in `*`) proxied but never traced.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub exclude_paths: Vec<String>,
+}
+
+/// Formats written when the config names none: B3 multi-header (what the Envoy demo's apps
+/// copy) and W3C (what OpenTelemetry SDKs read).
+pub const DEFAULT_PROPAGATION: &[PropagationFormat] =
+    &[PropagationFormat::B3Multi, PropagationFormat::W3c];
+
+impl ProxyConfig {
+    /// Parses and validates a YAML config file.
+    pub fn from_yaml(text: &str) -> Result<Self, ProxyConfigError> {
+        let config: Self = if text.trim().is_empty() {
+            Self::default()
+        } else {
+            serde_yaml::from_str(text)?
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Renders the config as YAML (stable field order, for ConfigMaps that do not churn).
+    pub fn to_yaml(&self) -> String {
+        // Serialising plain structs of strings and numbers cannot fail.
+        serde_yaml::to_string(self).unwrap_or_default()
+    }
+
+    /// Checks bounds the type system does not.
+    pub fn validate(&self) -> Result<(), ProxyConfigError> {
+        if let Some(name) = &self.service_name {
+            if name.trim().is_empty() {
+                return Err(invalid("serviceName", "must not be empty"));
+            }
+        }
+        if let Some(rate) = self.sampling_rate {
+            if !(0.0..=1.0).contains(&rate) || rate.is_nan() {
+                return Err(invalid(
+                    "samplingRate",
+                    format!("{rate} is outside 0..=1"),
+                ));
+            }
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for (i, p) in self.ports.iter().enumerate() {
+            if p.port == 0 {
+                return Err(invalid(format!("ports[{i}].port"), "must be in 1..=65535"));
+            }
+            if !seen.insert(p.port) {
+                return Err(invalid(
+                    format!("ports[{i}].port"),
+                    format!("port {} is listed twice", p.port),
+                ));
+            }
+        }
+        for (i, op) in self.operations.iter().enumerate() {
+            if op.name.trim().is_empty() {
+                return Err(invalid(format!("operations[{i}].name"), "must not be empty"));
+            }
+        }
+        if let Some(c) = &self.collector {
+            if !(c.starts_with("http://") || c.starts_with("https://")) {
+                return Err(invalid(
+                    "collector",
+                    format!("{c:?} is not an http:// or https:// URL"),
+                ));
+            }
+        }
+        for (i, p) in self.exclude_paths.iter().enumerate() {
+            if !p.starts_with('/') {
+                return Err(invalid(
+                    format!("excludePaths[{i}]"),
+                    format!("{p:?} does not start with '/'"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Formats to write on forwarded requests.
+    pub fn propagation_formats(&self) -> &[PropagationFormat] {
+        if self.propagation.is_empty() {
+            DEFAULT_PROPAGATION
+        } else {
+            &self.propagation
+        }
+    }
+
+    /// Protocol declared for an inbound port (`auto` when not declared).
+    pub fn protocol_for(&self, port: u16) -> Protocol {
+        self.ports
+            .iter()
+            .find(|p| p.port == port)
+            .map_or(Protocol::Auto, |p| p.protocol)
+    }
+
+    /// The name of the first matching operation rule.
+    pub fn operation_for(
+        &self,
+        direction: Direction,
+        method: &str,
+        path: &str,
+        host: &str,
+    ) -> Option<&str> {
+        self.operations
+            .iter()
+            .find(|r| r.matches(direction, method, path, host))
+            .map(|r| r.name.as_str())
+    }
+
+    /// Whether a request path is excluded from tracing.
+    pub fn is_excluded_path(&self, path: &str) -> bool {
+        let path = path.split('?').next().unwrap_or(path);
+        self.exclude_paths.iter().any(|p| match p.strip_suffix('*') {
+            Some(prefix) => path.starts_with(prefix),
+            None => path == p,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DEMO: &str = r#"
+serviceName: service1
+samplingRate: 0.5
+ports:
+  - port: 8080
+    protocol: http
+operations:
+  - name: checkStock
+    direction: outbound
+    pathPrefix: /trace/2
+propagation: [b3multi, b3single]
+collector: http://jaeger-collector:9411/api/v2/spans
+tags:
+  team: shop
+excludePaths: [/healthz, "/debug/*"]
+"#;
+
+    #[test]
+    fn parses_the_demo_config_and_round_trips() {
+        let c = ProxyConfig::from_yaml(DEMO).expect("valid");
+        assert_eq!(c.service_name.as_deref(), Some("service1"));
+        assert_eq!(c.protocol_for(8080), Protocol::Http);
+        assert_eq!(c.protocol_for(9090), Protocol::Auto);
+        assert_eq!(
+            c.propagation_formats(),
+            &[PropagationFormat::B3Multi, PropagationFormat::B3Single]
+        );
+        let again = ProxyConfig::from_yaml(&c.to_yaml()).expect("round trip");
+        assert_eq!(again, c);
+    }
+
+    #[test]
+    fn empty_file_is_the_default() {
+        let c = ProxyConfig::from_yaml("  \n").expect("empty is fine");
+        assert_eq!(c, ProxyConfig::default());
+        assert_eq!(c.propagation_formats(), DEFAULT_PROPAGATION);
+    }
+
+    #[test]
+    fn operation_rules_match_by_direction_method_path_and_host() {
+        let c = ProxyConfig::from_yaml(DEMO).expect("valid");
+        assert_eq!(
+            c.operation_for(Direction::Outbound, "GET", "/trace/2?x=1", "service2:8000"),
+            Some("checkStock")
+        );
+        assert_eq!(
+            c.operation_for(Direction::Inbound, "GET", "/trace/2", "service2"),
+            None
+        );
+        let rule = OperationRule {
+            name: "n".into(),
+            method: Some("post".into()),
+            host: Some("*.shop.svc".into()),
+            ..Default::default()
+        };
+        assert!(rule.matches(Direction::Inbound, "POST", "/", "cart.shop.svc:80"));
+        assert!(!rule.matches(Direction::Inbound, "GET", "/", "cart.shop.svc"));
+        assert!(!rule.matches(Direction::Inbound, "POST", "/", "shop.svc"));
+        assert!(!rule.matches(Direction::Inbound, "POST", "/", "xshop.svc"));
+    }
+
+    #[test]
+    fn excluded_paths_are_exact_or_prefix() {
+        let c = ProxyConfig::from_yaml(DEMO).expect("valid");
+        assert!(c.is_excluded_path("/healthz"));
+        assert!(c.is_excluded_path("/healthz?verbose"));
+        assert!(!c.is_excluded_path("/healthzz"));
+        assert!(c.is_excluded_path("/debug/pprof"));
+    }
+
+    #[test]
+    fn invalid_values_name_the_field() {
+        let cases = [
+            ("samplingRate: 1.5", "samplingRate"),
+            ("ports: [{port: 0}]", "ports[0].port"),
+            ("ports: [{port: 80}, {port: 80}]", "ports[1].port"),
+            ("operations: [{name: ' '}]", "operations[0].name"),
+            ("collector: jaeger:9411", "collector"),
+            ("excludePaths: [healthz]", "excludePaths[0]"),
+        ];
+        for (text, field) in cases {
+            let err = ProxyConfig::from_yaml(text).expect_err(text);
+            assert!(err.to_string().contains(field), "{text}: {err}");
+        }
+    }
+
+    #[test]
+    fn unknown_fields_and_bad_enums_are_parse_errors_with_a_location() {
+        let err = ProxyConfig::from_yaml("serviceName: a\nsampling: 1\n").expect_err("unknown");
+        assert!(err.to_string().contains("sampling"), "{err}");
+        assert!(err.to_string().contains("line 2"), "{err}");
+        let err = ProxyConfig::from_yaml("ports: [{port: 80, protocol: udp}]").expect_err("enum");
+        assert!(err.to_string().contains("udp"), "{err}");
+        let err = ProxyConfig::from_yaml("ports: [{port: 70000}]").expect_err("range");
+        assert_eq!(err.metric_label(), "parse");
+    }
+}

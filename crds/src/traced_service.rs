@@ -1,0 +1,235 @@
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector};
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use sidetrace_contract::{OperationRule, PortSpec, PropagationFormat, ProxyConfig};
+
+/// Desired tracing behaviour for the pods a TracedService selects.
+#[derive(CustomResource, Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[kube(
+    group = "sidetrace.dev",
+    version = "v1alpha1",
+    kind = "TracedService",
+    plural = "tracedservices",
+    shortname = "tsvc",
+    namespaced,
+    status = "TracedServiceStatus",
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Service","type":"string","jsonPath":".spec.serviceName"}"#,
+    printcolumn = r#"{"name":"Sampling","type":"number","jsonPath":".spec.sampling.rate"}"#,
+    printcolumn = r#"{"name":"Selected","type":"integer","jsonPath":".status.selectedPods"}"#,
+    printcolumn = r#"{"name":"Injected","type":"integer","jsonPath":".status.injectedPods"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
+)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "!has(self.ports) || self.ports.all(p, self.ports.exists_one(q, q.port == p.port))",
+    "message": "ports must be unique: a port number is listed twice",
+    "fieldPath": ".ports",
+}]))]
+pub struct TracedServiceSpec {
+    /// Pods in this namespace whose labels match are traced with this configuration.
+    /// Must not be empty: an empty selector would claim every pod in the namespace.
+    #[schemars(schema_with = "selector_schema")]
+    pub selector: LabelSelector,
+    /// Service name in spans; defaults to the pod's `app.kubernetes.io/name` or `app` label.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub service_name: Option<String>,
+    /// Head sampling of new traces.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sampling: Option<Sampling>,
+    /// Inbound application ports and their protocols; unlisted ports are auto-detected.
+    /// Port numbers must be unique.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub ports: Vec<PortSpec>,
+    /// Span names for matching requests (first match wins), like Envoy's decorator operation.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 256))]
+    pub operations: Vec<OperationRule>,
+    /// Context formats written on forwarded requests; all are always read.
+    /// Defaults to b3multi and w3c.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 3))]
+    pub propagation: Vec<PropagationFormat>,
+    /// Where spans go; the chart's in-cluster Jaeger when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub collector: Option<Collector>,
+    /// Static tags added to every span.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub tags: BTreeMap<String, String>,
+    /// Paths proxied but never traced: exact, or a prefix when ending in `*` (e.g. /healthz).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub exclude_paths: Vec<String>,
+}
+
+/// Head sampling settings.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Sampling {
+    /// Probability in 0..1 that a new trace is recorded.
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub rate: f64,
+}
+
+/// Span collector override.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Collector {
+    /// Zipkin v2 JSON endpoint, e.g. http://jaeger-collector.tracing:9411/api/v2/spans.
+    #[schemars(regex(pattern = r"^https?://[^\s/]+(/.*)?$"))]
+    pub endpoint: String,
+}
+
+/// What the operator observed, written through the status subresource.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TracedServiceStatus {
+    /// The spec generation this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Ready and its reasons.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    /// Pods the selector matches.
+    #[serde(default)]
+    pub selected_pods: i32,
+    /// Selected pods that carry the sidecar.
+    #[serde(default)]
+    pub injected_pods: i32,
+    /// Selected pods that should carry the sidecar but do not (restart them).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub uninjected_pods: Vec<String>,
+    /// Name of the ConfigMap holding the rendered sidecar config.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_map: Option<String>,
+}
+
+fn selector_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    let mut schema = generator.subschema_for::<LabelSelector>();
+    // Resolve the reference so the CEL rule can sit beside the properties.
+    if let Some(reference) = schema.get("$ref").and_then(|r| r.as_str()).map(str::to_owned) {
+        let name = reference.rsplit('/').next().unwrap_or_default().to_owned();
+        if let Some(def) = generator.definitions().get(&name) {
+            if let Ok(resolved) = schemars::Schema::try_from(def.clone()) {
+                schema = resolved;
+            }
+        }
+    }
+    schema.insert(
+        "x-kubernetes-validations".into(),
+        serde_json::json!([{
+            "rule": "(has(self.matchLabels) && size(self.matchLabels) > 0) || (has(self.matchExpressions) && size(self.matchExpressions) > 0)",
+            "message": "selector must not be empty: set matchLabels or matchExpressions",
+        }]),
+    );
+    schema
+}
+
+/// A spec that the schema admits but the operator cannot use.
+#[derive(Debug, thiserror::Error, PartialEq)]
+#[error("spec.{field}: {reason}")]
+pub struct InvalidSpec {
+    /// Path below `spec`.
+    pub field: String,
+    /// What is wrong.
+    pub reason: String,
+}
+
+impl TracedServiceSpec {
+    /// Checks what the CRD's CEL rules check, plus what the proxy config validator checks, so a
+    /// spec stored under an older CRD is reported instead of rendered.
+    pub fn validate(&self) -> Result<(), InvalidSpec> {
+        let empty_labels = self.selector.match_labels.as_ref().is_none_or(|m| m.is_empty());
+        let empty_exprs = self
+            .selector
+            .match_expressions
+            .as_ref()
+            .is_none_or(|m| m.is_empty());
+        if empty_labels && empty_exprs {
+            return Err(InvalidSpec {
+                field: "selector".into(),
+                reason: "selector must not be empty: set matchLabels or matchExpressions".into(),
+            });
+        }
+        self.to_proxy_config(None).validate().map_err(|e| match e {
+            sidetrace_contract::ProxyConfigError::Invalid { field, reason } => InvalidSpec {
+                field: spec_field(&field),
+                reason,
+            },
+            other => InvalidSpec {
+                field: String::new(),
+                reason: other.to_string(),
+            },
+        })
+    }
+
+    /// Renders the sidecar config file for the pods this spec selects. `default_service_name`
+    /// is used when the spec names none (the operator passes the TracedService's name).
+    pub fn to_proxy_config(&self, default_service_name: Option<&str>) -> ProxyConfig {
+        ProxyConfig {
+            service_name: self
+                .service_name
+                .clone()
+                .or_else(|| default_service_name.map(str::to_owned)),
+            sampling_rate: self.sampling.as_ref().map(|s| s.rate),
+            ports: self.ports.clone(),
+            operations: self.operations.clone(),
+            propagation: self.propagation.clone(),
+            collector: self.collector.as_ref().map(|c| c.endpoint.clone()),
+            tags: self.tags.clone(),
+            exclude_paths: self.exclude_paths.clone(),
+        }
+    }
+}
+
+/// Maps a proxy-config field name back to where it lives in the spec.
+fn spec_field(config_field: &str) -> String {
+    if let Some(rest) = config_field.strip_prefix("samplingRate") {
+        return format!("sampling.rate{rest}");
+    }
+    if let Some(rest) = config_field.strip_prefix("collector") {
+        return format!("collector.endpoint{rest}");
+    }
+    config_field.to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(yaml: &str) -> TracedServiceSpec {
+        serde_yaml::from_str(yaml).expect("spec parses")
+    }
+
+    #[test]
+    fn renders_the_proxy_config() {
+        let s = spec(
+            "selector: {matchLabels: {app: service1}}\nsampling: {rate: 0.25}\ncollector: {endpoint: 'http://c:9411/api/v2/spans'}\noperations: [{name: checkStock, direction: outbound}]",
+        );
+        let c = s.to_proxy_config(Some("service1-ts"));
+        assert_eq!(c.service_name.as_deref(), Some("service1-ts"));
+        assert_eq!(c.sampling_rate, Some(0.25));
+        assert_eq!(c.collector.as_deref(), Some("http://c:9411/api/v2/spans"));
+        assert_eq!(c.operations[0].name, "checkStock");
+        assert!(s.validate().is_ok());
+    }
+
+    #[test]
+    fn empty_selector_and_duplicate_ports_are_invalid() {
+        let err = spec("selector: {}").validate().expect_err("empty selector");
+        assert_eq!(err.field, "selector");
+        let err = spec("selector: {matchLabels: {a: b}}\nports: [{port: 80}, {port: 80}]")
+            .validate()
+            .expect_err("dup");
+        assert_eq!(err.to_string(), "spec.ports[1].port: port 80 is listed twice");
+        let err = spec("selector: {matchLabels: {a: b}}\nsampling: {rate: 2}")
+            .validate()
+            .expect_err("rate");
+        assert!(err.to_string().starts_with("spec.sampling.rate:"), "{err}");
+    }
+}
