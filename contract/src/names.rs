@@ -67,3 +67,11 @@ pub mod env {
     pub const POD_NAMESPACE: &str = "SIDETRACE_POD_NAMESPACE";
     pub const POD_IP: &str = "SIDETRACE_POD_IP";
 }
+
+/// Name of the ConfigMap the operator renders for a TracedService (and the webhook mounts).
+pub fn config_map_name(traced_service: &str) -> String {
+    format!("sidetrace-{traced_service}")
+}
+
+/// Field manager for every server-side apply the operator makes.
+pub const OPERATOR_FIELD_MANAGER: &str = "sidetrace-operator";
