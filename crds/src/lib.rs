@@ -12,6 +12,7 @@
 //! the operator can explain a spec that slipped past an older CRD.
 
 pub mod schema_check;
+pub mod selection;
 mod traced_service;
 
 pub use traced_service::*;
