@@ -1,0 +1,869 @@
+//! One traced hop: the decision taken when a request passes the proxy, and the span that
+//! comes out when its response does.
+//!
+//! The semantics are Envoy's Zipkin tracer with `shared_span_context: false`: every hop gets
+//! its own span, a child of whatever span the incoming headers name.
+//! - Inbound, no context: a new root trace (128-bit id), sampled by rate.
+//! - Inbound, with context: a SERVER span, child of the caller's span.
+//! - Outbound, with the context the app copied from its inbound request: a CLIENT span, child
+//!   of the pod's SERVER span. Without: a new root.
+//! - A sampling decision that arrived (`x-b3-sampled`, `b3: 0`, traceparent flags) is kept;
+//!   debug forces sampling. Undecided traces are sampled by hashing the trace id, so every
+//!   hop of one trace takes the same decision without coordination.
+//! - The headers are rewritten for the next hop: the new span's id becomes the span id the
+//!   app (inbound) or the callee (outbound) sees.
+
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use http::{HeaderMap, HeaderValue};
+use sidetrace_contract::proxy_config::DEFAULT_PROPAGATION;
+use sidetrace_contract::{Direction, OperationRule, PropagationFormat, ProxyConfig};
+
+use crate::id::{SpanContext, SpanId, TraceId, random_request_id};
+use crate::propagation::{self, Formats, X_REQUEST_ID};
+use crate::span::{Endpoint, Span, SpanKind};
+
+/// User agents of kubelet probes start with this; probes are proxied but never traced.
+pub const KUBE_PROBE_USER_AGENT_PREFIX: &str = "kube-probe/";
+
+/// Longest tag value and default operation name kept, in bytes: a bound on span memory
+/// whatever the request line looks like.
+pub const MAX_TAG_LEN: usize = 1024;
+/// Longest default operation name, in bytes.
+pub const MAX_NAME_LEN: usize = 128;
+
+/// Per-proxy tracing settings, rebuilt on config reload (cheap to share behind an `Arc`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct TracerConfig {
+    /// `localEndpoint.serviceName` of every span, as configured.
+    pub service_name: String,
+    /// Probability in 0..=1 that a trace without a sampling decision is sampled.
+    pub sampling_rate: f64,
+    /// Formats written on every forwarded request (in addition to those that arrived).
+    pub formats: Vec<PropagationFormat>,
+    /// Span naming rules; the first match wins.
+    pub operations: Vec<OperationRule>,
+    /// Paths proxied but not traced: exact, or a prefix when ending in `*`.
+    pub exclude_paths: Vec<String>,
+    /// Static tags added to every span (the proxy's own tags win on a clash).
+    pub tags: BTreeMap<String, String>,
+    /// The pod's IPv4, for `localEndpoint` when the socket address is loopback/unspecified.
+    pub local_ipv4: Option<Ipv4Addr>,
+}
+
+impl TracerConfig {
+    /// Defaults for `service_name`: sample everything, write B3 multi and W3C.
+    pub fn new(service_name: impl Into<String>) -> Self {
+        Self {
+            service_name: service_name.into(),
+            sampling_rate: sidetrace_contract::defaults::SAMPLING_RATE,
+            formats: DEFAULT_PROPAGATION.to_vec(),
+            operations: Vec::new(),
+            exclude_paths: Vec::new(),
+            tags: BTreeMap::new(),
+            local_ipv4: None,
+        }
+    }
+
+    /// Builds the tracing settings from a config file, using the flag/env values where the
+    /// file is silent.
+    pub fn from_proxy_config(
+        cfg: &ProxyConfig,
+        default_service_name: &str,
+        default_sampling_rate: f64,
+    ) -> Self {
+        Self {
+            service_name: cfg
+                .service_name
+                .clone()
+                .unwrap_or_else(|| default_service_name.to_string()),
+            sampling_rate: cfg.sampling_rate.unwrap_or(default_sampling_rate),
+            formats: cfg.propagation_formats().to_vec(),
+            operations: cfg.operations.clone(),
+            exclude_paths: cfg.exclude_paths.clone(),
+            tags: cfg.tags.clone(),
+            local_ipv4: None,
+        }
+    }
+
+    /// Whether a request is proxied without tracing: an excluded path (same rule as
+    /// [`ProxyConfig::is_excluded_path`]) or a kubelet probe.
+    pub fn is_excluded(&self, path: &str, user_agent: Option<&str>) -> bool {
+        if user_agent.is_some_and(|ua| ua.starts_with(KUBE_PROBE_USER_AGENT_PREFIX)) {
+            return true;
+        }
+        let path = path_only(path);
+        self.exclude_paths
+            .iter()
+            .any(|p| match p.strip_suffix('*') {
+                Some(prefix) => path.starts_with(prefix),
+                None => path == p,
+            })
+    }
+
+    /// The span name: the first matching [`OperationRule`], else a readable default,
+    /// `"<METHOD> <path>"` inbound (`GET /trace/1`) and `"<METHOD> <host><path>"` outbound
+    /// (`GET service2:8000/trace/2`), query string excluded, at most [`MAX_NAME_LEN`] bytes.
+    ///
+    /// Envoy names spans after the route or host; the path reads better in Jaeger's
+    /// operation list for the Envoy-demo shape of service. Services with ids in their paths
+    /// should add a rule (or `pathPrefix` rules) to keep the operation list small.
+    /// Outbound names carry the host so a pod's CLIENT spans do not share names with its own
+    /// SERVER operations.
+    pub fn operation_name(
+        &self,
+        direction: Direction,
+        method: &str,
+        path: &str,
+        host: &str,
+    ) -> String {
+        if let Some(rule) = self
+            .operations
+            .iter()
+            .find(|r| r.matches(direction, method, path, host))
+        {
+            return rule.name.clone();
+        }
+        let path = path_only(path);
+        let name = match direction {
+            Direction::Inbound => format!("{method} {path}"),
+            Direction::Outbound => format!("{method} {host}{path}"),
+        };
+        truncate(name, MAX_NAME_LEN)
+    }
+
+    /// Whether a trace with no sampling decision is sampled: the lower 64 bits of the trace
+    /// id against `rate * 2^64`, so every hop of a trace decides alike.
+    pub fn sample_by_rate(&self, trace_id: &TraceId) -> bool {
+        sample_by_rate(trace_id, self.sampling_rate)
+    }
+}
+
+/// See [`TracerConfig::sample_by_rate`].
+pub fn sample_by_rate(trace_id: &TraceId, rate: f64) -> bool {
+    // NaN compares false with everything: "never".
+    if rate.is_nan() || rate <= 0.0 {
+        return false;
+    }
+    if rate >= 1.0 {
+        return true;
+    }
+    // The cast saturates; rate < 1 keeps it below 2^64.
+    let threshold = (rate * 18_446_744_073_709_551_616.0) as u64;
+    trace_id.low() < threshold
+}
+
+fn path_only(path: &str) -> &str {
+    path.split('?').next().unwrap_or(path)
+}
+
+fn truncate(mut s: String, max: usize) -> String {
+    if s.len() > max {
+        let mut end = max;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+    }
+    s
+}
+
+/// Everything the tracer needs to know about a request, filled by the proxy.
+#[derive(Clone, Copy, Debug)]
+pub struct RequestInfo<'a> {
+    /// Inbound (SERVER span) or outbound (CLIENT span).
+    pub direction: Direction,
+    /// HTTP method.
+    pub method: &'a str,
+    /// Path and query as sent.
+    pub path: &'a str,
+    /// `:authority` or `Host`.
+    pub authority: Option<&'a str>,
+    /// `http` (or `https` for absolute-form requests).
+    pub scheme: &'a str,
+    /// `User-Agent`, to recognise kubelet probes.
+    pub user_agent: Option<&'a str>,
+    /// The pod's side of the connection (inbound: the original destination; outbound: the
+    /// app's socket).
+    pub local_addr: SocketAddr,
+    /// The client of the connection (inbound: the caller; outbound: the app).
+    pub peer_addr: SocketAddr,
+    /// Where the proxy forwards the request (inbound: the app; outbound: the callee).
+    pub upstream_addr: SocketAddr,
+    /// `HTTP/1.1`, `HTTP/2` or `gRPC`.
+    pub protocol: &'a str,
+}
+
+/// What the proxy knows when the exchange ends.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ResponseInfo {
+    /// HTTP status; `None` when no response arrived.
+    pub status: Option<u16>,
+    /// `grpc-status` from trailers (or headers, for trailers-only responses).
+    pub grpc_status: Option<String>,
+    /// Response body bytes forwarded.
+    pub response_size: Option<u64>,
+    /// Proxy-side failure (connect refused, reset, timeout), recorded as the `error` tag.
+    pub error: Option<String>,
+}
+
+/// A hop in flight: its context and, when sampled, the span under construction.
+#[derive(Clone, Debug)]
+pub struct Hop {
+    context: SpanContext,
+    malformed_context: bool,
+    started: SystemTime,
+    /// `None` when not sampled: nothing is built for spans that will not be recorded.
+    pending: Option<Pending>,
+}
+
+#[derive(Clone, Debug)]
+struct Pending {
+    kind: SpanKind,
+    name: String,
+    local: Endpoint,
+    remote: Endpoint,
+    tags: BTreeMap<String, String>,
+}
+
+fn micros_since_epoch(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+}
+
+impl Hop {
+    /// This hop's span context (the one written into the forwarded headers).
+    pub fn context(&self) -> &SpanContext {
+        &self.context
+    }
+
+    /// Whether the span will be recorded.
+    pub fn is_sampled(&self) -> bool {
+        self.pending.is_some()
+    }
+
+    /// Whether the request carried malformed trace context (already counted).
+    pub fn malformed_context(&self) -> bool {
+        self.malformed_context
+    }
+
+    /// The span name, when sampled.
+    pub fn name(&self) -> Option<&str> {
+        self.pending.as_ref().map(|p| p.name.as_str())
+    }
+
+    /// Ends the span at wall-clock time `end`; returns it only when sampled.
+    pub fn finish(self, resp: &ResponseInfo, end: SystemTime) -> Option<Span> {
+        let elapsed = end.duration_since(self.started).unwrap_or_default();
+        self.finish_after(resp, elapsed)
+    }
+
+    /// Ends the span after `elapsed` (measure it with a monotonic `Instant`); returns it
+    /// only when sampled.
+    pub fn finish_after(self, resp: &ResponseInfo, elapsed: Duration) -> Option<Span> {
+        let p = self.pending?;
+        let mut tags = p.tags;
+        if let Some(status) = resp.status {
+            tags.insert("http.status_code".into(), status.to_string());
+        }
+        if let Some(size) = resp.response_size {
+            tags.insert("response_size".into(), size.to_string());
+        }
+        let mut grpc_error = false;
+        if let Some(code) = &resp.grpc_status {
+            let code = truncate(code.trim().to_string(), 16);
+            grpc_error = grpc_status_is_error(&code, p.kind);
+            tags.insert("grpc.status_code".into(), code);
+        }
+        if let Some(err) = &resp.error {
+            tags.insert("error".into(), truncate(err.clone(), MAX_TAG_LEN));
+        } else if resp.status.is_some_and(|s| s >= 500) || grpc_error {
+            // Envoy's convention: `error=true` on 5xx.
+            tags.insert("error".into(), "true".into());
+        }
+        let duration = u64::try_from(elapsed.as_micros())
+            .unwrap_or(u64::MAX)
+            .max(1);
+        Some(Span {
+            trace_id: self.context.trace_id,
+            parent_id: self.context.parent_id,
+            id: self.context.span_id,
+            kind: p.kind,
+            name: p.name,
+            timestamp: micros_since_epoch(self.started),
+            duration,
+            local_endpoint: p.local,
+            remote_endpoint: Some(p.remote),
+            debug: self.context.debug,
+            tags,
+        })
+    }
+}
+
+/// gRPC statuses that mean failure. For a SERVER span only the codes that blame the server
+/// (OpenTelemetry's rule: Unknown, DeadlineExceeded, Unimplemented, Internal, Unavailable,
+/// DataLoss); for a CLIENT span any non-OK code.
+fn grpc_status_is_error(code: &str, kind: SpanKind) -> bool {
+    match kind {
+        SpanKind::Client => code != "0",
+        SpanKind::Server => matches!(code, "2" | "4" | "12" | "13" | "14" | "15"),
+    }
+}
+
+/// The host part of an authority, without userinfo (`user:pass@` must never reach a tag).
+fn authority_without_userinfo(authority: &str) -> &str {
+    authority.rsplit('@').next().unwrap_or(authority)
+}
+
+/// Starts one traced hop; see the module docs for the decisions. Reads the incoming context
+/// from `headers`, counts and drops malformed context, and rewrites `headers` in place for
+/// the next hop (adding `x-request-id` on inbound requests that lack one). Returns `None`,
+/// with `headers` untouched, for requests that are not traced at all (excluded paths, kubelet
+/// probes).
+pub fn start_hop(
+    cfg: &TracerConfig,
+    req: &RequestInfo<'_>,
+    headers: &mut HeaderMap,
+    now: SystemTime,
+) -> Option<Hop> {
+    if cfg.is_excluded(req.path, req.user_agent) {
+        return None;
+    }
+    let incoming = propagation::extract(headers);
+    if incoming.malformed {
+        propagation::count_malformed();
+        tracing::debug!(
+            direction = ?req.direction,
+            path = path_only(req.path),
+            "malformed trace context dropped"
+        );
+    }
+    let span_id = SpanId::random();
+    let context = match incoming.context {
+        Some(parent) => SpanContext {
+            trace_id: parent.trace_id,
+            span_id,
+            parent_id: Some(parent.span_id),
+            sampled: Some(
+                parent.debug
+                    || parent
+                        .sampled
+                        .unwrap_or_else(|| cfg.sample_by_rate(&parent.trace_id)),
+            ),
+            debug: parent.debug,
+        },
+        None => {
+            let trace_id = TraceId::random();
+            SpanContext {
+                trace_id,
+                span_id,
+                parent_id: None,
+                sampled: Some(
+                    incoming.debug
+                        || incoming
+                            .sampled
+                            .unwrap_or_else(|| cfg.sample_by_rate(&trace_id)),
+                ),
+                debug: incoming.debug,
+            }
+        }
+    };
+
+    if req.direction == Direction::Inbound
+        && !headers.contains_key(&X_REQUEST_ID)
+        && let Ok(v) = HeaderValue::try_from(random_request_id())
+    {
+        headers.insert(X_REQUEST_ID, v);
+    }
+    let formats = Formats::from_slice(&cfg.formats).union(incoming.arrived);
+    propagation::inject(headers, &context, formats, incoming.tracestate.as_ref());
+
+    let pending = context
+        .is_sampled()
+        .then(|| build_pending(cfg, req, headers));
+    Some(Hop {
+        context,
+        malformed_context: incoming.malformed,
+        started: now,
+        pending,
+    })
+}
+
+fn build_pending(cfg: &TracerConfig, req: &RequestInfo<'_>, headers: &HeaderMap) -> Pending {
+    let (kind, remote_addr) = match req.direction {
+        Direction::Inbound => (SpanKind::Server, req.peer_addr),
+        Direction::Outbound => (SpanKind::Client, req.upstream_addr),
+    };
+    let upstream = req.upstream_addr.to_string();
+    let host = req
+        .authority
+        .map(authority_without_userinfo)
+        .unwrap_or(&upstream);
+    let name = cfg.operation_name(req.direction, req.method, req.path, host);
+
+    let mut local = Endpoint::from_addr(
+        Some(cfg.service_name.clone()),
+        req.local_addr,
+        req.direction == Direction::Inbound,
+    );
+    let local_is_meaningful = local.ipv4.is_some_and(|ip| !ip.is_loopback())
+        || local.ipv6.is_some_and(|ip| !ip.is_loopback());
+    if !local_is_meaningful && let Some(ip) = cfg.local_ipv4 {
+        local.ipv4 = Some(ip);
+        local.ipv6 = None;
+    }
+    let remote = Endpoint::from_addr(None, remote_addr, true);
+
+    let mut tags = cfg.tags.clone();
+    let mut tag = |k: &str, v: String| {
+        tags.insert(k.to_string(), truncate(v, MAX_TAG_LEN));
+    };
+    tag("component", "proxy".into());
+    tag("http.method", req.method.to_string());
+    tag("http.path", path_only(req.path).to_string());
+    tag("http.url", format!("{}://{host}{}", req.scheme, req.path));
+    tag("http.protocol", req.protocol.to_string());
+    tag("peer.address", remote_addr.to_string());
+    tag("upstream_address", upstream.clone());
+    tag(
+        "upstream_cluster",
+        match req.direction {
+            Direction::Inbound => format!("inbound|{}", req.upstream_addr.port()),
+            Direction::Outbound => format!("outbound|{host}"),
+        },
+    );
+    if let Some(ua) = req.user_agent {
+        tag("user_agent", ua.to_string());
+    }
+    if let Some(id) = headers.get(&X_REQUEST_ID).and_then(|v| v.to_str().ok()) {
+        tag("guid:x-request-id", id.to_string());
+    }
+    Pending {
+        kind,
+        name,
+        local,
+        remote,
+        tags,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::span::encode_zipkin_v2;
+    use http::HeaderName;
+
+    const T128: &str = "463ac35c9f6413ad48485a3953bb6124";
+    const S1: &str = "a2fb4a1d1a96d312";
+
+    fn req(direction: Direction, path: &str) -> RequestInfo<'_> {
+        RequestInfo {
+            direction,
+            method: "GET",
+            path,
+            authority: Some("service2:8000"),
+            scheme: "http",
+            user_agent: Some("curl/8"),
+            local_addr: "10.1.0.5:8000".parse().expect("addr"),
+            peer_addr: "10.1.0.9:40000".parse().expect("addr"),
+            upstream_addr: "127.0.0.1:8000".parse().expect("addr"),
+            protocol: "HTTP/1.1",
+        }
+    }
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).expect("name"),
+                HeaderValue::from_str(v).expect("value"),
+            );
+        }
+        h
+    }
+
+    fn get<'h>(h: &'h HeaderMap, n: &str) -> Option<&'h str> {
+        h.get(n).and_then(|v| v.to_str().ok())
+    }
+
+    fn ok() -> ResponseInfo {
+        ResponseInfo {
+            status: Some(200),
+            response_size: Some(12),
+            ..ResponseInfo::default()
+        }
+    }
+
+    #[test]
+    fn inbound_without_context_starts_a_sampled_root_with_request_id() {
+        let cfg = TracerConfig::new("service1");
+        let mut h = HeaderMap::new();
+        let hop = start_hop(
+            &cfg,
+            &req(Direction::Inbound, "/trace/1"),
+            &mut h,
+            SystemTime::now(),
+        )
+        .expect("traced");
+        let c = *hop.context();
+        assert!(c.trace_id.is_128());
+        assert_eq!(c.parent_id, None);
+        assert_eq!(c.sampled, Some(true));
+        assert_eq!(get(&h, "x-b3-traceid"), Some(c.trace_id.to_hex().as_str()));
+        assert_eq!(get(&h, "x-b3-spanid"), Some(c.span_id.to_hex().as_str()));
+        assert_eq!(get(&h, "x-b3-parentspanid"), None);
+        assert_eq!(get(&h, "x-b3-sampled"), Some("1"));
+        assert!(
+            get(&h, "traceparent").is_some(),
+            "default formats include W3C"
+        );
+        assert!(get(&h, "b3").is_none(), "b3 single is not a default format");
+        let rid = get(&h, "x-request-id")
+            .expect("request id added")
+            .to_string();
+        let span = hop.finish_after(&ok(), Duration::ZERO).expect("sampled");
+        assert_eq!(span.kind, SpanKind::Server);
+        assert_eq!(span.name, "GET /trace/1");
+        assert_eq!(span.duration, 1, "at least 1 µs");
+        assert_eq!(span.tags.get("guid:x-request-id"), Some(&rid));
+    }
+
+    #[test]
+    fn inbound_with_context_is_a_child_and_keeps_the_request_id() {
+        let cfg = TracerConfig::new("service2");
+        let mut h = headers(&[
+            ("x-b3-traceid", T128),
+            ("x-b3-spanid", S1),
+            ("x-b3-sampled", "1"),
+            ("x-request-id", "abc"),
+        ]);
+        let hop = start_hop(
+            &cfg,
+            &req(Direction::Inbound, "/trace/2"),
+            &mut h,
+            SystemTime::now(),
+        )
+        .expect("traced");
+        let c = *hop.context();
+        assert_eq!(c.trace_id.to_hex(), T128);
+        assert_eq!(c.parent_id.map(|p| p.to_hex()).as_deref(), Some(S1));
+        assert_ne!(c.span_id.to_hex(), S1);
+        assert_eq!(get(&h, "x-b3-parentspanid"), Some(S1));
+        assert_eq!(get(&h, "x-b3-spanid"), Some(c.span_id.to_hex().as_str()));
+        assert_eq!(get(&h, "x-request-id"), Some("abc"));
+        let span = hop
+            .finish_after(&ok(), Duration::from_micros(50))
+            .expect("sampled");
+        assert_eq!(span.parent_id.map(|p| p.to_hex()).as_deref(), Some(S1));
+        assert_eq!(
+            span.tags.get("guid:x-request-id").map(String::as_str),
+            Some("abc")
+        );
+    }
+
+    #[test]
+    fn two_hops_chain_like_the_envoy_demo() {
+        // service1 inbound (root) → app copies headers → service1 outbound (CLIENT child)
+        // → service2 inbound (SERVER child of the CLIENT span).
+        let cfg1 = TracerConfig::new("service1");
+        let mut h = HeaderMap::new();
+        let server1 = start_hop(
+            &cfg1,
+            &req(Direction::Inbound, "/trace/2"),
+            &mut h,
+            SystemTime::now(),
+        )
+        .expect("traced");
+        let mut out = h.clone();
+        out.remove("traceparent"); // an app that copies only the x-b3-* headers
+        let client1 = start_hop(
+            &cfg1,
+            &req(Direction::Outbound, "/trace/2"),
+            &mut out,
+            SystemTime::now(),
+        )
+        .expect("traced");
+        let cfg2 = TracerConfig::new("service2");
+        let server2 = start_hop(
+            &cfg2,
+            &req(Direction::Inbound, "/trace/2"),
+            &mut out,
+            SystemTime::now(),
+        )
+        .expect("traced");
+        let (s1, c1, s2) = (*server1.context(), *client1.context(), *server2.context());
+        assert_eq!(c1.trace_id, s1.trace_id);
+        assert_eq!(s2.trace_id, s1.trace_id);
+        assert_eq!(c1.parent_id, Some(s1.span_id));
+        assert_eq!(s2.parent_id, Some(c1.span_id));
+        let client = client1
+            .finish_after(&ok(), Duration::from_micros(7))
+            .expect("sampled");
+        assert_eq!(client.kind, SpanKind::Client);
+        assert_eq!(client.name, "GET service2:8000/trace/2");
+        assert_eq!(client.local_endpoint.port, None);
+        assert_eq!(
+            client.remote_endpoint.as_ref().and_then(|e| e.port),
+            Some(8000)
+        );
+    }
+
+    #[test]
+    fn outbound_without_context_is_a_new_root_without_request_id() {
+        let cfg = TracerConfig::new("service1");
+        let mut h = HeaderMap::new();
+        let hop = start_hop(
+            &cfg,
+            &req(Direction::Outbound, "/"),
+            &mut h,
+            SystemTime::now(),
+        )
+        .expect("traced");
+        assert_eq!(hop.context().parent_id, None);
+        assert!(!h.contains_key("x-request-id"));
+    }
+
+    #[test]
+    fn sampled_zero_is_honoured_but_propagated() {
+        let cfg = TracerConfig::new("s");
+        for incoming in [
+            headers(&[
+                ("x-b3-traceid", T128),
+                ("x-b3-spanid", S1),
+                ("x-b3-sampled", "0"),
+            ]),
+            headers(&[("b3", "0")]),
+            headers(&[("traceparent", &format!("00-{T128}-{S1}-00"))]),
+        ] {
+            let mut h = incoming.clone();
+            let hop = start_hop(
+                &cfg,
+                &req(Direction::Inbound, "/"),
+                &mut h,
+                SystemTime::now(),
+            )
+            .expect("traced");
+            assert!(!hop.is_sampled(), "{incoming:?}");
+            assert_eq!(hop.context().sampled, Some(false));
+            assert_eq!(get(&h, "x-b3-sampled"), Some("0"), "{incoming:?}");
+            assert!(get(&h, "x-b3-traceid").is_some());
+            if incoming.contains_key("b3") {
+                let b3 = get(&h, "b3").expect("b3 arrived so it is rewritten");
+                assert!(b3.ends_with("-0"), "{b3}");
+            }
+            if incoming.contains_key("traceparent") {
+                assert!(get(&h, "traceparent").is_some_and(|t| t.ends_with("-00")));
+            }
+            assert_eq!(hop.finish_after(&ok(), Duration::from_micros(3)), None);
+        }
+    }
+
+    #[test]
+    fn debug_forces_sampling_even_at_rate_zero() {
+        let cfg = TracerConfig {
+            sampling_rate: 0.0,
+            ..TracerConfig::new("s")
+        };
+        let mut h = headers(&[("x-b3-flags", "1")]);
+        let hop = start_hop(
+            &cfg,
+            &req(Direction::Inbound, "/"),
+            &mut h,
+            SystemTime::now(),
+        )
+        .expect("traced");
+        assert!(hop.is_sampled());
+        assert_eq!(get(&h, "x-b3-flags"), Some("1"));
+        assert_eq!(get(&h, "x-b3-sampled"), None);
+        let span = hop
+            .finish_after(&ok(), Duration::from_micros(3))
+            .expect("debug");
+        assert!(span.debug);
+        let mut h = HeaderMap::new();
+        let hop = start_hop(
+            &cfg,
+            &req(Direction::Inbound, "/"),
+            &mut h,
+            SystemTime::now(),
+        )
+        .expect("traced");
+        assert!(!hop.is_sampled(), "rate 0 and no decision");
+        assert_eq!(get(&h, "x-b3-sampled"), Some("0"));
+    }
+
+    #[test]
+    fn rate_sampling_is_deterministic_on_the_trace_id() {
+        let low = TraceId::from_hex("ffffffffffffffff0000000000000001").expect("id");
+        let high = TraceId::from_hex("0000000000000001ffffffffffffff00").expect("id");
+        assert!(sample_by_rate(&low, 0.5));
+        assert!(!sample_by_rate(&high, 0.5));
+        assert!(!sample_by_rate(&low, 0.0));
+        assert!(!sample_by_rate(&low, f64::NAN));
+        assert!(sample_by_rate(&high, 1.0));
+        let n = (0..10_000)
+            .filter(|_| sample_by_rate(&TraceId::random(), 0.25))
+            .count();
+        assert!((1_500..3_500).contains(&n), "{n}");
+        // A context that arrived undecided gets the same decision on every hop.
+        let cfg = TracerConfig {
+            sampling_rate: 0.5,
+            ..TracerConfig::new("s")
+        };
+        for t in [low, high] {
+            let mut h = headers(&[("x-b3-traceid", &t.to_hex()), ("x-b3-spanid", S1)]);
+            let hop = start_hop(
+                &cfg,
+                &req(Direction::Inbound, "/"),
+                &mut h,
+                SystemTime::now(),
+            )
+            .expect("traced");
+            assert_eq!(hop.is_sampled(), sample_by_rate(&t, 0.5));
+        }
+    }
+
+    #[test]
+    fn malformed_context_starts_a_new_trace_and_is_counted() {
+        let cfg = TracerConfig::new("s");
+        let before = propagation::malformed_context_total();
+        let mut h = headers(&[("x-b3-traceid", "zz"), ("x-b3-spanid", S1), ("b3", "junk")]);
+        let hop = start_hop(
+            &cfg,
+            &req(Direction::Inbound, "/"),
+            &mut h,
+            SystemTime::now(),
+        )
+        .expect("traced");
+        assert!(hop.malformed_context());
+        assert_eq!(hop.context().parent_id, None);
+        assert!(propagation::malformed_context_total() > before);
+        // Both formats arrived, so both are rewritten with the new, valid context.
+        let c = *hop.context();
+        assert_eq!(get(&h, "x-b3-traceid"), Some(c.trace_id.to_hex().as_str()));
+        assert!(get(&h, "b3").is_some_and(|b| b.starts_with(&c.trace_id.to_hex())));
+    }
+
+    #[test]
+    fn excluded_paths_and_probes_are_not_traced_and_headers_untouched() {
+        let cfg = TracerConfig {
+            exclude_paths: vec!["/healthz".into(), "/debug/*".into()],
+            ..TracerConfig::new("s")
+        };
+        for (path, ua) in [
+            ("/healthz", None),
+            ("/healthz?full=1", None),
+            ("/debug/pprof", None),
+            ("/ready", Some("kube-probe/1.34")),
+        ] {
+            let mut r = req(Direction::Inbound, path);
+            r.user_agent = ua;
+            let mut h = headers(&[("x-b3-sampled", "1")]);
+            let before = h.clone();
+            assert!(
+                start_hop(&cfg, &r, &mut h, SystemTime::now()).is_none(),
+                "{path}"
+            );
+            assert_eq!(h, before);
+        }
+        let mut h = HeaderMap::new();
+        assert!(
+            start_hop(
+                &cfg,
+                &req(Direction::Inbound, "/healthzz"),
+                &mut h,
+                SystemTime::now()
+            )
+            .is_some()
+        );
+    }
+
+    #[test]
+    fn operation_rules_win_over_the_default_name() {
+        let cfg = TracerConfig {
+            operations: vec![OperationRule {
+                name: "checkStock".into(),
+                direction: Some(Direction::Outbound),
+                path_prefix: Some("/stock".into()),
+                ..OperationRule::default()
+            }],
+            ..TracerConfig::new("s")
+        };
+        let name = |d, p| cfg.operation_name(d, "GET", p, "inventory:80");
+        assert_eq!(name(Direction::Outbound, "/stock/1?x=y"), "checkStock");
+        assert_eq!(name(Direction::Inbound, "/stock/1?x=y"), "GET /stock/1");
+        assert_eq!(
+            name(Direction::Outbound, "/other"),
+            "GET inventory:80/other"
+        );
+        let long = format!("/{}", "é".repeat(200));
+        assert!(name(Direction::Inbound, &long).len() <= MAX_NAME_LEN);
+    }
+
+    #[test]
+    fn tags_never_carry_credentials() {
+        let cfg = TracerConfig {
+            tags: [("team".to_string(), "shop".to_string())].into(),
+            ..TracerConfig::new("s")
+        };
+        let mut h = headers(&[
+            ("authorization", "Bearer SECRET-TOKEN"),
+            ("cookie", "session=SECRET-COOKIE"),
+            ("set-cookie", "id=SECRET-SET"),
+        ]);
+        let mut r = req(Direction::Outbound, "/orders?page=2");
+        r.authority = Some("user:SECRET-PASS@shop:8080");
+        let hop = start_hop(&cfg, &r, &mut h, SystemTime::now()).expect("traced");
+        let resp = ResponseInfo {
+            status: Some(503),
+            grpc_status: None,
+            response_size: Some(0),
+            error: None,
+        };
+        let span = hop
+            .finish_after(&resp, Duration::from_micros(10))
+            .expect("sampled");
+        let json = String::from_utf8(encode_zipkin_v2(std::slice::from_ref(&span))).expect("utf8");
+        assert!(!json.contains("SECRET"), "{json}");
+        assert_eq!(span.tags["http.url"], "http://shop:8080/orders?page=2");
+        assert_eq!(span.tags["http.path"], "/orders");
+        assert_eq!(span.tags["error"], "true");
+        assert_eq!(span.tags["team"], "shop");
+        assert_eq!(span.tags["component"], "proxy");
+        // The headers the app sent are forwarded untouched (only tracing ignores them).
+        assert_eq!(get(&h, "authorization"), Some("Bearer SECRET-TOKEN"));
+    }
+
+    #[test]
+    fn span_json_for_a_finished_server_hop() {
+        let cfg = TracerConfig {
+            local_ipv4: Some("10.1.0.5".parse().expect("ip")),
+            ..TracerConfig::new("service2")
+        };
+        let mut h = headers(&[("b3", &format!("{T128}-{S1}-1")), ("x-request-id", "r-1")]);
+        let mut r = req(Direction::Inbound, "/trace/2?q=1");
+        r.local_addr = "127.0.0.1:8000".parse().expect("addr");
+        let start = UNIX_EPOCH + Duration::from_micros(1_700_000_000_000_001);
+        let hop = start_hop(&cfg, &r, &mut h, start).expect("traced");
+        let id = hop.context().span_id.to_hex();
+        let resp = ResponseInfo {
+            status: Some(200),
+            grpc_status: Some("14".into()),
+            response_size: Some(42),
+            error: None,
+        };
+        let span = hop
+            .finish(&resp, start + Duration::from_micros(250))
+            .expect("sampled");
+        let json = String::from_utf8(encode_zipkin_v2(&[span])).expect("utf8");
+        assert_eq!(
+            json,
+            format!(
+                r#"[{{"traceId":"{T128}","parentId":"{S1}","id":"{id}","kind":"SERVER","name":"GET /trace/2","timestamp":1700000000000001,"duration":250,"localEndpoint":{{"serviceName":"service2","ipv4":"10.1.0.5","port":8000}},"remoteEndpoint":{{"ipv4":"10.1.0.9","port":40000}},"tags":{{"component":"proxy","error":"true","grpc.status_code":"14","guid:x-request-id":"r-1","http.method":"GET","http.path":"/trace/2","http.protocol":"HTTP/1.1","http.status_code":"200","http.url":"http://service2:8000/trace/2?q=1","peer.address":"10.1.0.9:40000","response_size":"42","upstream_address":"127.0.0.1:8000","upstream_cluster":"inbound|8000","user_agent":"curl/8"}}}}]"#
+            )
+        );
+        // The `b3` single header that arrived is rewritten, not forwarded stale.
+        assert_eq!(get(&h, "b3"), Some(format!("{T128}-{id}-1-{S1}").as_str()));
+    }
+}

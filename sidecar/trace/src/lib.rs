@@ -1,0 +1,41 @@
+//! The tracing core of the sidetrace proxy: pure decisions about trace context and spans,
+//! plus the exporter that ships finished spans to a Zipkin v2 collector. It knows nothing
+//! about sockets or listeners; the proxy (`sidetrace-proxy`) calls it per request.
+//!
+//! Data flow for one request through the proxy:
+//! 1. The proxy fills a [`RequestInfo`] and calls [`start_hop`] with the request headers.
+//!    [`propagation::extract`] reads B3 single, B3 multi and W3C context (in that order of
+//!    precedence); malformed context is counted and ignored. The hop gets a new span id,
+//!    a child of the incoming span or the root of a new 128-bit trace, and a sampling
+//!    decision (incoming decision, debug, else the rate applied to the trace id).
+//!    [`propagation::inject`] rewrites the headers for the next hop in the configured formats
+//!    plus every format that arrived. Excluded paths and kubelet probes return `None`.
+//! 2. The proxy forwards the request and, when the exchange ends, calls [`Hop::finish`] (or
+//!    [`Hop::finish_after`]) with a [`ResponseInfo`]; a sampled hop yields a Zipkin v2 [`Span`].
+//! 3. The proxy hands the span to [`ExportHandle::record`], which never blocks; the
+//!    [`Exporter`] task batches spans and POSTs [`encode_zipkin_v2`] JSON to the collector.
+//!
+//! API relative to `notes/trace_api.md` (the suggested contract), refinements only:
+//! - [`ExporterConfig`] has one more field, `initial_backoff`, and a constructor
+//!   [`ExporterConfig::new`] with defaults.
+//! - [`Hop`] also has `finish_after(resp, elapsed)` for monotonic durations, `is_sampled()`,
+//!   `malformed_context()` and `name()`.
+//! - [`TracerConfig::new`] and [`TracerConfig::from_proxy_config`] build the settings.
+//! - [`ExportStats`] fields: `exported`, `batches_sent`, `retries`, `dropped_queue_full`,
+//!   `dropped_send_failed`, `dropped_rejected`, `dropped_invalid_endpoint`, `queue_depth`,
+//!   `queue_capacity`, `malformed_context`.
+
+pub mod error;
+pub mod export;
+pub mod hop;
+pub mod id;
+pub mod propagation;
+pub mod span;
+
+pub use error::{Error, Result};
+pub use export::{ExportHandle, ExportStats, Exporter, ExporterConfig, render_metrics};
+pub use hop::{Hop, RequestInfo, ResponseInfo, TracerConfig, start_hop};
+pub use id::{SpanContext, SpanId, TraceId};
+pub use propagation::{Extracted, Formats, malformed_context_total};
+pub use sidetrace_contract::{Direction, OperationRule, PropagationFormat};
+pub use span::{Endpoint, Span, SpanKind, encode_zipkin_v2};

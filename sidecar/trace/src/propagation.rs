@@ -1,0 +1,897 @@
+//! Reading and writing trace context headers: B3 multi-header, B3 single (`b3`) and W3C
+//! `traceparent`/`tracestate`.
+//!
+//! [`extract`] is total: it never fails, it reports what it found. A header that is present
+//! but invalid marks the result `malformed` and is ignored; the caller counts that and starts a
+//! new trace when no other valid context arrived.
+//!
+//! Precedence when several formats arrive: `b3` single, then B3 multi, then W3C.
+//! - `b3` single first because a client that bothered to send the compact form is the newer
+//!   B3 implementation (Brave, OpenTelemetry's B3 propagator prefer it), and the header is
+//!   atomic: one value cannot be half-copied the way five headers can.
+//! - B3 multi before W3C because it is what the Envoy-demo style apps copy, and it carries the
+//!   parent span id and the debug flag, which `traceparent` cannot express.
+//! - When the preferred format is malformed, the next valid one is used (the malformed one is
+//!   still counted), so one bad header does not throw away a good context beside it.
+//!
+//! [`inject`] first removes every context header of every format (so nothing stale survives),
+//! then writes the requested formats from one [`SpanContext`].
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use http::{HeaderMap, HeaderName, HeaderValue};
+use sidetrace_contract::PropagationFormat;
+
+use crate::id::{SpanContext, SpanId, TraceId};
+
+/// `x-b3-traceid`: 16 or 32 hex digits.
+pub const X_B3_TRACEID: HeaderName = HeaderName::from_static("x-b3-traceid");
+/// `x-b3-spanid`: 16 hex digits.
+pub const X_B3_SPANID: HeaderName = HeaderName::from_static("x-b3-spanid");
+/// `x-b3-parentspanid`: 16 hex digits.
+pub const X_B3_PARENTSPANID: HeaderName = HeaderName::from_static("x-b3-parentspanid");
+/// `x-b3-sampled`: `1`/`0` (`true`/`false` accepted on input).
+pub const X_B3_SAMPLED: HeaderName = HeaderName::from_static("x-b3-sampled");
+/// `x-b3-flags`: `1` means debug.
+pub const X_B3_FLAGS: HeaderName = HeaderName::from_static("x-b3-flags");
+/// The single-header B3 form.
+pub const B3: HeaderName = HeaderName::from_static("b3");
+/// W3C trace context.
+pub const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+/// W3C vendor state, passed through untouched alongside a valid `traceparent`.
+pub const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
+/// Request correlation id (Envoy's `guid:x-request-id` tag).
+pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Every header [`inject`] owns; all of them are removed before writing.
+pub const CONTEXT_HEADERS: [HeaderName; 8] = [
+    X_B3_TRACEID,
+    X_B3_SPANID,
+    X_B3_PARENTSPANID,
+    X_B3_SAMPLED,
+    X_B3_FLAGS,
+    B3,
+    TRACEPARENT,
+    TRACESTATE,
+];
+
+/// Longest `tracestate` passed through. The W3C spec lets a hop truncate; 512 is the size it
+/// asks every implementation to accept, and it keeps a hostile value from riding along.
+pub const MAX_TRACESTATE_LEN: usize = 512;
+
+/// A set of [`PropagationFormat`]s (which arrived, which to write).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Formats(u8);
+
+impl Formats {
+    /// No format.
+    pub const NONE: Self = Self(0);
+
+    fn bit(f: PropagationFormat) -> u8 {
+        match f {
+            PropagationFormat::B3Multi => 1,
+            PropagationFormat::B3Single => 2,
+            PropagationFormat::W3c => 4,
+        }
+    }
+
+    /// The set with `f` added.
+    pub fn with(self, f: PropagationFormat) -> Self {
+        Self(self.0 | Self::bit(f))
+    }
+
+    /// Whether `f` is in the set.
+    pub fn contains(self, f: PropagationFormat) -> bool {
+        self.0 & Self::bit(f) != 0
+    }
+
+    /// Both sets together.
+    pub fn union(self, other: Self) -> Self {
+        Self(self.0 | other.0)
+    }
+
+    /// Whether the set is empty.
+    pub fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+
+    /// The set of the listed formats.
+    pub fn from_slice(formats: &[PropagationFormat]) -> Self {
+        formats.iter().fold(Self::NONE, |s, f| s.with(*f))
+    }
+}
+
+/// What arrived on a request.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Extracted {
+    /// The caller's span (`span_id` is the caller's span), from the preferred valid format.
+    pub context: Option<SpanContext>,
+    /// Sampling decision: the context's, or a sampling-only header's (`b3: 0`,
+    /// `x-b3-sampled` without ids) when there is no context.
+    pub sampled: Option<bool>,
+    /// Debug flag, from the context or a sampling-only header.
+    pub debug: bool,
+    /// Formats of which at least one header was present (valid or not): all are rewritten.
+    pub arrived: Formats,
+    /// `tracestate`, kept only with a valid `traceparent` of the same trace as `context`.
+    pub tracestate: Option<HeaderValue>,
+    /// Some context header was present but invalid and was ignored.
+    pub malformed: bool,
+}
+
+/// Outcome of parsing one format.
+#[derive(Debug, PartialEq, Eq)]
+enum Parsed {
+    Absent,
+    Malformed,
+    /// Only a sampling decision, no ids.
+    SamplingOnly {
+        sampled: Option<bool>,
+        debug: bool,
+    },
+    Context(SpanContext),
+}
+
+static MALFORMED_CONTEXT: AtomicU64 = AtomicU64::new(0);
+
+/// Process-wide count of requests whose trace context was malformed and dropped.
+pub fn malformed_context_total() -> u64 {
+    MALFORMED_CONTEXT.load(Ordering::Relaxed)
+}
+
+pub(crate) fn count_malformed() {
+    MALFORMED_CONTEXT.fetch_add(1, Ordering::Relaxed);
+}
+
+/// The single value of a header as trimmed text. `Err` when it is repeated or not visible
+/// ASCII: two different contexts for one request are ambiguous, so both are dropped.
+fn single<'h>(headers: &'h HeaderMap, name: &HeaderName) -> Result<Option<&'h str>, ()> {
+    let mut values = headers.get_all(name).iter();
+    let Some(first) = values.next() else {
+        return Ok(None);
+    };
+    if values.next().is_some() {
+        return Err(());
+    }
+    let text = first.to_str().map_err(|_| ())?;
+    Ok(Some(text.trim_matches(|c: char| c == ' ' || c == '\t')))
+}
+
+fn parse_b3_multi(headers: &HeaderMap) -> Parsed {
+    let get = |n: &HeaderName| single(headers, n);
+    let (Ok(trace), Ok(span), Ok(parent), Ok(sampled), Ok(flags)) = (
+        get(&X_B3_TRACEID),
+        get(&X_B3_SPANID),
+        get(&X_B3_PARENTSPANID),
+        get(&X_B3_SAMPLED),
+        get(&X_B3_FLAGS),
+    ) else {
+        return Parsed::Malformed;
+    };
+    if trace.is_none() && span.is_none() && parent.is_none() && sampled.is_none() && flags.is_none()
+    {
+        return Parsed::Absent;
+    }
+    let sampled = match sampled {
+        None => None,
+        Some("1" | "true") => Some(true),
+        Some("0" | "false") => Some(false),
+        Some(_) => return Parsed::Malformed,
+    };
+    let debug = match flags {
+        None | Some("0") => false,
+        Some("1") => true,
+        Some(_) => return Parsed::Malformed,
+    };
+    match (trace, span) {
+        (None, None) if parent.is_none() => Parsed::SamplingOnly { sampled, debug },
+        (Some(t), Some(s)) => {
+            let (Some(trace_id), Some(span_id)) = (TraceId::from_hex(t), SpanId::from_hex(s))
+            else {
+                return Parsed::Malformed;
+            };
+            let parent_id = match parent {
+                None => None,
+                Some(p) => match SpanId::from_hex(p) {
+                    Some(p) => Some(p),
+                    None => return Parsed::Malformed,
+                },
+            };
+            Parsed::Context(SpanContext {
+                trace_id,
+                span_id,
+                parent_id,
+                sampled,
+                debug,
+            })
+        }
+        _ => Parsed::Malformed,
+    }
+}
+
+fn parse_sampling_char(s: &str) -> Option<(Option<bool>, bool)> {
+    match s {
+        "1" => Some((Some(true), false)),
+        "0" => Some((Some(false), false)),
+        "d" => Some((Some(true), true)),
+        _ => None,
+    }
+}
+
+fn parse_b3_single(headers: &HeaderMap) -> Parsed {
+    let value = match single(headers, &B3) {
+        Ok(None) => return Parsed::Absent,
+        Ok(Some(v)) => v,
+        Err(()) => return Parsed::Malformed,
+    };
+    // Longest valid form: 32 + 1 + 16 + 1 + 1 + 1 + 16.
+    if value.len() > 68 {
+        return Parsed::Malformed;
+    }
+    if let Some((sampled, debug)) = parse_sampling_char(value) {
+        return Parsed::SamplingOnly { sampled, debug };
+    }
+    let mut parts = value.split('-');
+    let (Some(t), Some(s)) = (parts.next(), parts.next()) else {
+        return Parsed::Malformed;
+    };
+    let (Some(trace_id), Some(span_id)) = (TraceId::from_hex(t), SpanId::from_hex(s)) else {
+        return Parsed::Malformed;
+    };
+    let (sampled, debug) = match parts.next() {
+        None => (None, false),
+        Some(f) => match parse_sampling_char(f) {
+            Some(d) => d,
+            None => return Parsed::Malformed,
+        },
+    };
+    let parent_id = match parts.next() {
+        None => None,
+        Some(p) => match SpanId::from_hex(p) {
+            Some(p) => Some(p),
+            None => return Parsed::Malformed,
+        },
+    };
+    if parts.next().is_some() {
+        return Parsed::Malformed;
+    }
+    Parsed::Context(SpanContext {
+        trace_id,
+        span_id,
+        parent_id,
+        sampled,
+        debug,
+    })
+}
+
+fn is_lower_hex(s: &str) -> bool {
+    s.bytes()
+        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// W3C trace-context level 1: `version-traceid-parentid-flags`. Hex must be lowercase;
+/// version `ff` is invalid; version `00` is exactly 55 characters; a higher version may
+/// append `-`-separated fields, which are ignored (the spec's forward-compatibility rule).
+fn parse_traceparent(headers: &HeaderMap) -> Parsed {
+    let value = match single(headers, &TRACEPARENT) {
+        Ok(None) => return Parsed::Absent,
+        Ok(Some(v)) => v,
+        Err(()) => return Parsed::Malformed,
+    };
+    // Bounded like every other context header: a future version has no business being huge.
+    if value.len() < 55 || value.len() > 512 {
+        return Parsed::Malformed;
+    }
+    let b = value.as_bytes();
+    let version = &value[..2];
+    if !is_lower_hex(version) || version == "ff" || b[2] != b'-' || b[35] != b'-' || b[52] != b'-' {
+        return Parsed::Malformed;
+    }
+    if version == "00" && value.len() != 55 {
+        return Parsed::Malformed;
+    }
+    if value.len() > 55 && b[55] != b'-' {
+        return Parsed::Malformed;
+    }
+    let (trace, parent, flags) = (&value[3..35], &value[36..52], &value[53..55]);
+    if !is_lower_hex(trace) || !is_lower_hex(parent) || !is_lower_hex(flags) {
+        return Parsed::Malformed;
+    }
+    let (Some(trace_id), Some(span_id), Some(flags)) = (
+        TraceId::from_hex(trace),
+        SpanId::from_hex(parent),
+        u8::from_str_radix(flags, 16).ok(),
+    ) else {
+        return Parsed::Malformed;
+    };
+    Parsed::Context(SpanContext {
+        trace_id,
+        span_id,
+        parent_id: None,
+        sampled: Some(flags & 1 == 1),
+        debug: false,
+    })
+}
+
+/// `tracestate` values joined with `,` (the spec allows splitting it over several header
+/// lines), or `None` when absent, not text, or longer than [`MAX_TRACESTATE_LEN`].
+fn tracestate(headers: &HeaderMap) -> Option<HeaderValue> {
+    let mut joined = String::new();
+    for v in headers.get_all(&TRACESTATE) {
+        let text = v.to_str().ok()?.trim();
+        if text.is_empty() {
+            continue;
+        }
+        if !joined.is_empty() {
+            joined.push(',');
+        }
+        joined.push_str(text);
+        if joined.len() > MAX_TRACESTATE_LEN {
+            return None;
+        }
+    }
+    if joined.is_empty() {
+        return None;
+    }
+    HeaderValue::try_from(joined).ok()
+}
+
+/// Reads every supported format from `headers`. Never fails; see the module docs for
+/// precedence.
+pub fn extract(headers: &HeaderMap) -> Extracted {
+    let single = parse_b3_single(headers);
+    let multi = parse_b3_multi(headers);
+    let w3c = parse_traceparent(headers);
+
+    let mut out = Extracted::default();
+    for (format, parsed) in [
+        (PropagationFormat::B3Single, &single),
+        (PropagationFormat::B3Multi, &multi),
+        (PropagationFormat::W3c, &w3c),
+    ] {
+        match parsed {
+            Parsed::Absent => {}
+            Parsed::Malformed => {
+                out.arrived = out.arrived.with(format);
+                out.malformed = true;
+            }
+            Parsed::SamplingOnly { .. } | Parsed::Context(_) => {
+                out.arrived = out.arrived.with(format);
+            }
+        }
+    }
+    // A `tracestate` alone still means the W3C format is in use downstream.
+    if headers.contains_key(&TRACESTATE) {
+        out.arrived = out.arrived.with(PropagationFormat::W3c);
+    }
+
+    let preferred = [&single, &multi, &w3c];
+    if let Some(ctx) = preferred.iter().find_map(|p| match p {
+        Parsed::Context(c) => Some(*c),
+        _ => None,
+    }) {
+        out.context = Some(ctx);
+        out.sampled = ctx.sampled;
+        out.debug = ctx.debug;
+    } else if let Some((sampled, debug)) = preferred.iter().find_map(|p| match p {
+        Parsed::SamplingOnly { sampled, debug } => Some((*sampled, *debug)),
+        _ => None,
+    }) {
+        out.sampled = sampled;
+        out.debug = debug;
+    }
+    if let (Parsed::Context(w), Some(ctx)) = (&w3c, &out.context)
+        && w.trace_id.as_u128() == ctx.trace_id.as_u128()
+    {
+        out.tracestate = tracestate(headers);
+    }
+    out
+}
+
+fn put(headers: &mut HeaderMap, name: HeaderName, value: String) {
+    // Our values are hex and dashes, always valid header text; the fallible conversion only
+    // avoids an unwrap.
+    if let Ok(v) = HeaderValue::try_from(value) {
+        headers.insert(name, v);
+    }
+}
+
+/// Removes every trace context header of every format.
+pub fn remove_context_headers(headers: &mut HeaderMap) {
+    for name in &CONTEXT_HEADERS {
+        headers.remove(name);
+    }
+}
+
+/// Replaces all context headers with `ctx` written in `formats`.
+///
+/// - B3 multi: `x-b3-traceid` (the id's own width), `x-b3-spanid`, `x-b3-parentspanid` when
+///   there is a parent, and `x-b3-sampled: 1|0` — or `x-b3-flags: 1` alone for debug, since
+///   the B3 spec says debug implies sampled and `x-b3-sampled` is then not sent.
+/// - B3 single: `{trace}-{span}-{1|0|d}[-{parent}]`.
+/// - W3C: `00-{trace as 32 hex}-{span}-{01|00}`, plus `tracestate` when given.
+pub fn inject(
+    headers: &mut HeaderMap,
+    ctx: &SpanContext,
+    formats: Formats,
+    tracestate: Option<&HeaderValue>,
+) {
+    remove_context_headers(headers);
+    let sampling_char = if ctx.debug {
+        Some("d")
+    } else {
+        ctx.sampled.map(|s| if s { "1" } else { "0" })
+    };
+    if formats.contains(PropagationFormat::B3Multi) {
+        put(headers, X_B3_TRACEID, ctx.trace_id.to_hex());
+        put(headers, X_B3_SPANID, ctx.span_id.to_hex());
+        if let Some(p) = ctx.parent_id {
+            put(headers, X_B3_PARENTSPANID, p.to_hex());
+        }
+        if ctx.debug {
+            headers.insert(X_B3_FLAGS, HeaderValue::from_static("1"));
+        } else if let Some(s) = ctx.sampled {
+            headers.insert(
+                X_B3_SAMPLED,
+                HeaderValue::from_static(if s { "1" } else { "0" }),
+            );
+        }
+    }
+    if formats.contains(PropagationFormat::B3Single) {
+        let mut v = format!("{}-{}", ctx.trace_id, ctx.span_id);
+        if let Some(c) = sampling_char {
+            v.push('-');
+            v.push_str(c);
+            // The parent may only follow a sampling field in the single-header grammar.
+            if let Some(p) = ctx.parent_id {
+                v.push('-');
+                v.push_str(&p.to_hex());
+            }
+        }
+        put(headers, B3, v);
+    }
+    if formats.contains(PropagationFormat::W3c) {
+        let flags = if ctx.is_sampled() { "01" } else { "00" };
+        put(
+            headers,
+            TRACEPARENT,
+            format!("00-{}-{}-{flags}", ctx.trace_id.to_hex_32(), ctx.span_id),
+        );
+        if let Some(ts) = tracestate {
+            headers.insert(TRACESTATE, ts.clone());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const T64: &str = "463ac35c9f6413ad";
+    const T128: &str = "463ac35c9f6413ad48485a3953bb6124";
+    const S1: &str = "a2fb4a1d1a96d312";
+    const P1: &str = "0020000000000001";
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).expect("name"),
+                HeaderValue::from_str(v).expect("value"),
+            );
+        }
+        h
+    }
+
+    fn ctx(trace: &str, span: &str, parent: Option<&str>, sampled: Option<bool>) -> SpanContext {
+        SpanContext {
+            trace_id: TraceId::from_hex(trace).expect("trace"),
+            span_id: SpanId::from_hex(span).expect("span"),
+            parent_id: parent.map(|p| SpanId::from_hex(p).expect("parent")),
+            sampled,
+            debug: false,
+        }
+    }
+
+    #[test]
+    fn b3_multi_64_and_128_bit() {
+        for trace in [T64, T128] {
+            let e = extract(&headers(&[
+                ("x-b3-traceid", trace),
+                ("x-b3-spanid", S1),
+                ("x-b3-parentspanid", P1),
+                ("x-b3-sampled", "1"),
+            ]));
+            assert_eq!(e.context, Some(ctx(trace, S1, Some(P1), Some(true))));
+            assert_eq!(e.arrived, Formats::NONE.with(PropagationFormat::B3Multi));
+            assert!(!e.malformed);
+            assert_eq!(
+                e.context.map(|c| c.trace_id.to_hex()).as_deref(),
+                Some(trace)
+            );
+        }
+    }
+
+    #[test]
+    fn b3_multi_sampled_spellings_and_debug() {
+        for (v, want) in [("1", true), ("true", true), ("0", false), ("false", false)] {
+            let e = extract(&headers(&[
+                ("x-b3-traceid", T64),
+                ("x-b3-spanid", S1),
+                ("x-b3-sampled", v),
+            ]));
+            assert_eq!(e.sampled, Some(want), "{v}");
+        }
+        let e = extract(&headers(&[
+            ("x-b3-traceid", T64),
+            ("x-b3-spanid", S1),
+            ("x-b3-flags", "1"),
+        ]));
+        assert!(e.debug);
+        assert!(e.context.expect("ctx").is_sampled());
+        // Uppercase hex is accepted on input and normalised on output.
+        let e = extract(&headers(&[
+            ("x-b3-traceid", "463AC35C9F6413AD"),
+            ("x-b3-spanid", "A2FB4A1D1A96D312"),
+        ]));
+        assert_eq!(e.context, Some(ctx(T64, S1, None, None)));
+    }
+
+    #[test]
+    fn b3_multi_sampling_only_and_malformed() {
+        let e = extract(&headers(&[("x-b3-sampled", "0")]));
+        assert_eq!(
+            (e.context, e.sampled, e.malformed),
+            (None, Some(false), false)
+        );
+        let e = extract(&headers(&[("x-b3-flags", "1")]));
+        assert!(e.debug && e.context.is_none() && !e.malformed);
+        for bad in [
+            &[("x-b3-traceid", T64)][..],
+            &[("x-b3-spanid", S1)],
+            &[("x-b3-parentspanid", P1)],
+            &[("x-b3-traceid", T64), ("x-b3-spanid", "0000000000000000")],
+            &[("x-b3-traceid", "0000000000000000"), ("x-b3-spanid", S1)],
+            &[("x-b3-traceid", "463ac35c9f6413ad4"), ("x-b3-spanid", S1)],
+            &[
+                ("x-b3-traceid", T64),
+                ("x-b3-spanid", S1),
+                ("x-b3-sampled", "yes"),
+            ],
+            &[
+                ("x-b3-traceid", T64),
+                ("x-b3-spanid", S1),
+                ("x-b3-flags", "2"),
+            ],
+            &[
+                ("x-b3-traceid", T64),
+                ("x-b3-spanid", S1),
+                ("x-b3-parentspanid", "x"),
+            ],
+            &[
+                ("x-b3-traceid", T64),
+                ("x-b3-traceid", T128),
+                ("x-b3-spanid", S1),
+            ],
+        ] {
+            let e = extract(&headers(bad));
+            assert!(e.malformed, "{bad:?}");
+            assert_eq!(e.context, None, "{bad:?}");
+            assert!(e.arrived.contains(PropagationFormat::B3Multi), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn b3_single_forms() {
+        let cases: &[(&str, Option<SpanContext>, Option<bool>, bool)] = &[
+            (
+                &format!("{T128}-{S1}"),
+                Some(ctx(T128, S1, None, None)),
+                None,
+                false,
+            ),
+            (
+                &format!("{T64}-{S1}-1"),
+                Some(ctx(T64, S1, None, Some(true))),
+                Some(true),
+                false,
+            ),
+            (
+                &format!("{T128}-{S1}-0-{P1}"),
+                Some(ctx(T128, S1, Some(P1), Some(false))),
+                Some(false),
+                false,
+            ),
+            ("0", None, Some(false), false),
+            ("1", None, Some(true), false),
+            ("d", None, Some(true), true),
+        ];
+        for (v, want, sampled, debug) in cases {
+            let e = extract(&headers(&[("b3", v)]));
+            assert_eq!(
+                e.context.map(|c| SpanContext { debug: false, ..c }),
+                *want,
+                "{v}"
+            );
+            assert_eq!(
+                (e.sampled, e.debug, e.malformed),
+                (*sampled, *debug, false),
+                "{v}"
+            );
+        }
+        let e = extract(&headers(&[("b3", &format!("{T64}-{S1}-d-{P1}"))]));
+        let c = e.context.expect("debug ctx");
+        assert!(c.debug && c.is_sampled());
+        assert_eq!(c.parent_id, SpanId::from_hex(P1));
+    }
+
+    #[test]
+    fn b3_single_malformed() {
+        for bad in [
+            "",
+            "2",
+            "true",
+            T64,
+            &format!("{T64}-"),
+            &format!("{T64}-{S1}-"),
+            &format!("{T64}-{S1}-x"),
+            &format!("{T64}-{S1}-1-"),
+            &format!("{T64}-{S1}-1-{P1}-extra"),
+            &format!("{T64}-{S1}-{P1}"),
+            &format!("0000000000000000-{S1}-1"),
+            &format!("{T64}{T64}{T64}-{S1}-1"),
+            &"a".repeat(4096),
+        ] {
+            let e = extract(&headers(&[("b3", bad)]));
+            assert!(e.malformed, "{bad:?}");
+            assert_eq!(e.context, None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn traceparent_versions() {
+        let tp = format!("00-{T128}-{S1}-01");
+        let e = extract(&headers(&[("traceparent", &tp)]));
+        assert_eq!(e.context, Some(ctx(T128, S1, None, Some(true))));
+        let e = extract(&headers(&[("traceparent", &format!("00-{T128}-{S1}-00"))]));
+        assert_eq!(e.sampled, Some(false));
+        // Other flag bits are ignored; sampled is bit 0.
+        let e = extract(&headers(&[("traceparent", &format!("00-{T128}-{S1}-03"))]));
+        assert_eq!(e.sampled, Some(true));
+        // A future version may append fields.
+        for future in [
+            format!("01-{T128}-{S1}-01"),
+            format!("cc-{T128}-{S1}-01-what-the-future-holds"),
+        ] {
+            let e = extract(&headers(&[("traceparent", &future)]));
+            assert_eq!(e.context, Some(ctx(T128, S1, None, Some(true))), "{future}");
+        }
+    }
+
+    #[test]
+    fn traceparent_malformed() {
+        for bad in [
+            format!("ff-{T128}-{S1}-01"),
+            format!("00-{T128}-{S1}-01-extra"),
+            format!("cc-{T128}-{S1}-01extra"),
+            format!("00-{}-{S1}-01", "0".repeat(32)),
+            format!("00-{T128}-0000000000000000-01"),
+            format!("00-{}-{S1}-01", T128.to_uppercase()),
+            format!("00-{T64}-{S1}-01"),
+            format!("00-{T128}-{S1}-1"),
+            format!("0-{T128}-{S1}-01"),
+            format!("00_{T128}_{S1}_01"),
+            format!("00-{T128}-{S1}-0g"),
+            format!("zz-{T128}-{S1}-01"),
+            format!("cc-{T128}-{S1}-01-{}", "x".repeat(600)),
+            "garbage".to_string(),
+        ] {
+            let e = extract(&headers(&[("traceparent", &bad)]));
+            assert!(e.malformed, "{bad}");
+            assert_eq!(e.context, None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn non_ascii_bytes_are_malformed_not_errors() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            X_B3_TRACEID,
+            HeaderValue::from_bytes(b"463ac35c9f6413\xc3\xa9").expect("obs-text is legal"),
+        );
+        h.insert(X_B3_SPANID, HeaderValue::from_static(S1));
+        h.insert(
+            B3,
+            HeaderValue::from_bytes(b"\xff\xfe-\x80").expect("obs-text"),
+        );
+        let e = extract(&h);
+        assert!(e.malformed);
+        assert_eq!(e.context, None);
+    }
+
+    #[test]
+    fn precedence_is_single_then_multi_then_w3c() {
+        let t2 = "11111111111111111111111111111111";
+        let t3 = "22222222222222222222222222222222";
+        let all = headers(&[
+            ("b3", &format!("{T128}-{S1}-1")),
+            ("x-b3-traceid", t2),
+            ("x-b3-spanid", S1),
+            ("traceparent", &format!("00-{t3}-{S1}-01")),
+        ]);
+        let e = extract(&all);
+        assert_eq!(
+            e.context.map(|c| c.trace_id.to_hex()).as_deref(),
+            Some(T128)
+        );
+        assert_eq!(
+            e.arrived,
+            Formats::from_slice(&[
+                PropagationFormat::B3Single,
+                PropagationFormat::B3Multi,
+                PropagationFormat::W3c
+            ])
+        );
+        let mut h = all.clone();
+        h.remove(B3);
+        assert_eq!(
+            extract(&h).context.map(|c| c.trace_id.to_hex()).as_deref(),
+            Some(t2)
+        );
+        // A malformed preferred header falls through to the next valid one, and is counted.
+        h.insert(B3, HeaderValue::from_static("nonsense"));
+        h.remove(X_B3_TRACEID);
+        let e = extract(&h);
+        assert!(e.malformed);
+        assert_eq!(e.context.map(|c| c.trace_id.to_hex()).as_deref(), Some(t3));
+    }
+
+    #[test]
+    fn tracestate_is_kept_only_with_a_matching_traceparent() {
+        let tp = format!("00-{T128}-{S1}-01");
+        let h = headers(&[
+            ("traceparent", &tp),
+            ("tracestate", "rojo=00f067aa0ba902b7"),
+            ("tracestate", "congo=t61rcWkgMzE"),
+        ]);
+        let e = extract(&h);
+        assert_eq!(
+            e.tracestate,
+            Some(HeaderValue::from_static(
+                "rojo=00f067aa0ba902b7,congo=t61rcWkgMzE"
+            ))
+        );
+        let h = headers(&[
+            ("x-b3-traceid", T64),
+            ("x-b3-spanid", S1),
+            ("traceparent", &tp),
+            ("tracestate", "rojo=1"),
+        ]);
+        assert_eq!(extract(&h).tracestate, None, "different trace");
+        let long = "k=".to_string() + &"v".repeat(MAX_TRACESTATE_LEN);
+        let h = headers(&[("traceparent", &tp), ("tracestate", &long)]);
+        assert_eq!(extract(&h).tracestate, None, "oversized");
+        let h = headers(&[("traceparent", "bad"), ("tracestate", "rojo=1")]);
+        assert_eq!(extract(&h).tracestate, None, "invalid traceparent");
+    }
+
+    fn all_formats() -> Formats {
+        Formats::from_slice(&[
+            PropagationFormat::B3Multi,
+            PropagationFormat::B3Single,
+            PropagationFormat::W3c,
+        ])
+    }
+
+    fn text(h: &HeaderMap, n: &str) -> Option<String> {
+        h.get(n).map(|v| v.to_str().expect("ascii").to_string())
+    }
+
+    #[test]
+    fn inject_writes_every_format_and_removes_stale_headers() {
+        let mut h = headers(&[
+            ("b3", "stale"),
+            ("x-b3-traceid", "stale"),
+            ("x-b3-flags", "1"),
+            ("traceparent", "stale"),
+            ("tracestate", "stale=1"),
+            ("other", "kept"),
+        ]);
+        let c = ctx(T64, S1, Some(P1), Some(true));
+        inject(&mut h, &c, all_formats(), None);
+        assert_eq!(text(&h, "x-b3-traceid").as_deref(), Some(T64));
+        assert_eq!(text(&h, "x-b3-spanid").as_deref(), Some(S1));
+        assert_eq!(text(&h, "x-b3-parentspanid").as_deref(), Some(P1));
+        assert_eq!(text(&h, "x-b3-sampled").as_deref(), Some("1"));
+        assert_eq!(text(&h, "x-b3-flags"), None);
+        assert_eq!(text(&h, "b3"), Some(format!("{T64}-{S1}-1-{P1}")));
+        assert_eq!(
+            text(&h, "traceparent"),
+            Some(format!("00-0000000000000000{T64}-{S1}-01"))
+        );
+        assert_eq!(text(&h, "tracestate"), None);
+        assert_eq!(text(&h, "other").as_deref(), Some("kept"));
+        // Round trip: what we write we read back identically.
+        assert_eq!(extract(&h).context, Some(c));
+    }
+
+    #[test]
+    fn inject_not_sampled_and_debug() {
+        let mut h = HeaderMap::new();
+        inject(
+            &mut h,
+            &ctx(T128, S1, None, Some(false)),
+            all_formats(),
+            None,
+        );
+        assert_eq!(text(&h, "x-b3-sampled").as_deref(), Some("0"));
+        assert_eq!(text(&h, "x-b3-parentspanid"), None);
+        assert_eq!(text(&h, "b3"), Some(format!("{T128}-{S1}-0")));
+        assert_eq!(text(&h, "traceparent"), Some(format!("00-{T128}-{S1}-00")));
+        let debug = SpanContext {
+            debug: true,
+            ..ctx(T128, S1, Some(P1), Some(true))
+        };
+        let ts = HeaderValue::from_static("rojo=1");
+        inject(&mut h, &debug, all_formats(), Some(&ts));
+        assert_eq!(text(&h, "x-b3-flags").as_deref(), Some("1"));
+        assert_eq!(text(&h, "x-b3-sampled"), None);
+        assert_eq!(text(&h, "b3"), Some(format!("{T128}-{S1}-d-{P1}")));
+        assert_eq!(text(&h, "traceparent"), Some(format!("00-{T128}-{S1}-01")));
+        assert_eq!(text(&h, "tracestate").as_deref(), Some("rojo=1"));
+        assert_eq!(extract(&h).context, Some(debug));
+    }
+
+    #[test]
+    fn inject_only_the_requested_formats() {
+        let mut h = headers(&[("b3", "stale")]);
+        let f = Formats::NONE.with(PropagationFormat::W3c);
+        inject(&mut h, &ctx(T128, S1, None, Some(true)), f, None);
+        assert_eq!(text(&h, "b3"), None);
+        assert_eq!(text(&h, "x-b3-traceid"), None);
+        assert!(h.contains_key("traceparent"));
+    }
+
+    /// Deterministic property test: garbage in any context header never panics, and whatever
+    /// is extracted round-trips through `inject`. (cargo-fuzz covers the same in sidecar/fuzz.)
+    #[test]
+    fn garbage_never_panics_and_valid_contexts_round_trip() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(0x5eed);
+        let alphabet = b"0123456789abcdefABCDEF-dtrue0x \t\x80\xff";
+        let names = CONTEXT_HEADERS;
+        let mut seen_valid = 0;
+        for _ in 0..20_000 {
+            let mut h = HeaderMap::new();
+            for _ in 0..rng.random_range(0..4) {
+                let name = names[rng.random_range(0..names.len())].clone();
+                let len = rng.random_range(0..70);
+                let bytes: Vec<u8> = if rng.random_bool(0.3) {
+                    // Mutate a valid value so the parsers see near misses, not only noise.
+                    let mut v = format!("00-{T128}-{S1}-01").into_bytes();
+                    let i = rng.random_range(0..v.len());
+                    v[i] = alphabet[rng.random_range(0..alphabet.len())];
+                    v
+                } else {
+                    (0..len)
+                        .map(|_| alphabet[rng.random_range(0..alphabet.len())])
+                        .collect()
+                };
+                if let Ok(v) = HeaderValue::from_bytes(&bytes) {
+                    h.append(name, v);
+                }
+            }
+            let e = extract(&h);
+            if let Some(c) = e.context {
+                seen_valid += 1;
+                let mut out = h.clone();
+                inject(&mut out, &c, all_formats(), e.tracestate.as_ref());
+                let again = extract(&out);
+                assert_eq!(again.context.map(|c| c.trace_id), Some(c.trace_id));
+                assert_eq!(again.context.map(|c| c.span_id), Some(c.span_id));
+                assert!(!again.malformed);
+            }
+        }
+        assert!(seen_valid > 0, "the generator must reach valid contexts");
+    }
+}
