@@ -1,12 +1,68 @@
-//! Init container that redirects a pod's TCP traffic through the sidetrace proxy with iptables
+//! `sidetrace-init` binary: parse, validate, then print (dry run), apply or clean up.
+//! Exit codes: 0 done, 64 bad configuration, 1 failure to apply.
+
+use std::process::ExitCode;
 
 use clap::Parser;
+use clap::error::ErrorKind;
+use sidetrace_init::backend::{self, System};
+use sidetrace_init::config::{Args, Config};
+use sidetrace_init::{EXIT_USAGE, Error, apply, rules};
 
-/// Init container that redirects a pod's TCP traffic through the sidetrace proxy with iptables
-#[derive(Debug, Parser)]
-#[command(name = "sidetrace-init", version, about)]
-struct Args {}
+fn exit(code: i32) -> ExitCode {
+    ExitCode::from(u8::try_from(code).unwrap_or(1))
+}
 
-fn main() {
-    let _args = Args::parse();
+fn main() -> ExitCode {
+    let args = match Args::try_parse() {
+        Ok(args) => args,
+        Err(e) => {
+            let _ = e.print();
+            return match e.kind() {
+                ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => ExitCode::SUCCESS,
+                _ => exit(EXIT_USAGE),
+            };
+        }
+    };
+    // Logs go to stderr so that `--dry-run` output on stdout stays pure restore input.
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("SIDETRACE_INIT_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+
+    match run(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, kind = e.label(), "sidetrace-init failed");
+            eprintln!("sidetrace-init: error: {e}");
+            exit(e.exit_code())
+        }
+    }
+}
+
+fn run(args: &Args) -> Result<(), Error> {
+    let config = Config::from_args(args)?;
+    if args.dry_run && !args.cleanup {
+        // Needs no privileges: the rules depend on the configuration alone.
+        print!("{}", rules::dry_run_text(&config));
+        return Ok(());
+    }
+    let flavour = backend::detect(&System, args.backend)?;
+    tracing::info!(
+        flavour = flavour.name(),
+        ipv6 = config.ipv6,
+        "iptables backend selected"
+    );
+    if args.dry_run {
+        // What cleanup removes depends on what is there, so this one reads the table.
+        print!("{}", apply::cleanup_preview(&System, flavour, &config)?);
+        Ok(())
+    } else if args.cleanup {
+        apply::cleanup(&System, flavour, &config)
+    } else {
+        apply::apply(&System, flavour, &config)
+    }
 }
