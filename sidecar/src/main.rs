@@ -1,12 +1,65 @@
-//! Transparent tracing sidecar: intercepts a pod's HTTP traffic, propagates B3/W3C context and exports Zipkin v2 spans
+//! `sidetrace-proxy` binary: parse and validate configuration (exit 64 on bad input, before
+//! any port is bound), set up logging and the runtime, run until drained.
+
+use std::process::ExitCode;
 
 use clap::Parser;
+use sidetrace_proxy::config::{Args, Settings};
 
-/// Transparent tracing sidecar: intercepts a pod's HTTP traffic, propagates B3/W3C context and exports Zipkin v2 spans
-#[derive(Debug, Parser)]
-#[command(name = "sidetrace-proxy", version, about)]
-struct Args {}
+/// Exit code for bad configuration (sysexits EX_USAGE).
+const EXIT_CONFIG: u8 = 64;
 
-fn main() {
-    let _args = Args::parse();
+fn main() -> ExitCode {
+    let args = match Args::try_parse() {
+        Ok(a) => a,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(EXIT_CONFIG)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    let filter = match tracing_subscriber::EnvFilter::try_new(&args.log_level) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("sidetrace-proxy: invalid configuration: --log-level: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let settings = match Settings::from_args(args) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("sidetrace-proxy: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(settings.args.worker_threads)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("sidetrace-proxy: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(sidetrace_proxy::run::run(settings)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, kind = e.metric_label(), "sidetrace-proxy failed");
+            eprintln!("sidetrace-proxy: {e}");
+            if matches!(e, sidetrace_proxy::Error::Config { .. }) {
+                ExitCode::from(EXIT_CONFIG)
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+    }
 }

@@ -1,0 +1,143 @@
+//! The admin server (default port 15021, never captured): health, readiness, metrics, the
+//! effective config, and a loopback-only `POST /shutdown` for Jobs on clusters without native
+//! sidecars.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{Method, Request, Response, StatusCode, header};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+
+use crate::listener::canonical;
+use crate::state::Shared;
+use crate::upstream::{Body, full};
+
+/// Serves admin requests until the process exits (it stays up while draining, so probes see
+/// `/ready` turn 503).
+pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!(error = %e, "admin accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let shared = Arc::clone(&shared);
+        tokio::spawn(async move {
+            let peer = canonical(peer);
+            let svc = service_fn(move |req| {
+                let shared = Arc::clone(&shared);
+                async move { Ok::<_, Infallible>(route(&shared, peer, &req)) }
+            });
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder
+                .timer(TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(10));
+            if let Err(e) = builder.serve_connection(TokioIo::new(stream), svc).await {
+                tracing::debug!(%peer, error = %e, "admin connection error");
+            }
+        });
+    }
+}
+
+fn text(status: StatusCode, body: impl Into<bytes::Bytes>) -> Response<Body> {
+    let mut r = Response::new(full(body));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+fn route(shared: &Shared, peer: SocketAddr, req: &Request<Incoming>) -> Response<Body> {
+    match (req.method(), req.uri().path()) {
+        (&Method::GET | &Method::HEAD, "/healthz") => text(StatusCode::OK, "ok\n"),
+        (&Method::GET | &Method::HEAD, "/ready") => {
+            if shared.is_ready() {
+                text(StatusCode::OK, "ready\n")
+            } else if shared.is_draining() {
+                text(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
+            } else {
+                text(StatusCode::SERVICE_UNAVAILABLE, "starting\n")
+            }
+        }
+        (&Method::GET | &Method::HEAD, "/metrics") => {
+            let mut out = String::with_capacity(8192);
+            shared.metrics.render(&mut out);
+            sidetrace_trace::render_metrics(&shared.export.stats(), &mut out);
+            let mut r = text(StatusCode::OK, out);
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            );
+            r
+        }
+        (&Method::GET | &Method::HEAD, "/config") => {
+            let body = serde_json::to_vec_pretty(&effective_config(shared)).unwrap_or_default();
+            let mut r = text(StatusCode::OK, body);
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static("application/json"),
+            );
+            r
+        }
+        (&Method::POST, "/shutdown") => {
+            if peer.ip().is_loopback() {
+                tracing::info!(%peer, "shutdown requested on the admin port");
+                shared.trigger_shutdown();
+                text(StatusCode::ACCEPTED, "draining\n")
+            } else {
+                text(
+                    StatusCode::FORBIDDEN,
+                    "shutdown is accepted from loopback only\n",
+                )
+            }
+        }
+        (_, "/shutdown") => text(StatusCode::METHOD_NOT_ALLOWED, "use POST\n"),
+        (_, "/healthz" | "/ready" | "/metrics" | "/config") => {
+            text(StatusCode::METHOD_NOT_ALLOWED, "use GET\n")
+        }
+        _ => text(StatusCode::NOT_FOUND, "not found\n"),
+    }
+}
+
+/// The effective configuration as JSON: flags, then the live (reloadable) part.
+pub fn effective_config(shared: &Shared) -> serde_json::Value {
+    let a = &shared.settings.args;
+    let live = shared.live();
+    let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+    serde_json::json!({
+        "inboundPort": a.inbound_port,
+        "outboundPort": a.outbound_port,
+        "adminPort": a.admin_port,
+        "listenAddress": a.listen_address.to_string(),
+        "adminAddress": a.admin_address.to_string(),
+        "inboundForwardTo": a.inbound_forward_to.map(|s| s.to_string()),
+        "outboundForwardTo": a.outbound_forward_to.map(|s| s.to_string()),
+        "configFile": a.config.as_ref().map(|p| p.display().to_string()),
+        "podIp": a.pod_ip.map(|ip| ip.to_string()),
+        "detectTimeoutMs": ms(a.detect_timeout),
+        "drainTimeoutMs": ms(a.drain_timeout),
+        "headerReadTimeoutMs": ms(a.header_read_timeout),
+        "connectTimeoutMs": ms(a.connect_timeout),
+        "maxHeaderBytes": a.max_header_bytes,
+        "exportQueueSize": a.export_queue_size,
+        "exportBatchSize": a.export_batch_size,
+        "exportIntervalMs": ms(a.export_interval),
+        "exportTimeoutMs": ms(a.export_timeout),
+        "exportRetries": a.export_retries,
+        "reloadIntervalMs": ms(a.reload_interval),
+        "serviceName": live.tracer.service_name,
+        "samplingRate": live.tracer.sampling_rate,
+        "collector": live.collector.to_string(),
+        "file": serde_json::to_value(&live.file).unwrap_or(serde_json::Value::Null),
+    })
+}

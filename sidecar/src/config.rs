@@ -1,0 +1,366 @@
+//! Command-line flags (each with an environment variable) and the validated [`Settings`] built
+//! from them plus the optional `--config` file.
+//!
+//! Precedence for the values the config file can also set (service name, sampling rate,
+//! collector): the file wins over the flag, because the file is what the operator renders from
+//! the TracedService and it is the part that hot-reloads; the flags are the pod-level defaults
+//! the injector writes.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use sidetrace_contract::names::env;
+use sidetrace_contract::{ProxyConfig, defaults};
+
+use crate::error::{Error, Result};
+
+/// hyper refuses (panics on) an HTTP/1 read buffer below this size.
+pub const MIN_HEADER_BYTES: usize = 8192;
+
+/// Transparent tracing sidecar: intercepts a pod's HTTP traffic, propagates B3/W3C context and
+/// exports Zipkin v2 spans.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "sidetrace-proxy", version, about)]
+pub struct Args {
+    /// Port of the inbound capture listener (iptables redirects inbound traffic here).
+    #[arg(long, env = env::INBOUND_PORT, default_value_t = defaults::INBOUND_CAPTURE_PORT)]
+    pub inbound_port: u16,
+    /// Port of the outbound capture listener (iptables redirects the app's outbound traffic here).
+    #[arg(long, env = env::OUTBOUND_PORT, default_value_t = defaults::OUTBOUND_CAPTURE_PORT)]
+    pub outbound_port: u16,
+    /// Port of the admin server (/healthz, /ready, /metrics, /config, POST /shutdown).
+    #[arg(long, env = env::ADMIN_PORT, default_value_t = defaults::ADMIN_PORT)]
+    pub admin_port: u16,
+    /// Address the capture listeners bind. `::` listens on IPv4 and IPv6 (falls back to
+    /// 0.0.0.0 where IPv6 is off).
+    #[arg(long, env = "SIDETRACE_LISTEN_ADDRESS", default_value = "::")]
+    pub listen_address: IpAddr,
+    /// Address the admin server binds (kubelet probes reach it on the pod IP).
+    #[arg(long, env = "SIDETRACE_ADMIN_ADDRESS", default_value = "::")]
+    pub admin_address: IpAddr,
+    /// Service name in spans (the config file's `serviceName` wins when set).
+    #[arg(long, env = env::SERVICE_NAME)]
+    pub service_name: Option<String>,
+    /// Zipkin v2 endpoint spans are POSTed to (the config file's `collector` wins when set).
+    #[arg(long, env = env::COLLECTOR, default_value = defaults::COLLECTOR_ENDPOINT)]
+    pub collector: String,
+    /// Probability in 0..=1 that a new trace is sampled (the config file's `samplingRate` wins).
+    #[arg(long, env = env::SAMPLING, default_value_t = defaults::SAMPLING_RATE)]
+    pub sampling: f64,
+    /// Sidecar config file (YAML, the ConfigMap the operator renders); watched and reloaded.
+    #[arg(long, env = env::CONFIG)]
+    pub config: Option<PathBuf>,
+    /// Log filter (error, warn, info, debug, trace, or a tracing EnvFilter directive).
+    #[arg(long, env = env::LOG_LEVEL, default_value = "info")]
+    pub log_level: String,
+    /// Pod IP reported as the span's localEndpoint.ipv4.
+    #[arg(long, env = env::POD_IP)]
+    pub pod_ip: Option<IpAddr>,
+    /// Explicit mode: send inbound connections that were not redirected by iptables here
+    /// instead of refusing them (component tests on loopback, local runs).
+    #[arg(long, env = "SIDETRACE_INBOUND_FORWARD_TO")]
+    pub inbound_forward_to: Option<SocketAddr>,
+    /// Explicit mode: send outbound connections that were not redirected by iptables here.
+    #[arg(long, env = "SIDETRACE_OUTBOUND_FORWARD_TO")]
+    pub outbound_forward_to: Option<SocketAddr>,
+    /// How long to wait for a client's first bytes before treating the connection as opaque
+    /// TCP (server-speaks-first protocols such as SMTP and MySQL).
+    #[arg(long, env = "SIDETRACE_DETECT_TIMEOUT", default_value = "100ms", value_parser = parse_duration)]
+    pub detect_timeout: Duration,
+    /// Grace period for in-flight requests on SIGTERM or POST /shutdown.
+    #[arg(long, env = "SIDETRACE_DRAIN_TIMEOUT", default_value = "25s", value_parser = parse_duration)]
+    pub drain_timeout: Duration,
+    /// Time a client has to send a complete HTTP/1 request head (slowloris guard).
+    #[arg(long, env = "SIDETRACE_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub header_read_timeout: Duration,
+    /// Timeout for connecting to an upstream.
+    #[arg(long, env = "SIDETRACE_CONNECT_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub connect_timeout: Duration,
+    /// Largest request or response head accepted, in bytes (at least 8192).
+    #[arg(long, env = "SIDETRACE_MAX_HEADER_BYTES", default_value_t = 65536)]
+    pub max_header_bytes: usize,
+    /// Span export queue capacity; spans beyond it are dropped and counted.
+    #[arg(long, env = "SIDETRACE_EXPORT_QUEUE_SIZE", default_value_t = 2048)]
+    pub export_queue_size: usize,
+    /// Most spans per POST to the collector.
+    #[arg(long, env = "SIDETRACE_EXPORT_BATCH_SIZE", default_value_t = 128)]
+    pub export_batch_size: usize,
+    /// Longest a span waits in the queue before its batch is sent.
+    #[arg(long, env = "SIDETRACE_EXPORT_INTERVAL", default_value = "1s", value_parser = parse_duration)]
+    pub export_interval: Duration,
+    /// Timeout of one POST to the collector.
+    #[arg(long, env = "SIDETRACE_EXPORT_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub export_timeout: Duration,
+    /// Retries of a failed batch (connection error or 5xx), with backoff, before it is dropped.
+    #[arg(long, env = "SIDETRACE_EXPORT_RETRIES", default_value_t = 2)]
+    pub export_retries: u32,
+    /// How often the config file is checked for changes.
+    #[arg(long, env = "SIDETRACE_RELOAD_INTERVAL", default_value = "2s", value_parser = parse_duration)]
+    pub reload_interval: Duration,
+    /// Tokio worker threads (a sidecar should not take every core of the node).
+    #[arg(long, env = "SIDETRACE_WORKER_THREADS", default_value_t = 2)]
+    pub worker_threads: usize,
+}
+
+/// Parses `250ms`, `2s`, `1m` or a bare number of seconds.
+pub fn parse_duration(text: &str) -> std::result::Result<Duration, String> {
+    let t = text.trim();
+    let (num, unit) = match t.find(|c: char| !c.is_ascii_digit() && c != '.') {
+        Some(i) => t.split_at(i),
+        None => (t, "s"),
+    };
+    let value: f64 = num
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration like 100ms, 2s or 1m"))?;
+    let secs = match unit {
+        "ms" => value / 1000.0,
+        "s" => value,
+        "m" => value * 60.0,
+        _ => {
+            return Err(format!(
+                "{text:?} has unknown unit {unit:?} (use ms, s or m)"
+            ));
+        }
+    };
+    Duration::try_from_secs_f64(secs).map_err(|e| format!("{text:?}: {e}"))
+}
+
+/// Validated settings: everything the proxy needs, checked before any port is bound.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Raw flags (after validation), kept for `/config`.
+    pub args: Args,
+    /// Collector endpoint from the flag, parsed.
+    pub collector_flag: http::Uri,
+    /// The config file as first read (empty default when there is no `--config`).
+    pub file: ProxyConfig,
+    /// The file's text as first read, so the watcher can tell a change.
+    pub file_text: Option<String>,
+}
+
+impl Settings {
+    /// Validates flags and reads the config file. Never binds or connects.
+    pub fn from_args(args: Args) -> Result<Self> {
+        let ports = [
+            ("--inbound-port", args.inbound_port),
+            ("--outbound-port", args.outbound_port),
+            ("--admin-port", args.admin_port),
+        ];
+        for (i, (flag, port)) in ports.iter().enumerate() {
+            if *port == 0 {
+                return Err(Error::config(*flag, "must be in 1..=65535"));
+            }
+            if let Some((other, _)) = ports[..i].iter().find(|(_, p)| p == port) {
+                return Err(Error::config(
+                    *flag,
+                    format!("port {port} is already used by {other}"),
+                ));
+            }
+        }
+        if !(0.0..=1.0).contains(&args.sampling) {
+            return Err(Error::config(
+                "--sampling",
+                format!("{} is outside 0..=1", args.sampling),
+            ));
+        }
+        let collector_flag =
+            parse_collector(&args.collector).map_err(|r| Error::config("--collector", r))?;
+        if args.max_header_bytes < MIN_HEADER_BYTES {
+            return Err(Error::config(
+                "--max-header-bytes",
+                format!(
+                    "{} is below the minimum {MIN_HEADER_BYTES}",
+                    args.max_header_bytes
+                ),
+            ));
+        }
+        if args.max_header_bytes > u32::MAX as usize {
+            return Err(Error::config("--max-header-bytes", "too large"));
+        }
+        for (flag, v) in [
+            ("--export-queue-size", args.export_queue_size),
+            ("--export-batch-size", args.export_batch_size),
+            ("--worker-threads", args.worker_threads),
+        ] {
+            if v == 0 {
+                return Err(Error::config(flag, "must be at least 1"));
+            }
+        }
+        for (flag, d) in [
+            ("--detect-timeout", args.detect_timeout),
+            ("--header-read-timeout", args.header_read_timeout),
+            ("--connect-timeout", args.connect_timeout),
+            ("--export-interval", args.export_interval),
+            ("--export-timeout", args.export_timeout),
+            ("--reload-interval", args.reload_interval),
+        ] {
+            if d.is_zero() {
+                return Err(Error::config(flag, "must be greater than zero"));
+            }
+        }
+        if args
+            .service_name
+            .as_ref()
+            .is_some_and(|n| n.trim().is_empty())
+        {
+            return Err(Error::config("--service-name", "must not be empty"));
+        }
+        for (flag, addr) in [
+            ("--inbound-forward-to", args.inbound_forward_to),
+            ("--outbound-forward-to", args.outbound_forward_to),
+        ] {
+            if let Some(a) = addr.filter(|a| a.port() == 0 || a.ip().is_unspecified()) {
+                return Err(Error::config(
+                    flag,
+                    format!("{a} is not a connectable address"),
+                ));
+            }
+        }
+        let (file, file_text) = match &args.config {
+            None => (ProxyConfig::default(), None),
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    Error::config("--config", format!("cannot read {}: {e}", path.display()))
+                })?;
+                let file = parse_file(&text)
+                    .map_err(|r| Error::config(format!("--config {}", path.display()), r))?;
+                (file, Some(text))
+            }
+        };
+        Ok(Self {
+            args,
+            collector_flag,
+            file,
+            file_text,
+        })
+    }
+
+    /// Address the inbound capture listener binds.
+    pub fn inbound_addr(&self) -> SocketAddr {
+        SocketAddr::new(self.args.listen_address, self.args.inbound_port)
+    }
+
+    /// Address the outbound capture listener binds.
+    pub fn outbound_addr(&self) -> SocketAddr {
+        SocketAddr::new(self.args.listen_address, self.args.outbound_port)
+    }
+
+    /// Address the admin server binds.
+    pub fn admin_addr(&self) -> SocketAddr {
+        SocketAddr::new(self.args.admin_address, self.args.admin_port)
+    }
+}
+
+/// Parses and validates a config file's text, including the collector URL the file may carry.
+/// The error names the field.
+pub fn parse_file(text: &str) -> std::result::Result<ProxyConfig, String> {
+    let file = ProxyConfig::from_yaml(text).map_err(|e| e.to_string())?;
+    if let Some(c) = &file.collector {
+        parse_collector(c).map_err(|r| format!("invalid value at collector: {r}"))?;
+    }
+    Ok(file)
+}
+
+/// The collector must be an absolute `http://` URL (the exporter speaks plain HTTP; TLS to the
+/// collector is out of scope for an in-cluster Jaeger).
+pub fn parse_collector(text: &str) -> std::result::Result<http::Uri, String> {
+    let uri: http::Uri = text
+        .parse()
+        .map_err(|e| format!("{text:?} is not a URL: {e}"))?;
+    if uri.scheme_str() != Some("http") {
+        return Err(format!("{text:?} must be an http:// URL"));
+    }
+    if uri.host().is_none_or(str::is_empty) {
+        return Err(format!("{text:?} has no host"));
+    }
+    Ok(uri)
+}
+
+/// Fallback bind address when `::` is not available (IPv6 disabled in the pod).
+pub fn ipv4_fallback(ip: IpAddr) -> Option<IpAddr> {
+    (ip == IpAddr::V6(Ipv6Addr::UNSPECIFIED)).then_some(IpAddr::V4(Ipv4Addr::UNSPECIFIED))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(extra: &[&str]) -> Args {
+        let mut v = vec!["sidetrace-proxy"];
+        v.extend_from_slice(extra);
+        Args::try_parse_from(v).expect("flags parse")
+    }
+
+    #[test]
+    fn defaults_are_the_contract_ports() {
+        let s = Settings::from_args(args(&[])).expect("defaults are valid");
+        assert_eq!(s.args.inbound_port, 15006);
+        assert_eq!(s.args.outbound_port, 15001);
+        assert_eq!(s.args.admin_port, 15021);
+        assert_eq!(s.args.detect_timeout, Duration::from_millis(100));
+        assert_eq!(s.collector_flag.path(), "/api/v2/spans");
+    }
+
+    #[test]
+    fn durations_parse_with_units() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("2"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
+        assert!(parse_duration("1h").is_err());
+        assert!(parse_duration("fast").is_err());
+    }
+
+    #[test]
+    fn invalid_values_name_the_flag() {
+        let cases: &[(&[&str], &str)] = &[
+            (&["--inbound-port", "0"], "--inbound-port"),
+            (&["--outbound-port", "15006"], "--outbound-port"),
+            (&["--sampling", "1.5"], "--sampling"),
+            (&["--collector", "jaeger:9411"], "--collector"),
+            (&["--collector", "https://j/api"], "--collector"),
+            (&["--max-header-bytes", "100"], "--max-header-bytes"),
+            (&["--export-queue-size", "0"], "--export-queue-size"),
+            (
+                &["--drain-timeout", "5s", "--detect-timeout", "0ms"],
+                "--detect-timeout",
+            ),
+            (
+                &["--inbound-forward-to", "0.0.0.0:80"],
+                "--inbound-forward-to",
+            ),
+            (&["--config", "/nonexistent/sidetrace.yaml"], "--config"),
+            (&["--service-name", " "], "--service-name"),
+        ];
+        for (flags, name) in cases {
+            let err = Settings::from_args(args(flags)).expect_err(name);
+            assert_eq!(err.metric_label(), "config");
+            assert!(err.to_string().contains(name), "{flags:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn config_file_errors_name_the_field() {
+        let dir =
+            std::env::temp_dir().join(format!("sidetrace-config-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("tmp dir");
+        let path = dir.join("proxy.yaml");
+        std::fs::write(&path, "samplingRate: 2\n").expect("write");
+        let p = path.to_string_lossy().to_string();
+        let err = Settings::from_args(args(&["--config", &p])).expect_err("bad rate");
+        assert!(err.to_string().contains("samplingRate"), "{err}");
+        std::fs::write(&path, "serviceName: cart\nsamplingRate: 0.25\n").expect("write");
+        let s = Settings::from_args(args(&["--config", &p])).expect("valid file");
+        assert_eq!(s.file.service_name.as_deref(), Some("cart"));
+        assert!(s.file_text.is_some());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn file_collector_must_be_plain_http() {
+        assert!(parse_file("collector: https://jaeger:9411/api/v2/spans").is_err());
+        assert!(parse_file("collector: http://jaeger:9411/api/v2/spans").is_ok());
+    }
+}

@@ -1,0 +1,443 @@
+//! The HTTP proxy service: one call per request, on either listener, for HTTP/1.1 and HTTP/2.
+//!
+//! Per request: snapshot the live config, describe the request to the tracer
+//! ([`sidetrace_trace::start_hop`] rewrites the propagation headers for the next hop), drop
+//! hop-by-hop headers, forward to the connection's upstream, and finish the span when the
+//! response body ends (so response size and gRPC trailers are known). Bodies stream both ways;
+//! nothing is buffered. Upgrades (WebSocket) and CONNECT become a byte tunnel once both sides
+//! agree to switch.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Instant, SystemTime};
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use hyper::body::{Body as _, Frame, Incoming, SizeHint};
+use hyper_util::rt::TokioIo;
+use sidetrace_contract::Direction;
+use sidetrace_trace::{ExportHandle, Hop, RequestInfo, ResponseInfo};
+
+use crate::state::Shared;
+use crate::upstream::{Body, BoxError, boxed, full};
+
+/// What a request's connection knows: where it came from and where it goes.
+#[derive(Debug, Clone)]
+pub struct ConnInfo {
+    /// Which listener accepted the connection.
+    pub direction: Direction,
+    /// Address the client dialled (the original destination when redirected).
+    pub local_addr: SocketAddr,
+    /// The client.
+    pub peer_addr: SocketAddr,
+    /// Where requests are forwarded.
+    pub upstream: SocketAddr,
+    /// HTTP/2 (prior knowledge) rather than HTTP/1.
+    pub h2: bool,
+}
+
+/// Headers that describe one connection, not the message (RFC 9110 §7.6.1), never forwarded.
+const HOP_BY_HOP: [&str; 5] = [
+    "keep-alive",
+    "proxy-connection",
+    "transfer-encoding",
+    "upgrade",
+    "connection",
+];
+
+/// Whether a request asks to switch protocols (HTTP/1.1 `Connection: upgrade` + `Upgrade`).
+pub fn is_upgrade_request(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::UPGRADE) && connection_has(headers, "upgrade")
+}
+
+fn connection_has(headers: &HeaderMap, token: &str) -> bool {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+/// Removes hop-by-hop headers and the headers the `Connection` header names. With
+/// `keep_upgrade`, `Connection: upgrade` and `Upgrade` survive (the upstream must see them to
+/// switch protocols). `TE: trailers` survives (gRPC needs it end to end).
+pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .filter(|n| !(keep_upgrade && n == header::UPGRADE))
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in HOP_BY_HOP {
+        if keep_upgrade && (name == "upgrade" || name == "connection") {
+            continue;
+        }
+        headers.remove(name);
+    }
+    if keep_upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    }
+    let te_trailers = headers
+        .get(header::TE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+        });
+    headers.remove(header::TE);
+    if te_trailers {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+}
+
+/// Whether a request is gRPC (content type `application/grpc` or `application/grpc+proto` etc).
+pub fn is_grpc(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("application/grpc"))
+}
+
+fn grpc_status(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+}
+
+/// Proxies one request. Never fails: upstream errors become a 502 with a span tagged error.
+pub async fn proxy(
+    shared: Arc<Shared>,
+    conn: Arc<ConnInfo>,
+    mut req: Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
+    let started = Instant::now();
+    let live = shared.live();
+    let grpc = is_grpc(req.headers());
+    let protocol = match (grpc, conn.h2) {
+        (true, _) => "gRPC",
+        (false, true) => "HTTP/2",
+        (false, false) => "HTTP/1.1",
+    };
+    let is_connect = req.method() == Method::CONNECT;
+    let upgrade = !conn.h2 && (is_connect || is_upgrade_request(req.headers()));
+    let server_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+
+    let (mut parts, body) = req.into_parts();
+    let authority = parts
+        .uri
+        .authority()
+        .map(|a| a.as_str().to_owned())
+        .or_else(|| {
+            parts
+                .headers
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_owned)
+        });
+    let user_agent = parts
+        .headers
+        .get(header::USER_AGENT)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_owned);
+    let path = parts
+        .uri
+        .path_and_query()
+        .map_or_else(|| parts.uri.path().to_owned(), |p| p.as_str().to_owned());
+    let scheme = parts.uri.scheme_str().unwrap_or("http").to_owned();
+    let hop = {
+        let info = RequestInfo {
+            direction: conn.direction,
+            method: parts.method.as_str(),
+            path: &path,
+            authority: authority.as_deref(),
+            scheme: &scheme,
+            user_agent: user_agent.as_deref(),
+            local_addr: conn.local_addr,
+            peer_addr: conn.peer_addr,
+            upstream_addr: conn.upstream,
+            protocol,
+        };
+        sidetrace_trace::start_hop(&live.tracer, &info, &mut parts.headers, SystemTime::now())
+    };
+    strip_hop_by_hop(&mut parts.headers, upgrade && !is_connect);
+    let method = parts.method.clone();
+    let out = Request::from_parts(parts, boxed(body));
+
+    let result = if conn.h2 {
+        shared
+            .upstream
+            .send_h2(conn.upstream, out)
+            .await
+            .map(|r| r.map(boxed))
+    } else if upgrade {
+        shared
+            .upstream
+            .send_upgrade(conn.upstream, out)
+            .await
+            .map(|mut resp| {
+                let switched = resp.status() == StatusCode::SWITCHING_PROTOCOLS
+                    || (method == Method::CONNECT && resp.status().is_success());
+                if switched {
+                    if let Some(server) = server_upgrade {
+                        let client = hyper::upgrade::on(&mut resp);
+                        tokio::spawn(tunnel(server, client, conn.upstream));
+                    }
+                    resp.map(|_| full(Bytes::new()))
+                } else {
+                    resp.map(boxed)
+                }
+            })
+    } else {
+        shared.upstream.send_h1(conn.upstream, out).await
+    };
+
+    match result {
+        Err(e) => {
+            shared.metrics.upstream_error(conn.direction);
+            shared
+                .metrics
+                .request(conn.direction, Some(502), grpc, started.elapsed());
+            tracing::warn!(direction = ?conn.direction, upstream = %conn.upstream, error = %e, "upstream request failed");
+            let reason = e.to_string();
+            if let Some(hop) = hop {
+                let info = ResponseInfo {
+                    status: Some(502),
+                    grpc_status: None,
+                    response_size: None,
+                    error: Some(reason),
+                };
+                if let Some(span) = hop.finish_after(&info, started.elapsed()) {
+                    shared.export.record(span);
+                }
+            }
+            let mut resp = Response::new(full("upstream connect error or disconnect\n"));
+            *resp.status_mut() = StatusCode::BAD_GATEWAY;
+            resp.headers_mut()
+                .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+            Ok(resp)
+        }
+        Ok(mut resp) => {
+            let status = resp.status().as_u16();
+            shared
+                .metrics
+                .request(conn.direction, Some(status), grpc, started.elapsed());
+            if status == 101 {
+                // Keep `Connection: upgrade` + `Upgrade` so the client switches too.
+                if let Some(hop) = hop {
+                    finish(&shared.export, hop, started, status, None, Some(0), None);
+                }
+                return Ok(resp);
+            }
+            strip_hop_by_hop(resp.headers_mut(), false);
+            let Some(hop) = hop else {
+                return Ok(resp);
+            };
+            let grpc_status = grpc_status(resp.headers());
+            Ok(resp.map(|inner| {
+                boxed(TracedBody {
+                    inner,
+                    bytes: 0,
+                    pending: Some(Pending {
+                        hop,
+                        export: shared.export.clone(),
+                        started,
+                        status,
+                        grpc_status,
+                    }),
+                })
+            }))
+        }
+    }
+}
+
+fn finish(
+    export: &ExportHandle,
+    hop: Hop,
+    started: Instant,
+    status: u16,
+    grpc_status: Option<String>,
+    size: Option<u64>,
+    error: Option<String>,
+) {
+    let info = ResponseInfo {
+        status: Some(status),
+        grpc_status,
+        response_size: size,
+        error,
+    };
+    if let Some(span) = hop.finish_after(&info, started.elapsed()) {
+        export.record(span);
+    }
+}
+
+/// Copies bytes both ways between the two upgraded halves until either side closes.
+async fn tunnel(
+    server: hyper::upgrade::OnUpgrade,
+    client: hyper::upgrade::OnUpgrade,
+    upstream: SocketAddr,
+) {
+    let (server, client) = match tokio::try_join!(server, client) {
+        Ok(pair) => pair,
+        Err(e) => {
+            tracing::debug!(%upstream, error = %e, "upgrade did not complete");
+            return;
+        }
+    };
+    let mut server = TokioIo::new(server);
+    let mut client = TokioIo::new(client);
+    match tokio::io::copy_bidirectional(&mut server, &mut client).await {
+        Ok((up, down)) => tracing::debug!(%upstream, up, down, "upgraded tunnel closed"),
+        Err(e) => tracing::debug!(%upstream, error = %e, "upgraded tunnel ended with an error"),
+    }
+}
+
+struct Pending {
+    hop: Hop,
+    export: ExportHandle,
+    started: Instant,
+    status: u16,
+    grpc_status: Option<String>,
+}
+
+/// Response body that ends the span when the body ends (or is abandoned).
+struct TracedBody {
+    inner: Body,
+    bytes: u64,
+    pending: Option<Pending>,
+}
+
+impl TracedBody {
+    fn done(&mut self, error: Option<String>) {
+        if let Some(p) = self.pending.take() {
+            finish(
+                &p.export,
+                p.hop,
+                p.started,
+                p.status,
+                p.grpc_status,
+                Some(self.bytes),
+                error,
+            );
+        }
+    }
+}
+
+impl hyper::body::Body for TracedBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let res = Pin::new(&mut self.inner).poll_frame(cx);
+        match &res {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    self.bytes += data.len() as u64;
+                } else if let Some(trailers) = frame.trailers_ref() {
+                    let status = grpc_status(trailers);
+                    if let (Some(p), Some(s)) = (self.pending.as_mut(), status) {
+                        p.grpc_status = Some(s);
+                    }
+                }
+                if self.inner.is_end_stream() {
+                    self.done(None);
+                }
+            }
+            Poll::Ready(Some(Err(e))) => {
+                let msg = format!("response body: {e}");
+                self.done(Some(msg));
+            }
+            Poll::Ready(None) => self.done(None),
+            Poll::Pending => {}
+        }
+        res
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for TracedBody {
+    fn drop(&mut self) {
+        if self.pending.is_some() {
+            let error = (!self.inner.is_end_stream())
+                .then(|| "client went away before the response body ended".to_owned());
+            self.done(error);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).expect("name"),
+                HeaderValue::from_str(v).expect("value"),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn strips_hop_by_hop_and_connection_named_headers() {
+        let mut h = headers(&[
+            ("connection", "keep-alive, x-secret"),
+            ("keep-alive", "timeout=5"),
+            ("x-secret", "1"),
+            ("transfer-encoding", "chunked"),
+            ("te", "trailers, deflate"),
+            ("x-b3-traceid", "abc"),
+        ]);
+        strip_hop_by_hop(&mut h, false);
+        let names: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+        assert_eq!(names, ["x-b3-traceid", "te"]);
+        assert_eq!(h["te"], "trailers");
+    }
+
+    #[test]
+    fn keeps_upgrade_headers_for_websocket() {
+        let mut h = headers(&[
+            ("connection", "Upgrade"),
+            ("upgrade", "websocket"),
+            ("sec-websocket-key", "k"),
+        ]);
+        assert!(is_upgrade_request(&h));
+        strip_hop_by_hop(&mut h, true);
+        assert_eq!(h["upgrade"], "websocket");
+        assert_eq!(h["connection"], "upgrade");
+        assert_eq!(h["sec-websocket-key"], "k");
+        assert!(!is_upgrade_request(&headers(&[("upgrade", "websocket")])));
+    }
+
+    #[test]
+    fn recognises_grpc_content_types() {
+        assert!(is_grpc(&headers(&[("content-type", "application/grpc")])));
+        assert!(is_grpc(&headers(&[(
+            "content-type",
+            "application/grpc+proto"
+        )])));
+        assert!(!is_grpc(&headers(&[("content-type", "application/json")])));
+    }
+}

@@ -1,0 +1,420 @@
+//! The two capture listeners: accept, find where the connection was going, detect the protocol,
+//! then serve it as HTTP/1.1, HTTP/2 or an opaque TCP copy.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use sidetrace_contract::{Direction, Protocol};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+
+use crate::config::ipv4_fallback;
+use crate::detect::{Detected, Rewind, sniff};
+use crate::error::{Error, Result};
+use crate::http::{ConnInfo, proxy};
+use crate::metrics::{Refusal, direction_label};
+use crate::orig_dst::original_dst;
+use crate::state::Shared;
+
+/// Connections waiting to be accepted per listener.
+const BACKLOG: u32 = 1024;
+
+/// Binds a listener; `::` falls back to `0.0.0.0` when IPv6 is unavailable.
+pub fn bind(addr: SocketAddr) -> Result<TcpListener> {
+    match bind_exact(addr) {
+        Ok(l) => Ok(l),
+        Err(e) => match ipv4_fallback(addr.ip()) {
+            Some(v4) => {
+                tracing::info!(%addr, error = %e, "IPv6 unavailable; listening on IPv4 only");
+                bind_exact(SocketAddr::new(v4, addr.port()))
+            }
+            None => Err(e),
+        },
+    }
+}
+
+fn bind_exact(addr: SocketAddr) -> Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()
+    } else {
+        TcpSocket::new_v6()
+    }
+    .map_err(|source| Error::Bind { addr, source })?;
+    socket
+        .set_reuseaddr(true)
+        .and_then(|()| socket.bind(addr))
+        .and_then(|()| socket.listen(BACKLOG))
+        .map_err(|source| Error::Bind { addr, source })
+}
+
+/// Where an accepted connection goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Route {
+    /// The address the client meant to reach (original destination, or the explicit target).
+    pub original: SocketAddr,
+    /// Where the proxy connects.
+    pub upstream: SocketAddr,
+}
+
+/// Decides where a connection goes, as a pure function of what the socket says.
+///
+/// - `orig`: `SO_ORIGINAL_DST` (an error when there is no NAT entry).
+/// - A redirected connection has an original destination different from the local address.
+///   Inbound goes to the app over loopback on the original port; outbound to the original
+///   destination itself.
+/// - Not redirected: the explicit forward address when configured, else refused.
+/// - An original destination that is one of the proxy's own capture ports on a local or
+///   loopback address would loop back into the proxy: refused.
+pub fn route(
+    direction: Direction,
+    local: SocketAddr,
+    orig: Option<SocketAddr>,
+    forward_to: Option<SocketAddr>,
+    own_ports: [u16; 2],
+) -> std::result::Result<Route, Refusal> {
+    let redirected = orig.map(canonical).filter(|o| *o != canonical(local));
+    match redirected {
+        Some(o) => {
+            let own = own_ports.contains(&o.port())
+                && (o.ip().is_loopback()
+                    || o.ip().is_unspecified()
+                    || o.ip() == canonical(local).ip());
+            if own {
+                return Err(Refusal::Loop);
+            }
+            let upstream = match direction {
+                Direction::Inbound => {
+                    let lo = if o.is_ipv4() {
+                        IpAddr::V4(Ipv4Addr::LOCALHOST)
+                    } else {
+                        IpAddr::V6(Ipv6Addr::LOCALHOST)
+                    };
+                    SocketAddr::new(lo, o.port())
+                }
+                Direction::Outbound => o,
+            };
+            Ok(Route {
+                original: o,
+                upstream,
+            })
+        }
+        None => match forward_to {
+            Some(f)
+                if !(own_ports.contains(&f.port())
+                    && (f.ip().is_loopback() || f.ip() == canonical(local).ip())) =>
+            {
+                Ok(Route {
+                    original: f,
+                    upstream: f,
+                })
+            }
+            Some(_) => Err(Refusal::Loop),
+            None if orig.is_some() => Err(Refusal::Loop),
+            None => Err(Refusal::NoOriginalDst),
+        },
+    }
+}
+
+/// IPv4-mapped IPv6 addresses (from a dual-stack listener) as plain IPv4.
+pub fn canonical(addr: SocketAddr) -> SocketAddr {
+    SocketAddr::new(addr.ip().to_canonical(), addr.port())
+}
+
+/// Accepts connections until shutdown is triggered, then returns (dropping the listener, so
+/// new connections are refused by the kernel).
+pub async fn accept_loop(listener: TcpListener, direction: Direction, shared: Arc<Shared>) {
+    let stop = shared.shutdown_signal();
+    tokio::pin!(stop);
+    loop {
+        let accepted = tokio::select! {
+            () = &mut stop => break,
+            a = listener.accept() => a,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                let shared = Arc::clone(&shared);
+                tokio::spawn(async move {
+                    handle_connection(stream, canonical(peer), direction, shared).await;
+                });
+            }
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                tracing::warn!(direction = direction_label(direction), error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+    tracing::info!(direction = direction_label(direction), "listener closed");
+}
+
+async fn handle_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    direction: Direction,
+    shared: Arc<Shared>,
+) {
+    let _open = shared.metrics.connection(direction);
+    let _ = stream.set_nodelay(true);
+    let Ok(local) = stream.local_addr() else {
+        return;
+    };
+    let local_v4 = canonical(local).is_ipv4();
+    let orig = original_dst(&stream, local_v4).ok();
+    let args = &shared.settings.args;
+    let forward_to = match direction {
+        Direction::Inbound => args.inbound_forward_to,
+        Direction::Outbound => args.outbound_forward_to,
+    };
+    let route = match route(
+        direction,
+        local,
+        orig,
+        forward_to,
+        [args.inbound_port, args.outbound_port],
+    ) {
+        Ok(r) => r,
+        Err(why) => {
+            shared.metrics.refused(direction, why);
+            tracing::warn!(
+                direction = direction_label(direction),
+                %peer, %local, reason = ?why,
+                "refusing a connection that was not redirected to the proxy"
+            );
+            return;
+        }
+    };
+    let declared = match direction {
+        Direction::Inbound => shared.live().file.protocol_for(route.original.port()),
+        Direction::Outbound => Protocol::Auto,
+    };
+    let mut stream = stream;
+    let (detected, prefix) = if declared == Protocol::Tcp {
+        (Detected::Opaque, bytes::Bytes::new())
+    } else {
+        match sniff(&mut stream, args.detect_timeout).await {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::debug!(%peer, error = %e, "connection failed before detection");
+                return;
+            }
+        }
+    };
+    shared.metrics.detected(direction, detected);
+    tracing::debug!(direction = direction_label(direction), %peer, upstream = %route.upstream, protocol = detected.label(), "accepted");
+    let io = Rewind::new(prefix, stream);
+    let info = Arc::new(ConnInfo {
+        direction,
+        local_addr: canonical(route.original),
+        peer_addr: peer,
+        upstream: route.upstream,
+        h2: detected == Detected::Http2,
+    });
+    match detected {
+        Detected::Http1 => serve_http1(io, info, Arc::clone(&shared)).await,
+        Detected::Http2 => serve_http2(io, info, Arc::clone(&shared)).await,
+        Detected::Tls | Detected::Opaque => {
+            copy_opaque(io, route.upstream, &shared, direction).await
+        }
+    }
+}
+
+async fn serve_http1(io: Rewind<TcpStream>, info: Arc<ConnInfo>, shared: Arc<Shared>) {
+    let args = &shared.settings.args;
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(args.header_read_timeout)
+        .max_buf_size(args.max_header_bytes)
+        .keep_alive(true)
+        .half_close(true);
+    let peer = info.peer_addr;
+    let svc_shared = Arc::clone(&shared);
+    let svc = service_fn(move |req| proxy(Arc::clone(&svc_shared), Arc::clone(&info), req));
+    let stop = shared.shutdown_signal();
+    let conn = builder
+        .serve_connection(TokioIo::new(io), svc)
+        .with_upgrades();
+    tokio::pin!(conn);
+    // On shutdown hyper finishes the request in flight (if any), then closes the connection.
+    let res = tokio::select! {
+        res = conn.as_mut() => res,
+        () = stop => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = res {
+        tracing::debug!(%peer, error = %e, "HTTP/1 connection ended with an error");
+    }
+}
+
+async fn serve_http2(io: Rewind<TcpStream>, info: Arc<ConnInfo>, shared: Arc<Shared>) {
+    let args = &shared.settings.args;
+    let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    builder
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(args.max_header_bytes).unwrap_or(u32::MAX))
+        .keep_alive_interval(Duration::from_secs(30));
+    let peer = info.peer_addr;
+    let svc_shared = Arc::clone(&shared);
+    let svc = service_fn(move |req| proxy(Arc::clone(&svc_shared), Arc::clone(&info), req));
+    let stop = shared.shutdown_signal();
+    let conn = builder.serve_connection(TokioIo::new(io), svc);
+    tokio::pin!(conn);
+    // On shutdown hyper sends GOAWAY, lets open streams finish, then closes.
+    let res = tokio::select! {
+        res = conn.as_mut() => res,
+        () = stop => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = res {
+        tracing::debug!(%peer, error = %e, "HTTP/2 connection ended with an error");
+    }
+}
+
+async fn copy_opaque(
+    mut io: Rewind<TcpStream>,
+    upstream: SocketAddr,
+    shared: &Shared,
+    direction: Direction,
+) {
+    let mut up = match shared.upstream.connect(upstream).await {
+        Ok(s) => s,
+        Err(e) => {
+            shared.metrics.upstream_error(direction);
+            tracing::warn!(%upstream, error = %e, "opaque upstream connect failed");
+            return;
+        }
+    };
+    match tokio::io::copy_bidirectional(&mut io, &mut up).await {
+        Ok((to_up, to_down)) => {
+            tracing::debug!(%upstream, to_up, to_down, "opaque connection closed")
+        }
+        Err(e) => tracing::debug!(%upstream, error = %e, "opaque connection ended with an error"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn a(s: &str) -> SocketAddr {
+        s.parse().expect("addr")
+    }
+    const OWN: [u16; 2] = [15006, 15001];
+
+    #[test]
+    fn inbound_redirect_goes_to_the_app_on_loopback() {
+        let r = route(
+            Direction::Inbound,
+            a("10.0.0.5:15006"),
+            Some(a("10.0.0.5:8080")),
+            None,
+            OWN,
+        );
+        assert_eq!(
+            r,
+            Ok(Route {
+                original: a("10.0.0.5:8080"),
+                upstream: a("127.0.0.1:8080")
+            })
+        );
+        let r = route(
+            Direction::Inbound,
+            a("[fd00::5]:15006"),
+            Some(a("[fd00::5]:8080")),
+            None,
+            OWN,
+        );
+        assert_eq!(r.map(|r| r.upstream), Ok(a("[::1]:8080")));
+    }
+
+    #[test]
+    fn outbound_redirect_goes_to_the_original_destination() {
+        let r = route(
+            Direction::Outbound,
+            a("127.0.0.1:15001"),
+            Some(a("10.96.0.10:80")),
+            None,
+            OWN,
+        );
+        assert_eq!(r.map(|r| r.upstream), Ok(a("10.96.0.10:80")));
+    }
+
+    #[test]
+    fn direct_connects_are_refused_or_sent_to_the_explicit_target() {
+        let local = a("127.0.0.1:15001");
+        assert_eq!(
+            route(Direction::Outbound, local, None, None, OWN),
+            Err(Refusal::NoOriginalDst)
+        );
+        assert_eq!(
+            route(Direction::Outbound, local, Some(local), None, OWN),
+            Err(Refusal::Loop)
+        );
+        let fwd = a("127.0.0.1:9000");
+        assert_eq!(
+            route(Direction::Outbound, local, Some(local), Some(fwd), OWN).map(|r| r.upstream),
+            Ok(fwd)
+        );
+        assert_eq!(
+            route(Direction::Outbound, local, None, Some(fwd), OWN).map(|r| r.upstream),
+            Ok(fwd)
+        );
+    }
+
+    #[test]
+    fn destinations_that_are_the_proxy_itself_are_loops() {
+        let local = a("10.0.0.5:15006");
+        assert_eq!(
+            route(
+                Direction::Inbound,
+                local,
+                Some(a("127.0.0.1:15001")),
+                None,
+                OWN
+            ),
+            Err(Refusal::Loop)
+        );
+        assert_eq!(
+            route(
+                Direction::Outbound,
+                a("127.0.0.1:15001"),
+                Some(a("10.0.0.5:15006")),
+                None,
+                OWN
+            )
+            .map(|r| r.upstream),
+            Ok(a("10.0.0.5:15006"))
+        );
+        assert_eq!(
+            route(
+                Direction::Inbound,
+                local,
+                None,
+                Some(a("127.0.0.1:15006")),
+                OWN
+            ),
+            Err(Refusal::Loop)
+        );
+    }
+
+    #[test]
+    fn mapped_ipv4_is_canonical() {
+        let local = a("[::ffff:10.0.0.5]:15006");
+        assert_eq!(
+            route(
+                Direction::Inbound,
+                local,
+                Some(a("10.0.0.5:15006")),
+                None,
+                OWN
+            ),
+            Err(Refusal::Loop)
+        );
+    }
+}

@@ -1,0 +1,372 @@
+//! Proxy counters and their Prometheus text rendering. Plain atomics: the request path only
+//! does relaxed increments, `/metrics` reads a snapshot.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+use sidetrace_contract::Direction;
+
+use crate::detect::Detected;
+
+/// Upper bounds of the request latency histogram, in seconds (time to response headers).
+pub const LATENCY_BUCKETS: [f64; 14] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+const DIRECTIONS: [Direction; 2] = [Direction::Inbound, Direction::Outbound];
+const CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "other"];
+const PROTOCOLS: [Detected; 4] = [
+    Detected::Http1,
+    Detected::Http2,
+    Detected::Tls,
+    Detected::Opaque,
+];
+
+/// Why a connection was closed without being proxied.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// The original destination is the proxy itself (a direct connect, not a redirect).
+    Loop,
+    /// No original destination and no explicit forward address.
+    NoOriginalDst,
+}
+
+impl Refusal {
+    fn label(self) -> &'static str {
+        match self {
+            Self::Loop => "loop",
+            Self::NoOriginalDst => "no_original_dst",
+        }
+    }
+}
+
+#[derive(Default)]
+struct PerDirection {
+    requests: [AtomicU64; CLASSES.len()],
+    latency_buckets: [AtomicU64; LATENCY_BUCKETS.len()],
+    latency_sum_us: AtomicU64,
+    latency_count: AtomicU64,
+    connections_open: AtomicI64,
+    connections_total: AtomicU64,
+    protocols: [AtomicU64; PROTOCOLS.len()],
+    grpc_requests: AtomicU64,
+    refused: [AtomicU64; 2],
+    upstream_errors: AtomicU64,
+}
+
+/// All proxy counters.
+#[derive(Default)]
+pub struct Metrics {
+    dirs: [PerDirection; 2],
+    reloads_ok: AtomicU64,
+    reloads_failed: AtomicU64,
+}
+
+fn idx(d: Direction) -> usize {
+    match d {
+        Direction::Inbound => 0,
+        Direction::Outbound => 1,
+    }
+}
+
+/// Label value of a direction.
+pub fn direction_label(d: Direction) -> &'static str {
+    match d {
+        Direction::Inbound => "inbound",
+        Direction::Outbound => "outbound",
+    }
+}
+
+/// Index into [`CLASSES`] for a status code.
+fn class_index(status: Option<u16>) -> usize {
+    match status {
+        Some(s @ 100..=599) => usize::from(s / 100) - 1,
+        _ => CLASSES.len() - 1,
+    }
+}
+
+/// Decrements the open-connection gauge when the connection ends, however it ends.
+pub struct ConnGuard<'a> {
+    gauge: &'a AtomicI64,
+}
+
+impl Drop for ConnGuard<'_> {
+    fn drop(&mut self) {
+        self.gauge.fetch_sub(1, Relaxed);
+    }
+}
+
+impl Metrics {
+    /// Counts an accepted connection; the gauge goes down when the guard drops.
+    pub fn connection(&self, d: Direction) -> ConnGuard<'_> {
+        let p = &self.dirs[idx(d)];
+        p.connections_total.fetch_add(1, Relaxed);
+        p.connections_open.fetch_add(1, Relaxed);
+        ConnGuard {
+            gauge: &p.connections_open,
+        }
+    }
+
+    /// Connections currently open in both directions.
+    pub fn open_connections(&self) -> i64 {
+        self.dirs
+            .iter()
+            .map(|p| p.connections_open.load(Relaxed))
+            .sum()
+    }
+
+    /// Counts a protocol detection result.
+    pub fn detected(&self, d: Direction, proto: Detected) {
+        let i = PROTOCOLS
+            .iter()
+            .position(|p| *p == proto)
+            .unwrap_or(PROTOCOLS.len() - 1);
+        self.dirs[idx(d)].protocols[i].fetch_add(1, Relaxed);
+    }
+
+    /// Counts a refused connection.
+    pub fn refused(&self, d: Direction, why: Refusal) {
+        let i = match why {
+            Refusal::Loop => 0,
+            Refusal::NoOriginalDst => 1,
+        };
+        self.dirs[idx(d)].refused[i].fetch_add(1, Relaxed);
+    }
+
+    /// Counts a failed upstream connect or exchange.
+    pub fn upstream_error(&self, d: Direction) {
+        self.dirs[idx(d)].upstream_errors.fetch_add(1, Relaxed);
+    }
+
+    /// Counts a finished request head exchange: status (None when no response) and latency.
+    pub fn request(&self, d: Direction, status: Option<u16>, grpc: bool, latency: Duration) {
+        let p = &self.dirs[idx(d)];
+        p.requests[class_index(status)].fetch_add(1, Relaxed);
+        if grpc {
+            p.grpc_requests.fetch_add(1, Relaxed);
+        }
+        let secs = latency.as_secs_f64();
+        for (i, le) in LATENCY_BUCKETS.iter().enumerate() {
+            if secs <= *le {
+                p.latency_buckets[i].fetch_add(1, Relaxed);
+            }
+        }
+        p.latency_sum_us.fetch_add(
+            u64::try_from(latency.as_micros()).unwrap_or(u64::MAX),
+            Relaxed,
+        );
+        p.latency_count.fetch_add(1, Relaxed);
+    }
+
+    /// Counts a config reload attempt.
+    pub fn reload(&self, ok: bool) {
+        if ok {
+            &self.reloads_ok
+        } else {
+            &self.reloads_failed
+        }
+        .fetch_add(1, Relaxed);
+    }
+
+    /// Renders every counter as Prometheus text exposition format.
+    pub fn render(&self, out: &mut String) {
+        let head = |out: &mut String, name: &str, kind: &str, help: &str| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        };
+        head(
+            out,
+            "sidetrace_proxy_requests_total",
+            "counter",
+            "HTTP requests proxied, by direction and response status class.",
+        );
+        for d in DIRECTIONS {
+            let p = &self.dirs[idx(d)];
+            for (i, class) in CLASSES.iter().enumerate() {
+                let _ = writeln!(
+                    out,
+                    "sidetrace_proxy_requests_total{{direction=\"{}\",status_class=\"{class}\"}} {}",
+                    direction_label(d),
+                    p.requests[i].load(Relaxed)
+                );
+            }
+        }
+        head(
+            out,
+            "sidetrace_proxy_grpc_requests_total",
+            "counter",
+            "gRPC requests proxied, by direction.",
+        );
+        for d in DIRECTIONS {
+            let _ = writeln!(
+                out,
+                "sidetrace_proxy_grpc_requests_total{{direction=\"{}\"}} {}",
+                direction_label(d),
+                self.dirs[idx(d)].grpc_requests.load(Relaxed)
+            );
+        }
+        head(
+            out,
+            "sidetrace_proxy_request_duration_seconds",
+            "histogram",
+            "Time from request head to response head, by direction.",
+        );
+        for d in DIRECTIONS {
+            let p = &self.dirs[idx(d)];
+            let dl = direction_label(d);
+            for (i, le) in LATENCY_BUCKETS.iter().enumerate() {
+                let _ = writeln!(
+                    out,
+                    "sidetrace_proxy_request_duration_seconds_bucket{{direction=\"{dl}\",le=\"{le}\"}} {}",
+                    p.latency_buckets[i].load(Relaxed)
+                );
+            }
+            let count = p.latency_count.load(Relaxed);
+            let _ = writeln!(
+                out,
+                "sidetrace_proxy_request_duration_seconds_bucket{{direction=\"{dl}\",le=\"+Inf\"}} {count}"
+            );
+            let _ = writeln!(
+                out,
+                "sidetrace_proxy_request_duration_seconds_sum{{direction=\"{dl}\"}} {}",
+                p.latency_sum_us.load(Relaxed) as f64 / 1e6
+            );
+            let _ = writeln!(
+                out,
+                "sidetrace_proxy_request_duration_seconds_count{{direction=\"{dl}\"}} {count}"
+            );
+        }
+        head(
+            out,
+            "sidetrace_proxy_connections_open",
+            "gauge",
+            "Connections currently open, by direction.",
+        );
+        for d in DIRECTIONS {
+            let _ = writeln!(
+                out,
+                "sidetrace_proxy_connections_open{{direction=\"{}\"}} {}",
+                direction_label(d),
+                self.dirs[idx(d)].connections_open.load(Relaxed)
+            );
+        }
+        head(
+            out,
+            "sidetrace_proxy_connections_total",
+            "counter",
+            "Connections accepted, by direction.",
+        );
+        for d in DIRECTIONS {
+            let _ = writeln!(
+                out,
+                "sidetrace_proxy_connections_total{{direction=\"{}\"}} {}",
+                direction_label(d),
+                self.dirs[idx(d)].connections_total.load(Relaxed)
+            );
+        }
+        head(
+            out,
+            "sidetrace_proxy_detected_protocol_total",
+            "counter",
+            "Connections by detected protocol and direction.",
+        );
+        for d in DIRECTIONS {
+            for (i, proto) in PROTOCOLS.iter().enumerate() {
+                let _ = writeln!(
+                    out,
+                    "sidetrace_proxy_detected_protocol_total{{direction=\"{}\",protocol=\"{}\"}} {}",
+                    direction_label(d),
+                    proto.label(),
+                    self.dirs[idx(d)].protocols[i].load(Relaxed)
+                );
+            }
+        }
+        head(
+            out,
+            "sidetrace_proxy_connections_refused_total",
+            "counter",
+            "Connections closed unproxied, by reason.",
+        );
+        for d in DIRECTIONS {
+            for (i, why) in [Refusal::Loop, Refusal::NoOriginalDst].iter().enumerate() {
+                let _ = writeln!(
+                    out,
+                    "sidetrace_proxy_connections_refused_total{{direction=\"{}\",reason=\"{}\"}} {}",
+                    direction_label(d),
+                    why.label(),
+                    self.dirs[idx(d)].refused[i].load(Relaxed)
+                );
+            }
+        }
+        head(
+            out,
+            "sidetrace_proxy_upstream_errors_total",
+            "counter",
+            "Failed upstream connects or exchanges, by direction.",
+        );
+        for d in DIRECTIONS {
+            let _ = writeln!(
+                out,
+                "sidetrace_proxy_upstream_errors_total{{direction=\"{}\"}} {}",
+                direction_label(d),
+                self.dirs[idx(d)].upstream_errors.load(Relaxed)
+            );
+        }
+        head(
+            out,
+            "sidetrace_proxy_config_reloads_total",
+            "counter",
+            "Config file reloads, by result.",
+        );
+        let _ = writeln!(
+            out,
+            "sidetrace_proxy_config_reloads_total{{result=\"ok\"}} {}\nsidetrace_proxy_config_reloads_total{{result=\"failed\"}} {}",
+            self.reloads_ok.load(Relaxed),
+            self.reloads_failed.load(Relaxed)
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_classes_buckets_and_gauges() {
+        let m = Metrics::default();
+        m.request(
+            Direction::Inbound,
+            Some(200),
+            false,
+            Duration::from_millis(3),
+        );
+        m.request(
+            Direction::Outbound,
+            Some(502),
+            true,
+            Duration::from_secs(20),
+        );
+        m.request(Direction::Outbound, None, false, Duration::from_millis(1));
+        let g = m.connection(Direction::Inbound);
+        m.detected(Direction::Inbound, Detected::Http2);
+        m.refused(Direction::Outbound, Refusal::Loop);
+        let mut out = String::new();
+        m.render(&mut out);
+        for line in [
+            "sidetrace_proxy_requests_total{direction=\"inbound\",status_class=\"2xx\"} 1",
+            "sidetrace_proxy_requests_total{direction=\"outbound\",status_class=\"5xx\"} 1",
+            "sidetrace_proxy_requests_total{direction=\"outbound\",status_class=\"other\"} 1",
+            "sidetrace_proxy_grpc_requests_total{direction=\"outbound\"} 1",
+            "sidetrace_proxy_request_duration_seconds_bucket{direction=\"inbound\",le=\"0.0025\"} 0",
+            "sidetrace_proxy_request_duration_seconds_bucket{direction=\"inbound\",le=\"0.005\"} 1",
+            "sidetrace_proxy_request_duration_seconds_bucket{direction=\"outbound\",le=\"10\"} 1",
+            "sidetrace_proxy_request_duration_seconds_bucket{direction=\"outbound\",le=\"+Inf\"} 2",
+            "sidetrace_proxy_connections_open{direction=\"inbound\"} 1",
+            "sidetrace_proxy_detected_protocol_total{direction=\"inbound\",protocol=\"http2\"} 1",
+            "sidetrace_proxy_connections_refused_total{direction=\"outbound\",reason=\"loop\"} 1",
+        ] {
+            assert!(out.lines().any(|l| l == line), "missing {line}\n{out}");
+        }
+        drop(g);
+        assert_eq!(m.open_connections(), 0);
+    }
+}
