@@ -120,10 +120,10 @@ impl OperationRule {
         if self.direction.is_some_and(|d| d != direction) {
             return false;
         }
-        if let Some(m) = &self.method {
-            if !m.eq_ignore_ascii_case(method) {
-                return false;
-            }
+        if let Some(m) = &self.method
+            && !m.eq_ignore_ascii_case(method)
+        {
+            return false;
         }
         if let Some(prefix) = &self.path_prefix {
             let path = path.split('?').next().unwrap_or(path);
@@ -134,13 +134,9 @@ impl OperationRule {
         if let Some(want) = &self.host {
             let host = strip_port(host);
             let matched = match want.strip_prefix("*.") {
-                Some(suffix) => host
-                    .len()
-                    .checked_sub(suffix.len() + 1)
-                    .is_some_and(|dot| {
-                        host.as_bytes()[dot] == b'.'
-                            && host[dot + 1..].eq_ignore_ascii_case(suffix)
-                    }),
+                Some(suffix) => host.len().checked_sub(suffix.len() + 1).is_some_and(|dot| {
+                    host.as_bytes()[dot] == b'.' && host[dot + 1..].eq_ignore_ascii_case(suffix)
+                }),
                 None => want.eq_ignore_ascii_case(host),
             };
             if !matched {
@@ -218,18 +214,15 @@ impl ProxyConfig {
 
     /// Checks bounds the type system does not.
     pub fn validate(&self) -> Result<(), ProxyConfigError> {
-        if let Some(name) = &self.service_name {
-            if name.trim().is_empty() {
-                return Err(invalid("serviceName", "must not be empty"));
-            }
+        if let Some(name) = &self.service_name
+            && name.trim().is_empty()
+        {
+            return Err(invalid("serviceName", "must not be empty"));
         }
-        if let Some(rate) = self.sampling_rate {
-            if !(0.0..=1.0).contains(&rate) || rate.is_nan() {
-                return Err(invalid(
-                    "samplingRate",
-                    format!("{rate} is outside 0..=1"),
-                ));
-            }
+        if let Some(rate) = self.sampling_rate
+            && (!(0.0..=1.0).contains(&rate) || rate.is_nan())
+        {
+            return Err(invalid("samplingRate", format!("{rate} is outside 0..=1")));
         }
         let mut seen = std::collections::BTreeSet::new();
         for (i, p) in self.ports.iter().enumerate() {
@@ -245,16 +238,19 @@ impl ProxyConfig {
         }
         for (i, op) in self.operations.iter().enumerate() {
             if op.name.trim().is_empty() {
-                return Err(invalid(format!("operations[{i}].name"), "must not be empty"));
-            }
-        }
-        if let Some(c) = &self.collector {
-            if !(c.starts_with("http://") || c.starts_with("https://")) {
                 return Err(invalid(
-                    "collector",
-                    format!("{c:?} is not an http:// or https:// URL"),
+                    format!("operations[{i}].name"),
+                    "must not be empty",
                 ));
             }
+        }
+        if let Some(c) = &self.collector
+            && !(c.starts_with("http://") || c.starts_with("https://"))
+        {
+            return Err(invalid(
+                "collector",
+                format!("{c:?} is not an http:// or https:// URL"),
+            ));
         }
         for (i, p) in self.exclude_paths.iter().enumerate() {
             if !p.starts_with('/') {
@@ -301,10 +297,12 @@ impl ProxyConfig {
     /// Whether a request path is excluded from tracing.
     pub fn is_excluded_path(&self, path: &str) -> bool {
         let path = path.split('?').next().unwrap_or(path);
-        self.exclude_paths.iter().any(|p| match p.strip_suffix('*') {
-            Some(prefix) => path.starts_with(prefix),
-            None => path == p,
-        })
+        self.exclude_paths
+            .iter()
+            .any(|p| match p.strip_suffix('*') {
+                Some(prefix) => path.starts_with(prefix),
+                None => path == p,
+            })
     }
 }
 

@@ -48,9 +48,15 @@ fn check(schema: &Value, value: &Value, path: &str, errors: &mut Vec<String>) {
         }
         return;
     }
-    if schema.get("x-kubernetes-int-or-string").and_then(Value::as_bool) == Some(true) {
+    if schema
+        .get("x-kubernetes-int-or-string")
+        .and_then(Value::as_bool)
+        == Some(true)
+    {
         if !(value.is_string() || value.is_i64() || value.is_u64()) {
-            errors.push(format!("{here}: Invalid value: {value}: must be an integer or a string"));
+            errors.push(format!(
+                "{here}: Invalid value: {value}: must be an integer or a string"
+            ));
         }
         return;
     }
@@ -58,54 +64,66 @@ fn check(schema: &Value, value: &Value, path: &str, errors: &mut Vec<String>) {
         let got = type_name(value);
         let ok = got == want || (want == "number" && got == "integer");
         if !ok {
-            errors.push(format!("{here}: Invalid value: \"{got}\": {here} in body must be of type {want}"));
+            errors.push(format!(
+                "{here}: Invalid value: \"{got}\": {here} in body must be of type {want}"
+            ));
             return;
         }
     }
-    if let Some(allowed) = schema.get("enum").and_then(Value::as_array) {
-        if !allowed.contains(value) {
-            let list: Vec<String> = allowed.iter().map(Value::to_string).collect();
-            errors.push(format!(
-                "{here}: Unsupported value: {value}: supported values: {}",
-                list.join(", ")
-            ));
-        }
+    if let Some(allowed) = schema.get("enum").and_then(Value::as_array)
+        && !allowed.contains(value)
+    {
+        let list: Vec<String> = allowed.iter().map(Value::to_string).collect();
+        errors.push(format!(
+            "{here}: Unsupported value: {value}: supported values: {}",
+            list.join(", ")
+        ));
     }
     if let Some(x) = value.as_f64() {
-        if let Some(min) = schema.get("minimum").and_then(Value::as_f64) {
-            if x < min {
-                errors.push(format!("{here}: Invalid value: {value}: must be >= {min}"));
-            }
+        if let Some(min) = schema.get("minimum").and_then(Value::as_f64)
+            && x < min
+        {
+            errors.push(format!("{here}: Invalid value: {value}: must be >= {min}"));
         }
-        if let Some(max) = schema.get("maximum").and_then(Value::as_f64) {
-            if x > max {
-                errors.push(format!("{here}: Invalid value: {value}: must be <= {max}"));
-            }
+        if let Some(max) = schema.get("maximum").and_then(Value::as_f64)
+            && x > max
+        {
+            errors.push(format!("{here}: Invalid value: {value}: must be <= {max}"));
         }
     }
     if let Some(s) = value.as_str() {
         let len = s.chars().count() as u64;
-        if let Some(min) = schema.get("minLength").and_then(Value::as_u64) {
-            if len < min {
-                errors.push(format!("{here}: Invalid value: {value}: should be at least {min} chars long"));
-            }
+        if let Some(min) = schema.get("minLength").and_then(Value::as_u64)
+            && len < min
+        {
+            errors.push(format!(
+                "{here}: Invalid value: {value}: should be at least {min} chars long"
+            ));
         }
-        if let Some(max) = schema.get("maxLength").and_then(Value::as_u64) {
-            if len > max {
-                errors.push(format!("{here}: Too long: may not be more than {max} bytes"));
-            }
+        if let Some(max) = schema.get("maxLength").and_then(Value::as_u64)
+            && len > max
+        {
+            errors.push(format!(
+                "{here}: Too long: may not be more than {max} bytes"
+            ));
         }
     }
     if let Some(items) = value.as_array() {
-        if let Some(min) = schema.get("minItems").and_then(Value::as_u64) {
-            if (items.len() as u64) < min {
-                errors.push(format!("{here}: Invalid value: {}: should have at least {min} items", items.len()));
-            }
+        if let Some(min) = schema.get("minItems").and_then(Value::as_u64)
+            && (items.len() as u64) < min
+        {
+            errors.push(format!(
+                "{here}: Invalid value: {}: should have at least {min} items",
+                items.len()
+            ));
         }
-        if let Some(max) = schema.get("maxItems").and_then(Value::as_u64) {
-            if items.len() as u64 > max {
-                errors.push(format!("{here}: Too many: {}: must have at most {max} items", items.len()));
-            }
+        if let Some(max) = schema.get("maxItems").and_then(Value::as_u64)
+            && items.len() as u64 > max
+        {
+            errors.push(format!(
+                "{here}: Too many: {}: must have at most {max} items",
+                items.len()
+            ));
         }
         if let Some(item_schema) = schema.get("items") {
             for (i, item) in items.iter().enumerate() {
@@ -121,10 +139,12 @@ fn check(schema: &Value, value: &Value, path: &str, errors: &mut Vec<String>) {
                 }
             }
         }
-        if let Some(min) = schema.get("minProperties").and_then(Value::as_u64) {
-            if (obj.len() as u64) < min {
-                errors.push(format!("{here}: Invalid value: should have at least {min} properties"));
-            }
+        if let Some(min) = schema.get("minProperties").and_then(Value::as_u64)
+            && (obj.len() as u64) < min
+        {
+            errors.push(format!(
+                "{here}: Invalid value: should have at least {min} properties"
+            ));
         }
         let props = schema.get("properties").and_then(Value::as_object);
         let additional = schema.get("additionalProperties");
@@ -138,7 +158,12 @@ fn check(schema: &Value, value: &Value, path: &str, errors: &mut Vec<String>) {
                 check(s, v, &child, errors);
             } else if let Some(s) = additional.filter(|a| a.is_object()) {
                 check(s, v, &child, errors);
-            } else if !preserve && !(path.is_empty() && matches!(key.as_str(), "apiVersion" | "kind" | "metadata")) {
+            } else {
+                let envelope =
+                    path.is_empty() && matches!(key.as_str(), "apiVersion" | "kind" | "metadata");
+                if preserve || envelope {
+                    continue;
+                }
                 // kubectl applies with strict field validation: unknown fields are errors.
                 errors.push(format!("{child}: unknown field \"{child}\""));
             }
@@ -163,12 +188,24 @@ mod tests {
             }}}
         });
         assert!(validate(&schema, &json!({"spec": {"rate": 1, "proto": "tcp"}})).is_empty());
-        let errs = validate(&schema, &json!({"spec": {"rate": 2, "proto": "udp", "ports": [0], "x": 1}}));
+        let errs = validate(
+            &schema,
+            &json!({"spec": {"rate": 2, "proto": "udp", "ports": [0], "x": 1}}),
+        );
         assert_eq!(errs.len(), 4, "{errs:?}");
-        assert!(errs.iter().any(|e| e.starts_with("spec.rate: Invalid value: 2: must be <= 1")));
-        assert!(errs.iter().any(|e| e.starts_with("spec.proto: Unsupported value: \"udp\"")));
+        assert!(
+            errs.iter()
+                .any(|e| e.starts_with("spec.rate: Invalid value: 2: must be <= 1"))
+        );
+        assert!(
+            errs.iter()
+                .any(|e| e.starts_with("spec.proto: Unsupported value: \"udp\""))
+        );
         assert!(errs.iter().any(|e| e.starts_with("spec.ports[0]:")));
         assert!(errs.iter().any(|e| e.contains("unknown field \"spec.x\"")));
-        assert_eq!(validate(&schema, &json!({})), vec!["spec: Required value".to_owned()]);
+        assert_eq!(
+            validate(&schema, &json!({})),
+            vec!["spec: Required value".to_owned()]
+        );
     }
 }

@@ -16,10 +16,10 @@ pub fn selector_matches(selector: &LabelSelector, labels: &BTreeMap<String, Stri
     if match_labels.is_none_or(|m| m.is_empty()) && exprs.is_empty() {
         return false;
     }
-    if let Some(m) = match_labels {
-        if !m.iter().all(|(k, v)| labels.get(k) == Some(v)) {
-            return false;
-        }
+    if let Some(m) = match_labels
+        && !m.iter().all(|(k, v)| labels.get(k) == Some(v))
+    {
+        return false;
     }
     exprs.iter().all(|e| {
         let values = e.values.as_deref().unwrap_or_default();
@@ -88,20 +88,35 @@ mod tests {
                 expr("legacy", "DoesNotExist", &[]),
             ]),
         };
-        assert!(selector_matches(&sel, &labels(&[("app", "a"), ("track", "stable")])));
-        assert!(!selector_matches(&sel, &labels(&[("app", "a"), ("track", "dev")])));
+        assert!(selector_matches(
+            &sel,
+            &labels(&[("app", "a"), ("track", "stable")])
+        ));
+        assert!(!selector_matches(
+            &sel,
+            &labels(&[("app", "a"), ("track", "dev")])
+        ));
         assert!(!selector_matches(&sel, &labels(&[("app", "a")])));
         assert!(!selector_matches(
             &sel,
             &labels(&[("app", "a"), ("track", "stable"), ("legacy", "1")])
         ));
         let notin = LabelSelector {
-            match_expressions: Some(vec![expr("env", "NotIn", &["prod"]), expr("app", "Exists", &[])]),
+            match_expressions: Some(vec![
+                expr("env", "NotIn", &["prod"]),
+                expr("app", "Exists", &[]),
+            ]),
             ..Default::default()
         };
         assert!(selector_matches(&notin, &labels(&[("app", "x")])));
-        assert!(!selector_matches(&notin, &labels(&[("app", "x"), ("env", "prod")])));
-        assert!(!selector_matches(&LabelSelector::default(), &labels(&[("app", "x")])));
+        assert!(!selector_matches(
+            &notin,
+            &labels(&[("app", "x"), ("env", "prod")])
+        ));
+        assert!(!selector_matches(
+            &LabelSelector::default(),
+            &labels(&[("app", "x")])
+        ));
     }
 
     fn ts(name: &str, ns: &str, created: i64, app: &str) -> TracedService {

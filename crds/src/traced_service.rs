@@ -21,7 +21,7 @@ use sidetrace_contract::{OperationRule, PortSpec, PropagationFormat, ProxyConfig
     printcolumn = r#"{"name":"Sampling","type":"number","jsonPath":".spec.sampling.rate"}"#,
     printcolumn = r#"{"name":"Selected","type":"integer","jsonPath":".status.selectedPods"}"#,
     printcolumn = r#"{"name":"Injected","type":"integer","jsonPath":".status.injectedPods"}"#,
-    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
 #[schemars(extend("x-kubernetes-validations" = [{
@@ -112,12 +112,16 @@ pub struct TracedServiceStatus {
 fn selector_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
     let mut schema = generator.subschema_for::<LabelSelector>();
     // Resolve the reference so the CEL rule can sit beside the properties.
-    if let Some(reference) = schema.get("$ref").and_then(|r| r.as_str()).map(str::to_owned) {
+    if let Some(reference) = schema
+        .get("$ref")
+        .and_then(|r| r.as_str())
+        .map(str::to_owned)
+    {
         let name = reference.rsplit('/').next().unwrap_or_default().to_owned();
-        if let Some(def) = generator.definitions().get(&name) {
-            if let Ok(resolved) = schemars::Schema::try_from(def.clone()) {
-                schema = resolved;
-            }
+        if let Some(def) = generator.definitions().get(&name)
+            && let Ok(resolved) = schemars::Schema::try_from(def.clone())
+        {
+            schema = resolved;
         }
     }
     schema.insert(
@@ -144,7 +148,11 @@ impl TracedServiceSpec {
     /// Checks what the CRD's CEL rules check, plus what the proxy config validator checks, so a
     /// spec stored under an older CRD is reported instead of rendered.
     pub fn validate(&self) -> Result<(), InvalidSpec> {
-        let empty_labels = self.selector.match_labels.as_ref().is_none_or(|m| m.is_empty());
+        let empty_labels = self
+            .selector
+            .match_labels
+            .as_ref()
+            .is_none_or(|m| m.is_empty());
         let empty_exprs = self
             .selector
             .match_expressions
@@ -226,7 +234,10 @@ mod tests {
         let err = spec("selector: {matchLabels: {a: b}}\nports: [{port: 80}, {port: 80}]")
             .validate()
             .expect_err("dup");
-        assert_eq!(err.to_string(), "spec.ports[1].port: port 80 is listed twice");
+        assert_eq!(
+            err.to_string(),
+            "spec.ports[1].port: port 80 is listed twice"
+        );
         let err = spec("selector: {matchLabels: {a: b}}\nsampling: {rate: 2}")
             .validate()
             .expect_err("rate");

@@ -21,13 +21,18 @@ fn checked_in_crd_yaml_matches_the_rust_types() {
     ] {
         let got = std::fs::read_to_string(root().join(path))
             .unwrap_or_else(|e| panic!("{path} is missing ({e}): {REGENERATE}"));
-        assert!(got == want, "{path} has drifted from crds/src: {REGENERATE}");
+        assert!(
+            got == want,
+            "{path} has drifted from crds/src: {REGENERATE}"
+        );
     }
 }
 
 fn schema() -> Value {
     let crd: Value = serde_yaml::from_str(&crd_yaml()).expect("generated CRD is YAML");
-    schema_check::crd_schema(&crd).expect("CRD has a schema").clone()
+    schema_check::crd_schema(&crd)
+        .expect("CRD has a schema")
+        .clone()
 }
 
 fn manifests(dir: &str) -> Vec<(String, Value)> {
@@ -41,7 +46,11 @@ fn manifests(dir: &str) -> Vec<(String, Value)> {
     entries.sort();
     for path in entries {
         let text = std::fs::read_to_string(&path).expect("readable");
-        let name = path.file_name().unwrap_or_default().to_string_lossy().into_owned();
+        let name = path
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into_owned();
         let value: Value = serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{name}: {e}"));
         out.push((name, value));
     }
@@ -52,7 +61,11 @@ fn manifests(dir: &str) -> Vec<(String, Value)> {
 fn every_example_is_valid() {
     let schema = schema();
     let examples = manifests("crds/examples");
-    assert!(examples.len() >= 4, "expected the demo examples, found {}", examples.len());
+    assert!(
+        examples.len() >= 4,
+        "expected the demo examples, found {}",
+        examples.len()
+    );
     for (name, value) in examples {
         let errors = schema_check::validate(&schema, &value);
         assert!(errors.is_empty(), "{name}: {errors:?}");
@@ -88,7 +101,11 @@ fn every_invalid_manifest_is_rejected_naming_the_field() {
     let schema = schema();
     let dir = "crds/tests/invalid";
     let cases = manifests(dir);
-    assert!(cases.len() >= 6, "expected invalid cases, found {}", cases.len());
+    assert!(
+        cases.len() >= 6,
+        "expected invalid cases, found {}",
+        cases.len()
+    );
     for (name, value) in cases {
         let text = std::fs::read_to_string(root().join(dir).join(&name)).expect("readable");
         let expect = text
