@@ -1,12 +1,314 @@
-//! Mutating admission webhook that injects the sidetrace init container and sidecar into pods
+//! `sidetrace-injector`: the mutating admission webhook binary. See the library docs for the
+//! model; this file parses the command line, wires the shell together and serves.
 
-use clap::Parser;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
 
-/// Mutating admission webhook that injects the sidetrace init container and sidecar into pods
+use anyhow::Context as _;
+use clap::{Parser, ValueEnum};
+use sidetrace_contract::defaults;
+use sidetrace_injector::metrics::Metrics;
+use sidetrace_injector::review::{ClusterView, StaticView};
+use sidetrace_injector::server::{self, AppState};
+use sidetrace_injector::settings::DEFAULT_HOLD_COMMAND;
+use sidetrace_injector::{Settings, SidecarMode, cluster, tls};
+
+/// Exit code for unusable configuration (sysexits EX_USAGE), as every sidetrace binary.
+const EXIT_CONFIG: i32 = 64;
+
+/// Whether to inject the proxy as a native sidecar.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum NativeSidecars {
+    /// Ask the apiserver's /version at start-up (1.29+ → native); false when unreachable.
+    Auto,
+    /// Always native (`restartPolicy: Always` init container).
+    True,
+    /// Always classic (first regular container with a postStart hold).
+    False,
+}
+
+/// Mutating admission webhook that injects the sidetrace init container and sidecar into pods.
 #[derive(Debug, Parser)]
 #[command(name = "sidetrace-injector", version, about)]
-struct Args {}
+struct Args {
+    /// Address to serve HTTPS on.
+    #[arg(
+        long,
+        env = "SIDETRACE_INJECTOR_LISTEN",
+        default_value = "0.0.0.0:9443"
+    )]
+    listen: SocketAddr,
+    /// PEM certificate chain served to the apiserver; re-read when it changes.
+    #[arg(
+        long,
+        env = "SIDETRACE_INJECTOR_TLS_CERT",
+        required_unless_present = "plain_http"
+    )]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert; re-read when it changes.
+    #[arg(
+        long,
+        env = "SIDETRACE_INJECTOR_TLS_KEY",
+        required_unless_present = "plain_http"
+    )]
+    tls_key: Option<PathBuf>,
+    /// How often to check the certificate files for changes, in milliseconds.
+    #[arg(long, env = "SIDETRACE_INJECTOR_TLS_RELOAD_INTERVAL_MS", default_value_t = 5000,
+          value_parser = clap::value_parser!(u64).range(10..))]
+    tls_reload_interval_ms: u64,
+    /// Serve plain HTTP instead of HTTPS (local testing only: the apiserver requires HTTPS).
+    #[arg(long, conflicts_with_all = ["tls_cert", "tls_key"])]
+    plain_http: bool,
+    /// Inject the proxy as a native sidecar: auto, true or false.
+    #[arg(
+        long,
+        env = "SIDETRACE_INJECTOR_NATIVE_SIDECARS",
+        value_enum,
+        default_value = "auto"
+    )]
+    native_sidecars: NativeSidecars,
+    /// Collector endpoint (Zipkin v2 JSON) when no TracedService overrides it.
+    #[arg(long, env = "SIDETRACE_INJECTOR_COLLECTOR", default_value = defaults::COLLECTOR_ENDPOINT)]
+    collector: String,
+    /// Image of the sidetrace-proxy container.
+    #[arg(long, env = "SIDETRACE_INJECTOR_PROXY_IMAGE",
+          default_value = concat!("sidetrace/proxy:", env!("CARGO_PKG_VERSION")))]
+    proxy_image: String,
+    /// Image of the sidetrace-init container.
+    #[arg(long, env = "SIDETRACE_INJECTOR_INIT_IMAGE",
+          default_value = concat!("sidetrace/init:", env!("CARGO_PKG_VERSION")))]
+    init_image: String,
+    /// Namespace of the sidetrace control plane; never injected.
+    #[arg(long, env = "SIDETRACE_INJECTOR_CONTROL_PLANE_NAMESPACE", default_value = defaults::CONTROL_PLANE_NAMESPACE)]
+    control_plane_namespace: String,
+    /// uid of the proxy (its traffic is exempt from capture).
+    #[arg(long, env = "SIDETRACE_INJECTOR_PROXY_UID", default_value_t = defaults::PROXY_UID)]
+    proxy_uid: u32,
+    /// gid of the proxy.
+    #[arg(long, env = "SIDETRACE_INJECTOR_PROXY_GID", default_value_t = defaults::PROXY_GID)]
+    proxy_gid: u32,
+    /// Proxy port for redirected inbound connections.
+    #[arg(long, env = "SIDETRACE_INJECTOR_INBOUND_PORT", default_value_t = defaults::INBOUND_CAPTURE_PORT)]
+    inbound_port: u16,
+    /// Proxy port for redirected outbound connections.
+    #[arg(long, env = "SIDETRACE_INJECTOR_OUTBOUND_PORT", default_value_t = defaults::OUTBOUND_CAPTURE_PORT)]
+    outbound_port: u16,
+    /// Proxy health/readiness/metrics port (never captured).
+    #[arg(long, env = "SIDETRACE_INJECTOR_ADMIN_PORT", default_value_t = defaults::ADMIN_PORT)]
+    admin_port: u16,
+    /// Proxy log level unless a pod's sidetrace.dev/log-level says otherwise.
+    #[arg(
+        long,
+        env = "SIDETRACE_INJECTOR_PROXY_LOG_LEVEL",
+        default_value = "info"
+    )]
+    proxy_log_level: String,
+    /// Classic mode: the proxy's postStart command that returns once the proxy is ready
+    /// (whitespace-separated; empty for no hold).
+    #[arg(long, env = "SIDETRACE_INJECTOR_PROXY_HOLD_COMMAND", default_value_t = DEFAULT_HOLD_COMMAND.join(" "))]
+    proxy_hold_command: String,
+    /// Watch TracedServices (and namespace labels) cluster-wide. Without cluster access the
+    /// webhook logs that and runs without them.
+    #[arg(long, env = "SIDETRACE_INJECTOR_WATCH_TRACED_SERVICES", default_value_t = true,
+          action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    watch_traced_services: bool,
+    /// Longest wait for the caches' first sync before /readyz reports ready anyway, in seconds.
+    #[arg(
+        long,
+        env = "SIDETRACE_INJECTOR_CACHE_SYNC_TIMEOUT_SECS",
+        default_value_t = 30
+    )]
+    cache_sync_timeout_secs: u64,
+}
 
 fn main() {
-    let _args = Args::parse();
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    if !sidetrace_injector::overrides::LOG_LEVELS.contains(&args.proxy_log_level.as_str()) {
+        eprintln!(
+            "sidetrace-injector: --proxy-log-level must be one of {}",
+            sidetrace_injector::overrides::LOG_LEVELS.join(", ")
+        );
+        std::process::exit(EXIT_CONFIG);
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("sidetrace-injector: cannot start the runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    if let Err(e) = runtime.block_on(run(args)) {
+        eprintln!("sidetrace-injector: {e:#}");
+        std::process::exit(EXIT_CONFIG);
+    }
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    // kube's client and the server both use rustls; pick the process default explicitly.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let metrics = Arc::new(Metrics::default());
+
+    // TLS material is loaded before anything else so that a bad file fails fast (exit 64).
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => {
+            let (ck, bytes) = tls::load(cert, key).context("loading --tls-cert/--tls-key")?;
+            let resolver = Arc::new(tls::ReloadingResolver::new(ck));
+            let config = tls::server_config(Arc::clone(&resolver))?;
+            let watch = tls::Watch {
+                cert: cert.clone(),
+                key: key.clone(),
+                interval: Duration::from_millis(args.tls_reload_interval_ms),
+            };
+            Some((config, resolver, watch, bytes))
+        }
+        _ => None,
+    };
+
+    let ready = Arc::new(AtomicBool::new(false));
+    let wants_client = args.watch_traced_services || args.native_sidecars == NativeSidecars::Auto;
+    let client = if wants_client {
+        match cluster::client().await {
+            Ok(c) => Some(c),
+            Err(e) => {
+                tracing::warn!(error = %e, "no Kubernetes API access: running without TracedServices or namespace labels");
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let native = match args.native_sidecars {
+        NativeSidecars::True => true,
+        NativeSidecars::False => false,
+        NativeSidecars::Auto => match &client {
+            Some(c) => match tokio::time::timeout(
+                Duration::from_secs(10),
+                cluster::detect_native_sidecars(c),
+            )
+            .await
+            {
+                Ok(Ok(native)) => {
+                    tracing::info!(
+                        native,
+                        "detected native sidecar support from the apiserver version"
+                    );
+                    native
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "cannot read the apiserver version; using classic sidecars");
+                    false
+                }
+                Err(_) => {
+                    tracing::warn!("apiserver version request timed out; using classic sidecars");
+                    false
+                }
+            },
+            None => {
+                tracing::warn!(
+                    "no Kubernetes API access to detect native sidecar support; using classic sidecars"
+                );
+                false
+            }
+        },
+    };
+    let view: Arc<dyn ClusterView> = match client {
+        Some(c) if args.watch_traced_services => Arc::new(cluster::start(
+            c,
+            true,
+            Arc::clone(&ready),
+            Duration::from_secs(args.cache_sync_timeout_secs),
+        )),
+        _ => {
+            ready.store(true, std::sync::atomic::Ordering::Relaxed);
+            Arc::new(StaticView::default())
+        }
+    };
+
+    let settings = Settings {
+        proxy_image: args.proxy_image,
+        init_image: args.init_image,
+        mode: if native {
+            SidecarMode::Native
+        } else {
+            SidecarMode::Classic
+        },
+        collector: args.collector,
+        inbound_port: args.inbound_port,
+        outbound_port: args.outbound_port,
+        admin_port: args.admin_port,
+        proxy_uid: i64::from(args.proxy_uid),
+        proxy_gid: i64::from(args.proxy_gid),
+        log_level: args.proxy_log_level,
+        hold_command: args
+            .proxy_hold_command
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect(),
+        control_plane_namespace: args.control_plane_namespace,
+    };
+    tracing::info!(mode = settings.mode.as_str(), proxy_image = %settings.proxy_image,
+        init_image = %settings.init_image, "injector settings");
+    let state = Arc::new(AppState {
+        settings,
+        view,
+        metrics: Arc::clone(&metrics),
+        ready,
+    });
+    let router = server::router(state);
+
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("binding --listen {}", args.listen))?;
+    let addr = listener.local_addr()?;
+    let shutdown = async {
+        shutdown_signal().await;
+        tracing::info!("shutting down");
+    };
+    match tls {
+        Some((config, resolver, watch, bytes)) => {
+            tokio::spawn(tls::watch(resolver, watch, bytes, metrics));
+            // Tests and scripts read this line to learn the bound port.
+            println!("sidetrace-injector listening on https://{addr}");
+            server::serve_tls(listener, config, router, shutdown).await;
+        }
+        None => {
+            println!("sidetrace-injector listening on http://{addr}");
+            server::serve_plain(listener, router, shutdown).await?;
+        }
+    }
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
 }

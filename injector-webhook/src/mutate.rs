@@ -1,0 +1,142 @@
+//! The whole per-pod pipeline as one pure function: decide, parse overrides, select the
+//! TracedService, resolve values, build the patch, collect warnings.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use json_patch::Patch;
+use k8s_openapi::api::core::v1::Pod;
+use kube::ResourceExt;
+use sidetrace_crds::TracedService;
+
+use crate::decision::{self, Decision};
+use crate::overrides;
+use crate::patch::{self, InjectionStatus, Resolved};
+use crate::selection;
+use crate::settings::Settings;
+
+/// What the webhook knows about the pod's surroundings at admission time.
+#[derive(Clone, Copy, Debug)]
+pub struct PodContext<'a> {
+    /// Namespace the pod is created in.
+    pub namespace: &'a str,
+    /// The namespace's labels; `None` when unknown (no cluster watch, or not yet cached).
+    pub namespace_labels: Option<&'a BTreeMap<String, String>>,
+    /// TracedServices from the cache (any namespace; filtered here).
+    pub traced_services: &'a [Arc<TracedService>],
+}
+
+/// Result of one admission.
+#[derive(Clone, Debug)]
+pub struct Mutation {
+    /// The decision and its reason.
+    pub decision: Decision,
+    /// The patch, when injecting.
+    pub patch: Option<Patch>,
+    /// What was injected, when injecting.
+    pub status: Option<InjectionStatus>,
+    /// Warnings for the admission response (invalid annotations, TracedService conflicts,
+    /// port or uid collisions).
+    pub warnings: Vec<String>,
+}
+
+/// Runs the pipeline for one pod.
+pub fn mutate(pod: &Pod, ctx: PodContext<'_>, settings: &Settings) -> Mutation {
+    let decision = decision::decide(
+        pod,
+        ctx.namespace,
+        ctx.namespace_labels,
+        &settings.control_plane_namespace,
+    );
+    if !matches!(decision, Decision::Inject(_)) {
+        return Mutation {
+            decision,
+            patch: None,
+            status: None,
+            warnings: Vec::new(),
+        };
+    }
+    let containers = pod
+        .spec
+        .as_ref()
+        .map(|s| s.containers.as_slice())
+        .unwrap_or_default();
+    let named_ports: BTreeMap<String, u16> = containers
+        .iter()
+        .flat_map(|c| c.ports.as_deref().unwrap_or_default())
+        .filter_map(|p| Some((p.name.clone()?, u16::try_from(p.container_port).ok()?)))
+        .collect();
+    let empty = BTreeMap::new();
+    let annotations = pod.metadata.annotations.as_ref().unwrap_or(&empty);
+    let (overrides, mut warnings) = overrides::parse(annotations, &named_ports);
+
+    let labels = pod.metadata.labels.as_ref().unwrap_or(&empty);
+    let selection = selection::select(ctx.traced_services, ctx.namespace, labels);
+    warnings.extend(selection.warning);
+    let ts = selection.traced_service.as_ref();
+
+    let service_name = overrides
+        .service_name
+        .clone()
+        .or_else(|| ts.and_then(|t| t.spec.service_name.clone()))
+        .unwrap_or_else(|| selection::default_service_name(pod, ctx.namespace));
+    let collector = ts
+        .and_then(|t| t.spec.collector.as_ref())
+        .map(|c| c.endpoint.clone())
+        .unwrap_or_else(|| settings.collector.clone());
+    let resolved = Resolved {
+        service_name,
+        collector,
+        sampling: overrides.sampling,
+        log_level: overrides
+            .log_level
+            .clone()
+            .unwrap_or_else(|| settings.log_level.clone()),
+        traced_service: ts.map(|t| t.name_any()),
+        overrides,
+    };
+    warnings.extend(collisions(pod, settings));
+    let (ops, status) = patch::build(pod, settings, &resolved);
+    Mutation {
+        decision,
+        patch: Some(Patch(ops)),
+        status: Some(status),
+        warnings,
+    }
+}
+
+/// Configurations that admit the pod but break tracing: an app port equal to a proxy port, or
+/// an app running as the proxy's uid (its traffic would bypass capture).
+fn collisions(pod: &Pod, settings: &Settings) -> Vec<String> {
+    let mut warnings = Vec::new();
+    let Some(spec) = pod.spec.as_ref() else {
+        return warnings;
+    };
+    let proxy_ports = [
+        settings.inbound_port,
+        settings.outbound_port,
+        settings.admin_port,
+    ];
+    for c in &spec.containers {
+        for p in c.ports.as_deref().unwrap_or_default() {
+            if u16::try_from(p.container_port).is_ok_and(|n| proxy_ports.contains(&n)) {
+                warnings.push(format!(
+                    "container {} port {} collides with a sidetrace-proxy port; requests to it will fail",
+                    c.name, p.container_port
+                ));
+            }
+        }
+        let uid = c
+            .security_context
+            .as_ref()
+            .and_then(|s| s.run_as_user)
+            .or_else(|| spec.security_context.as_ref().and_then(|s| s.run_as_user));
+        if uid == Some(settings.proxy_uid) {
+            warnings.push(format!(
+                "container {} runs as uid {}, the proxy's uid: its traffic is not traced",
+                c.name, settings.proxy_uid
+            ));
+        }
+    }
+    warnings
+}

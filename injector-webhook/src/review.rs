@@ -1,0 +1,181 @@
+//! AdmissionReview in, AdmissionReview out: the HTTP-free heart of `POST /mutate`.
+//!
+//! Anything that is not a readable AdmissionReview is an error (HTTP 400 with the reason).
+//! Everything else is answered `allowed: true` — a tracing add-on never blocks a workload — with
+//! a JSON Patch when the pod is injected, and warnings the apiserver hands to the client.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::Pod;
+use kube::core::DynamicObject;
+use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
+use sidetrace_crds::TracedService;
+
+use crate::decision::Decision;
+use crate::error::{Error, Result};
+use crate::mutate::{self, PodContext};
+use crate::settings::Settings;
+
+/// What the webhook knows about the cluster: namespace labels and TracedServices, from watched
+/// caches in production and from fixed data in tests.
+pub trait ClusterView: Send + Sync {
+    /// Labels of `namespace`; `None` when unknown.
+    fn namespace_labels(&self, namespace: &str) -> Option<BTreeMap<String, String>>;
+    /// Every cached TracedService (all namespaces).
+    fn traced_services(&self) -> Vec<Arc<TracedService>>;
+}
+
+/// A fixed [`ClusterView`]: used when the webhook runs without cluster access, and in tests.
+#[derive(Clone, Debug, Default)]
+pub struct StaticView {
+    /// Namespace labels by namespace; `None` means every namespace's labels are unknown.
+    pub namespaces: Option<BTreeMap<String, BTreeMap<String, String>>>,
+    /// TracedServices.
+    pub traced_services: Vec<Arc<TracedService>>,
+}
+
+impl ClusterView for StaticView {
+    fn namespace_labels(&self, namespace: &str) -> Option<BTreeMap<String, String>> {
+        self.namespaces.as_ref()?.get(namespace).cloned()
+    }
+    fn traced_services(&self) -> Vec<Arc<TracedService>> {
+        self.traced_services.clone()
+    }
+}
+
+/// How an admission ended, for metrics and logs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Patched.
+    Injected,
+    /// A pod the decision left alone (label of the skip reason).
+    Skipped(&'static str),
+    /// Not a Pod (the registration should not send these).
+    NotPod,
+    /// A Pod operation other than CREATE.
+    NotCreate,
+    /// A Pod object the webhook could not read; allowed unchanged with a warning.
+    UnreadablePod,
+}
+
+impl Outcome {
+    /// Short label for metrics.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::Injected => "injected",
+            Self::Skipped(_) => "skipped",
+            Self::NotPod => "not-pod",
+            Self::NotCreate => "not-create",
+            Self::UnreadablePod => "unreadable-pod",
+        }
+    }
+}
+
+/// The answer to one review.
+#[derive(Debug)]
+pub struct Reviewed {
+    /// The AdmissionReview response, serialised.
+    pub body: Vec<u8>,
+    /// How it ended.
+    pub outcome: Outcome,
+    /// Why, in words (the decision's reason), for the log.
+    pub reason: String,
+    /// Warnings sent back.
+    pub warnings: Vec<String>,
+    /// The request's uid, for the log.
+    pub uid: String,
+}
+
+/// Answers one AdmissionReview body.
+pub fn review(body: &[u8], view: &dyn ClusterView, settings: &Settings) -> Result<Reviewed> {
+    let review: AdmissionReview<DynamicObject> = serde_json::from_slice(body)
+        .map_err(|e| Error::BadReview(format!("body is not an AdmissionReview: {e}")))?;
+    let request: AdmissionRequest<DynamicObject> = review
+        .try_into()
+        .map_err(|_| Error::BadReview("AdmissionReview has no request".into()))?;
+    let mut response = AdmissionResponse::from(&request);
+    let uid = request.uid.clone();
+    let done =
+        |response: AdmissionResponse, outcome, reason: String, warnings| -> Result<Reviewed> {
+            let body = serde_json::to_vec(&response.into_review())
+                .map_err(|e| Error::BadReview(format!("response does not serialise: {e}")))?;
+            Ok(Reviewed {
+                body,
+                outcome,
+                reason,
+                warnings,
+                uid: uid.clone(),
+            })
+        };
+
+    let kind = &request.kind;
+    if !(kind.group.is_empty() && kind.kind == "Pod") {
+        let reason = format!("kind {}/{} is not a Pod", kind.group, kind.kind);
+        return done(response, Outcome::NotPod, reason, vec![]);
+    }
+    if request.operation != Operation::Create {
+        let reason = format!("operation {:?} is not CREATE", request.operation);
+        return done(response, Outcome::NotCreate, reason, vec![]);
+    }
+    let pod: Pod = match request
+        .object
+        .as_ref()
+        .map(|o| serde_json::to_value(o).and_then(serde_json::from_value))
+    {
+        Some(Ok(pod)) => pod,
+        Some(Err(e)) => {
+            let warning =
+                format!("sidetrace: pod not injected, the webhook could not read it: {e}");
+            response.warnings = Some(vec![warning.clone()]);
+            return done(
+                response,
+                Outcome::UnreadablePod,
+                e.to_string(),
+                vec![warning],
+            );
+        }
+        None => {
+            return done(
+                response,
+                Outcome::UnreadablePod,
+                "request has no object".into(),
+                vec![],
+            );
+        }
+    };
+    let namespace = request
+        .namespace
+        .clone()
+        .filter(|n| !n.is_empty())
+        .or_else(|| pod.metadata.namespace.clone())
+        .unwrap_or_else(|| "default".to_owned());
+    let labels = view.namespace_labels(&namespace);
+    let traced = view.traced_services();
+    let ctx = PodContext {
+        namespace: &namespace,
+        namespace_labels: labels.as_ref(),
+        traced_services: &traced,
+    };
+    let m = mutate::mutate(&pod, ctx, settings);
+    let (outcome, reason) = match &m.decision {
+        Decision::Inject(r) => (Outcome::Injected, r.to_string()),
+        Decision::Skip(r) => (Outcome::Skipped(r.label()), r.to_string()),
+    };
+    response.audit_annotations.insert(
+        "decision".into(),
+        match &m.decision {
+            Decision::Inject(r) => r.label().to_owned(),
+            Decision::Skip(r) => r.label().to_owned(),
+        },
+    );
+    if let Some(patch) = m.patch {
+        response = response
+            .with_patch(patch)
+            .map_err(|e| Error::BadReview(format!("patch does not serialise: {e}")))?;
+    }
+    if !m.warnings.is_empty() {
+        response.warnings = Some(m.warnings.clone());
+    }
+    done(response, outcome, reason, m.warnings)
+}

@@ -1,0 +1,78 @@
+//! Injector-wide settings: what the command line configures, shared by every admission.
+
+use sidetrace_contract::defaults;
+
+/// How the sidecar is placed in the pod.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SidecarMode {
+    /// Kubernetes 1.29+: the proxy is an init container with `restartPolicy: Always`, started
+    /// (startup probe passed) before the app's init containers and the app, stopped after them.
+    Native,
+    /// Older clusters: the proxy is the first regular container with a postStart hold.
+    Classic,
+}
+
+impl SidecarMode {
+    /// Name recorded in the status annotation and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Native => "native-sidecar",
+            Self::Classic => "classic",
+        }
+    }
+}
+
+/// Everything the patch builder needs besides the pod.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Settings {
+    /// Image of the `sidetrace-proxy` container.
+    pub proxy_image: String,
+    /// Image of the `sidetrace-init` container.
+    pub init_image: String,
+    /// Placement of the proxy.
+    pub mode: SidecarMode,
+    /// Collector endpoint when no TracedService overrides it.
+    pub collector: String,
+    /// Port the proxy listens on for redirected inbound connections.
+    pub inbound_port: u16,
+    /// Port the proxy listens on for redirected outbound connections.
+    pub outbound_port: u16,
+    /// Proxy health/readiness/metrics port; never captured.
+    pub admin_port: u16,
+    /// uid of the proxy; its traffic is exempt from capture.
+    pub proxy_uid: i64,
+    /// gid of the proxy.
+    pub proxy_gid: i64,
+    /// Proxy log level when no annotation overrides it.
+    pub log_level: String,
+    /// Classic mode: the command of the proxy's postStart hook, which returns once the proxy
+    /// is ready so that the kubelet starts the app containers only then. Empty: no hook.
+    pub hold_command: Vec<String>,
+    /// Namespace of the sidetrace control plane (never injected).
+    pub control_plane_namespace: String,
+}
+
+/// Default postStart hold command: the proxy binary polls its own readiness endpoint.
+pub const DEFAULT_HOLD_COMMAND: &[&str] = &["/usr/local/bin/sidetrace-proxy", "wait"];
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            proxy_image: "sidetrace/proxy:latest".into(),
+            init_image: "sidetrace/init:latest".into(),
+            mode: SidecarMode::Native,
+            collector: defaults::COLLECTOR_ENDPOINT.into(),
+            inbound_port: defaults::INBOUND_CAPTURE_PORT,
+            outbound_port: defaults::OUTBOUND_CAPTURE_PORT,
+            admin_port: defaults::ADMIN_PORT,
+            proxy_uid: i64::from(defaults::PROXY_UID),
+            proxy_gid: i64::from(defaults::PROXY_GID),
+            log_level: "info".into(),
+            hold_command: DEFAULT_HOLD_COMMAND
+                .iter()
+                .map(|s| (*s).to_owned())
+                .collect(),
+            control_plane_namespace: defaults::CONTROL_PLANE_NAMESPACE.into(),
+        }
+    }
+}
