@@ -443,3 +443,387 @@ pub fn render_metrics(stats: &ExportStats, out: &mut String) {
         stats.malformed_context,
     );
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::VecDeque;
+    use std::net::SocketAddr;
+    use std::sync::Mutex;
+    use std::time::SystemTime;
+
+    use http::{HeaderMap, Response};
+    use hyper::body::Incoming;
+    use hyper::service::service_fn;
+    use hyper_util::rt::TokioIo;
+    use sidetrace_contract::Direction;
+    use tokio::net::TcpListener;
+
+    use super::*;
+    use crate::hop::{RequestInfo, ResponseInfo, TracerConfig, start_hop};
+
+    /// Generous bound on waits for the exporter; never a timing assertion, only a hang guard.
+    const WAIT: Duration = Duration::from_secs(20);
+
+    struct Post {
+        path: String,
+        content_type: String,
+        body: Vec<u8>,
+    }
+
+    struct Collector {
+        addr: SocketAddr,
+        posts: mpsc::UnboundedReceiver<Post>,
+    }
+
+    impl Collector {
+        fn endpoint(&self) -> Uri {
+            format!("http://{}/api/v2/spans", self.addr)
+                .parse()
+                .expect("uri")
+        }
+
+        async fn next(&mut self) -> Post {
+            tokio::time::timeout(WAIT, self.posts.recv())
+                .await
+                .expect("a POST within the wait bound")
+                .expect("collector running")
+        }
+    }
+
+    /// A tiny real HTTP/1.1 collector on loopback that answers with `statuses` in order,
+    /// then 202.
+    async fn start_collector(statuses: &[u16]) -> Collector {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (tx, posts) = mpsc::unbounded_channel();
+        let statuses = Arc::new(Mutex::new(
+            statuses.iter().copied().collect::<VecDeque<_>>(),
+        ));
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let tx = tx.clone();
+                let statuses = statuses.clone();
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req: Request<Incoming>| {
+                        let tx = tx.clone();
+                        let statuses = statuses.clone();
+                        async move {
+                            let path = req.uri().path().to_string();
+                            let content_type = req
+                                .headers()
+                                .get(header::CONTENT_TYPE)
+                                .and_then(|v| v.to_str().ok())
+                                .unwrap_or_default()
+                                .to_string();
+                            let body = req
+                                .into_body()
+                                .collect()
+                                .await
+                                .map(|b| b.to_bytes().to_vec())
+                                .unwrap_or_default();
+                            let _ = tx.send(Post {
+                                path,
+                                content_type,
+                                body,
+                            });
+                            let status = statuses.lock().expect("lock").pop_front().unwrap_or(202);
+                            let mut resp = Response::new(Full::new(Bytes::new()));
+                            *resp.status_mut() =
+                                http::StatusCode::from_u16(status).expect("test status");
+                            Ok::<_, std::convert::Infallible>(resp)
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        Collector { addr, posts }
+    }
+
+    /// A loopback port nobody listens on: connecting to it is refused.
+    async fn refused_endpoint() -> Uri {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        drop(listener);
+        format!("http://{addr}/api/v2/spans").parse().expect("uri")
+    }
+
+    fn config(endpoint: Uri) -> ExporterConfig {
+        ExporterConfig {
+            queue_capacity: 100,
+            max_batch: 100,
+            // Only size or an explicit flush sends, unless a test says otherwise.
+            flush_interval: Duration::from_secs(3600),
+            request_timeout: Duration::from_secs(5),
+            max_retries: 2,
+            initial_backoff: Duration::from_millis(1),
+            ..ExporterConfig::new(endpoint)
+        }
+    }
+
+    fn span(path: &str) -> Span {
+        let cfg = TracerConfig::new("exporter-test");
+        let req = RequestInfo {
+            direction: Direction::Inbound,
+            method: "GET",
+            path,
+            authority: Some("svc:80"),
+            scheme: "http",
+            user_agent: None,
+            local_addr: "10.0.0.1:80".parse().expect("addr"),
+            peer_addr: "10.0.0.2:5000".parse().expect("addr"),
+            upstream_addr: "127.0.0.1:80".parse().expect("addr"),
+            protocol: "HTTP/1.1",
+        };
+        let mut h = HeaderMap::new();
+        start_hop(&cfg, &req, &mut h, SystemTime::now())
+            .expect("traced")
+            .finish_after(
+                &ResponseInfo {
+                    status: Some(200),
+                    ..ResponseInfo::default()
+                },
+                Duration::from_micros(5),
+            )
+            .expect("sampled")
+    }
+
+    async fn wait_for(handle: &ExportHandle, what: &str, done: impl Fn(&ExportStats) -> bool) {
+        let poll = async {
+            while !done(&handle.stats()) {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        };
+        if tokio::time::timeout(WAIT, poll).await.is_err() {
+            panic!("{what}: stats {:?}", handle.stats());
+        }
+    }
+
+    #[tokio::test]
+    async fn a_full_batch_is_posted_as_zipkin_json() {
+        let mut collector = start_collector(&[]).await;
+        let (handle, _task) = Exporter::spawn(ExporterConfig {
+            max_batch: 2,
+            ..config(collector.endpoint())
+        });
+        let spans = [span("/a"), span("/b")];
+        for s in &spans {
+            handle.record(s.clone());
+        }
+        let post = collector.next().await;
+        assert_eq!(post.path, "/api/v2/spans");
+        assert_eq!(post.content_type, "application/json");
+        assert_eq!(
+            String::from_utf8(post.body).expect("utf8"),
+            String::from_utf8(encode_zipkin_v2(&spans)).expect("utf8")
+        );
+        wait_for(&handle, "exported", |s| s.exported == 2).await;
+        let stats = handle.stats();
+        assert_eq!((stats.batches_sent, stats.dropped_total()), (1, 0));
+    }
+
+    #[tokio::test]
+    async fn a_partial_batch_is_posted_when_the_interval_ticks() {
+        let mut collector = start_collector(&[]).await;
+        let (handle, _task) = Exporter::spawn(ExporterConfig {
+            flush_interval: Duration::from_millis(20),
+            ..config(collector.endpoint())
+        });
+        handle.record(span("/tick"));
+        let post = collector.next().await;
+        let json: serde_json::Value = serde_json::from_slice(&post.body).expect("json");
+        assert_eq!(json[0]["tags"]["http.path"], "/tick");
+        assert_eq!(json.as_array().map(Vec::len), Some(1));
+    }
+
+    #[tokio::test]
+    async fn flush_drains_the_queue_and_dropping_the_handles_sends_the_rest() {
+        let mut collector = start_collector(&[]).await;
+        let (handle, task) = Exporter::spawn(config(collector.endpoint()));
+        for p in ["/1", "/2", "/3"] {
+            handle.record(span(p));
+        }
+        handle.flush(WAIT).await;
+        assert_eq!(handle.stats().exported, 3);
+        let post = collector.next().await;
+        let json: serde_json::Value = serde_json::from_slice(&post.body).expect("json");
+        assert_eq!(json.as_array().map(Vec::len), Some(3));
+
+        handle.record(span("/last"));
+        drop(handle);
+        tokio::time::timeout(WAIT, task)
+            .await
+            .expect("task ends")
+            .expect("no panic");
+        let post = collector.next().await;
+        assert!(String::from_utf8_lossy(&post.body).contains("/last"));
+    }
+
+    #[tokio::test]
+    async fn server_errors_are_retried_with_backoff() {
+        let mut collector = start_collector(&[503, 500]).await;
+        let (handle, _task) = Exporter::spawn(config(collector.endpoint()));
+        handle.record(span("/retry"));
+        handle.flush(WAIT).await;
+        for _ in 0..3 {
+            let post = collector.next().await;
+            assert!(String::from_utf8_lossy(&post.body).contains("/retry"));
+        }
+        let stats = handle.stats();
+        assert_eq!(
+            (stats.exported, stats.retries, stats.dropped_total()),
+            (1, 2, 0)
+        );
+    }
+
+    #[tokio::test]
+    async fn server_errors_beyond_the_retries_drop_the_batch() {
+        let mut collector = start_collector(&[503, 503, 503]).await;
+        let (handle, _task) = Exporter::spawn(config(collector.endpoint()));
+        handle.record(span("/x"));
+        handle.record(span("/y"));
+        handle.flush(WAIT).await;
+        for _ in 0..3 {
+            collector.next().await;
+        }
+        let stats = handle.stats();
+        assert_eq!(
+            (stats.exported, stats.retries, stats.dropped_send_failed),
+            (0, 2, 2)
+        );
+    }
+
+    #[tokio::test]
+    async fn client_errors_are_rejected_without_retry() {
+        let mut collector = start_collector(&[400]).await;
+        let (handle, _task) = Exporter::spawn(config(collector.endpoint()));
+        handle.record(span("/bad"));
+        handle.flush(WAIT).await;
+        collector.next().await;
+        let stats = handle.stats();
+        assert_eq!(
+            (stats.dropped_rejected, stats.retries, stats.exported),
+            (1, 0, 0)
+        );
+    }
+
+    #[tokio::test]
+    async fn collector_down_drops_and_counts_after_retries() {
+        let (handle, _task) = Exporter::spawn(config(refused_endpoint().await));
+        handle.record(span("/down"));
+        handle.flush(WAIT).await;
+        let stats = handle.stats();
+        assert_eq!(
+            (stats.dropped_send_failed, stats.retries, stats.exported),
+            (1, 2, 0)
+        );
+        let mut text = String::new();
+        render_metrics(&stats, &mut text);
+        assert!(text.contains("sidetrace_spans_dropped_total{reason=\"send_failed\"} 1\n"));
+    }
+
+    #[tokio::test]
+    async fn a_collector_that_never_answers_times_out() {
+        // Accepts connections and never reads: every POST hits the request timeout.
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((s, _)) = listener.accept().await {
+                held.push(s);
+            }
+        });
+        let (handle, _task) = Exporter::spawn(ExporterConfig {
+            request_timeout: Duration::from_millis(50),
+            max_retries: 1,
+            ..config(format!("http://{addr}/api/v2/spans").parse().expect("uri"))
+        });
+        handle.record(span("/slow"));
+        handle.flush(WAIT).await;
+        let stats = handle.stats();
+        assert_eq!((stats.dropped_send_failed, stats.retries), (1, 1));
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_drops_and_counts_without_blocking() {
+        // Current-thread runtime: the exporter task cannot run between these calls, so the
+        // queue holds exactly its capacity and every later record must return at once.
+        let (handle, _task) = Exporter::spawn(ExporterConfig {
+            queue_capacity: 4,
+            ..config(refused_endpoint().await)
+        });
+        let s = span("/full");
+        for _ in 0..100 {
+            handle.record(s.clone());
+        }
+        let stats = handle.stats();
+        assert_eq!(stats.dropped_queue_full, 96);
+        assert_eq!((stats.queue_depth, stats.queue_capacity), (4, 4));
+        let mut text = String::new();
+        render_metrics(&stats, &mut text);
+        assert!(text.contains("sidetrace_spans_dropped_total{reason=\"queue_full\"} 96\n"));
+        assert!(text.contains("sidetrace_span_queue_depth 4\n"));
+    }
+
+    #[tokio::test]
+    async fn https_endpoints_are_reported_not_retried() {
+        let (handle, _task) = Exporter::spawn(config(
+            "https://collector:9411/api/v2/spans".parse().expect("uri"),
+        ));
+        handle.record(span("/tls"));
+        handle.flush(WAIT).await;
+        let stats = handle.stats();
+        assert_eq!((stats.dropped_invalid_endpoint, stats.retries), (1, 0));
+    }
+
+    #[tokio::test]
+    async fn set_endpoint_redirects_later_batches() {
+        let mut collector = start_collector(&[]).await;
+        let (handle, _task) = Exporter::spawn(config(refused_endpoint().await));
+        handle.set_endpoint(collector.endpoint());
+        handle.record(span("/moved"));
+        handle.flush(WAIT).await;
+        assert_eq!(handle.stats().exported, 1);
+        assert!(String::from_utf8_lossy(&collector.next().await.body).contains("/moved"));
+    }
+
+    #[test]
+    fn metrics_text_names_every_counter() {
+        let stats = ExportStats {
+            exported: 7,
+            batches_sent: 2,
+            retries: 1,
+            dropped_queue_full: 3,
+            dropped_send_failed: 4,
+            dropped_rejected: 5,
+            dropped_invalid_endpoint: 6,
+            queue_depth: 8,
+            queue_capacity: 1000,
+            malformed_context: 9,
+        };
+        let mut text = String::new();
+        render_metrics(&stats, &mut text);
+        for line in [
+            "sidetrace_spans_exported_total 7",
+            "sidetrace_span_batches_sent_total 2",
+            "sidetrace_span_export_retries_total 1",
+            "sidetrace_spans_dropped_total{reason=\"queue_full\"} 3",
+            "sidetrace_spans_dropped_total{reason=\"send_failed\"} 4",
+            "sidetrace_spans_dropped_total{reason=\"rejected\"} 5",
+            "sidetrace_spans_dropped_total{reason=\"invalid_endpoint\"} 6",
+            "sidetrace_span_queue_depth 8",
+            "sidetrace_span_queue_capacity 1000",
+            "sidetrace_trace_context_malformed_total 9",
+            "# TYPE sidetrace_spans_dropped_total counter",
+            "# TYPE sidetrace_span_queue_depth gauge",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing {line:?} in\n{text}"
+            );
+        }
+        assert_eq!(stats.dropped_total(), 18);
+    }
+}
