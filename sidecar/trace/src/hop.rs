@@ -867,3 +867,73 @@ mod tests {
         assert_eq!(get(&h, "b3"), Some(format!("{T128}-{id}-1-{S1}").as_str()));
     }
 }
+
+#[cfg(test)]
+mod property_tests {
+    use super::*;
+    use crate::propagation::{CONTEXT_HEADERS, extract};
+    use rand::{Rng, SeedableRng};
+
+    /// Deterministic random headers (valid, mutated and garbage) through `start_hop`: never a
+    /// panic, the rewritten headers always parse to exactly the hop's context, and a valid
+    /// incoming span always becomes the parent.
+    #[test]
+    fn start_hop_always_leaves_clean_headers() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(42);
+        let samples = [
+            "463ac35c9f6413ad48485a3953bb6124",
+            "a2fb4a1d1a96d312",
+            "463ac35c9f6413ad-a2fb4a1d1a96d312-1",
+            "00-463ac35c9f6413ad48485a3953bb6124-a2fb4a1d1a96d312-01",
+            "0",
+            "1",
+            "d",
+            "true",
+            "",
+            "\u{7f}zz",
+        ];
+        let cfg = TracerConfig::new("prop");
+        for i in 0..5_000 {
+            let mut h = HeaderMap::new();
+            for _ in 0..rng.random_range(0..6) {
+                let name = CONTEXT_HEADERS[rng.random_range(0..CONTEXT_HEADERS.len())].clone();
+                let mut v = samples[rng.random_range(0..samples.len())]
+                    .as_bytes()
+                    .to_vec();
+                if !v.is_empty() && rng.random_bool(0.3) {
+                    let at = rng.random_range(0..v.len());
+                    v[at] = rng.random();
+                }
+                if let Ok(v) = HeaderValue::from_bytes(&v) {
+                    h.append(name, v);
+                }
+            }
+            let incoming = extract(&h);
+            let direction = if i % 2 == 0 {
+                Direction::Inbound
+            } else {
+                Direction::Outbound
+            };
+            let req = RequestInfo {
+                direction,
+                method: "GET",
+                path: "/p",
+                authority: None,
+                scheme: "http",
+                user_agent: None,
+                local_addr: "10.0.0.1:80".parse().expect("addr"),
+                peer_addr: "10.0.0.2:5000".parse().expect("addr"),
+                upstream_addr: "127.0.0.1:80".parse().expect("addr"),
+                protocol: "HTTP/1.1",
+            };
+            let hop = start_hop(&cfg, &req, &mut h, SystemTime::now()).expect("traced");
+            let after = extract(&h);
+            assert!(!after.malformed, "{h:?}");
+            let c = after.context.expect("context written");
+            assert_eq!(c.span_id, hop.context().span_id);
+            assert_eq!(c.trace_id, hop.context().trace_id);
+            assert_eq!(hop.context().parent_id, incoming.context.map(|p| p.span_id));
+            assert_eq!(hop.is_sampled(), c.is_sampled());
+        }
+    }
+}
