@@ -9,6 +9,7 @@ use std::collections::BTreeSet;
 use std::fmt;
 use std::str::FromStr;
 
+use clap::builder::BoolishValueParser;
 use clap::{ArgAction, Parser, ValueEnum};
 use ipnet::IpNet;
 use sidetrace_contract::defaults;
@@ -89,22 +90,22 @@ pub struct Args {
     )]
     pub include_outbound_cidrs: String,
     /// Also redirect DNS (UDP and TCP port 53) from the app to `--dns-port`.
-    #[arg(long, env = "SIDETRACE_INIT_CAPTURE_DNS", action = ArgAction::SetTrue)]
+    #[arg(long, env = "SIDETRACE_INIT_CAPTURE_DNS", action = ArgAction::SetTrue, value_parser = BoolishValueParser::new())]
     pub capture_dns: bool,
     /// Port a DNS-capturing proxy listens on (only used with `--capture-dns`).
     #[arg(long, env = "SIDETRACE_INIT_DNS_PORT", default_value_t = DEFAULT_DNS_PORT.to_string())]
     pub dns_port: String,
     /// Program IPv6 (ip6tables) as well as IPv4.
-    #[arg(long, env = "SIDETRACE_INIT_IPV6", action = ArgAction::SetTrue)]
+    #[arg(long, env = "SIDETRACE_INIT_IPV6", action = ArgAction::SetTrue, value_parser = BoolishValueParser::new())]
     pub ipv6: bool,
     /// iptables flavour to use.
     #[arg(long, env = "SIDETRACE_INIT_BACKEND", value_enum, default_value_t = BackendChoice::Auto)]
     pub backend: BackendChoice,
     /// Print the exact iptables-restore input and change nothing.
-    #[arg(long, env = "SIDETRACE_INIT_DRY_RUN", action = ArgAction::SetTrue)]
+    #[arg(long, env = "SIDETRACE_INIT_DRY_RUN", action = ArgAction::SetTrue, value_parser = BoolishValueParser::new())]
     pub dry_run: bool,
     /// Remove every jump and chain this program added, instead of adding them.
-    #[arg(long, env = "SIDETRACE_INIT_CLEANUP", action = ArgAction::SetTrue)]
+    #[arg(long, env = "SIDETRACE_INIT_CLEANUP", action = ArgAction::SetTrue, value_parser = BoolishValueParser::new())]
     pub cleanup: bool,
 }
 

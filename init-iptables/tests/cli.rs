@@ -79,3 +79,28 @@ fn unknown_flags_exit_64_and_help_exits_0() {
         assert!(text.contains(flag), "--help lacks {flag}");
     }
 }
+
+#[test]
+fn boolean_env_values_accept_the_usual_spellings() {
+    let sections = |value: &str| {
+        let out = Command::new(env!("CARGO_BIN_EXE_sidetrace-init"))
+            .env_clear()
+            .env("SIDETRACE_INIT_IPV6", value)
+            .arg("--dry-run")
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout)
+                .matches("# IPv6")
+                .count(),
+        )
+    };
+    for yes in ["true", "1", "yes", "on"] {
+        assert_eq!(sections(yes), (Some(0), 1), "{yes}");
+    }
+    for no in ["false", "0", "no", "off"] {
+        assert_eq!(sections(no), (Some(0), 0), "{no}");
+    }
+    assert_eq!(sections("maybe").0, Some(64));
+}
