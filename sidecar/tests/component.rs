@@ -422,10 +422,10 @@ async fn server_speaks_first_protocols_work_after_the_detection_timeout() {
             tokio::spawn(async move {
                 s.write_all(b"220 smtp.example ESMTP ready\r\n").await.ok();
                 let mut buf = [0u8; 64];
-                if let Ok(n) = s.read(&mut buf).await {
-                    if buf[..n].starts_with(b"QUIT") {
-                        s.write_all(b"221 bye\r\n").await.ok();
-                    }
+                if let Ok(n) = s.read(&mut buf).await
+                    && buf[..n].starts_with(b"QUIT")
+                {
+                    s.write_all(b"221 bye\r\n").await.ok();
                 }
             });
         }

@@ -319,7 +319,7 @@ impl Proxy {
         .args(["--outbound-port", &outp.to_string()])
         .args(["--admin-port", &adm.to_string()])
         .args(["--service-name", "service1"])
-        .args(["--export-interval", "50ms", "--reload-interval", "100ms"])
+        .args(["--reload-interval", "100ms"])
         .args(["--log-level", "debug"])
         .args([
             "--collector",
@@ -335,6 +335,9 @@ impl Proxy {
         }
         if let Some(p) = &opts.config {
             cmd.arg("--config").arg(p);
+        }
+        if !opts.extra.iter().any(|a| a == "--export-interval") {
+            cmd.args(["--export-interval", "50ms"]);
         }
         cmd.args(&opts.extra)
             .env_clear()
