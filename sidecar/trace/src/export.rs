@@ -163,6 +163,7 @@ impl Exporter {
             cfg,
             client: build_client(),
             shared: shared.clone(),
+            failing: 0,
         };
         let join = tokio::spawn(task.run(spans_rx, flush_rx));
         (
@@ -242,11 +243,17 @@ struct Task {
     cfg: ExporterConfig,
     client: HttpClient,
     shared: Arc<Shared>,
+    /// Batches dropped since the last success: a collector that stays down is logged once
+    /// (and every [`LOG_EVERY_FAILED_BATCHES`] batches), not once per batch.
+    failing: u64,
 }
+
+/// While the collector stays unreachable, one warning per this many dropped batches.
+const LOG_EVERY_FAILED_BATCHES: u64 = 100;
 
 impl Task {
     async fn run(
-        self,
+        mut self,
         mut spans: mpsc::Receiver<Span>,
         mut flushes: mpsc::Receiver<oneshot::Sender<()>>,
     ) {
@@ -295,7 +302,7 @@ impl Task {
     }
 
     /// Delivers one batch with retries, and accounts for every span in it exactly once.
-    async fn send(&self, batch: Vec<Span>) {
+    async fn send(&mut self, batch: Vec<Span>) {
         let n = batch.len();
         let body = Bytes::from(encode_zipkin_v2(&batch));
         drop(batch);
@@ -307,6 +314,13 @@ impl Task {
                 Ok(()) => {
                     add(&c.exported, n);
                     add(&c.batches_sent, 1);
+                    if self.failing > 0 {
+                        tracing::info!(
+                            dropped_batches = self.failing,
+                            "collector accepts spans again"
+                        );
+                        self.failing = 0;
+                    }
                     return;
                 }
                 Err(e) if e.is_retryable() && attempt < self.cfg.max_retries => {
@@ -327,13 +341,19 @@ impl Task {
                         _ => &c.dropped_send_failed,
                     };
                     add(counter, n);
-                    tracing::warn!(
-                        error = %e,
-                        reason = e.metric_label(),
-                        spans = n,
-                        attempts = attempt + 1,
-                        "span batch dropped"
-                    );
+                    self.failing += 1;
+                    if self.failing == 1 || self.failing.is_multiple_of(LOG_EVERY_FAILED_BATCHES) {
+                        tracing::warn!(
+                            error = %e,
+                            reason = e.metric_label(),
+                            spans = n,
+                            attempts = attempt + 1,
+                            consecutive_failed_batches = self.failing,
+                            "span batch dropped"
+                        );
+                    } else {
+                        tracing::debug!(error = %e, spans = n, "span batch dropped");
+                    }
                     return;
                 }
             }

@@ -780,6 +780,44 @@ mod tests {
     }
 
     #[test]
+    fn exclusion_matches_the_contract_rule() {
+        let proxy = ProxyConfig {
+            exclude_paths: vec!["/healthz".into(), "/debug/*".into(), "/x*".into()],
+            ..ProxyConfig::default()
+        };
+        let cfg = TracerConfig::from_proxy_config(&proxy, "svc", 1.0);
+        for path in [
+            "/",
+            "/healthz",
+            "/healthz/",
+            "/healthz?a",
+            "/debug",
+            "/debug/",
+            "/debug/x?y",
+            "/x",
+            "/xyz",
+            "/y",
+        ] {
+            assert_eq!(
+                cfg.is_excluded(path, None),
+                proxy.is_excluded_path(path),
+                "{path}"
+            );
+        }
+    }
+
+    #[test]
+    fn tracer_config_from_the_config_file_falls_back_to_flags() {
+        let proxy =
+            ProxyConfig::from_yaml("samplingRate: 0.25\ntags: {team: shop}\n").expect("valid");
+        let cfg = TracerConfig::from_proxy_config(&proxy, "from-flag", 1.0);
+        assert_eq!(cfg.service_name, "from-flag");
+        assert_eq!(cfg.sampling_rate, 0.25);
+        assert_eq!(cfg.formats, DEFAULT_PROPAGATION);
+        assert_eq!(cfg.tags["team"], "shop");
+    }
+
+    #[test]
     fn operation_rules_win_over_the_default_name() {
         let cfg = TracerConfig {
             operations: vec![OperationRule {
@@ -804,7 +842,11 @@ mod tests {
     #[test]
     fn tags_never_carry_credentials() {
         let cfg = TracerConfig {
-            tags: [("team".to_string(), "shop".to_string())].into(),
+            tags: [
+                ("team".to_string(), "shop".to_string()),
+                ("http.method".to_string(), "SPOOFED".to_string()),
+            ]
+            .into(),
             ..TracerConfig::new("s")
         };
         let mut h = headers(&[
@@ -830,6 +872,7 @@ mod tests {
         assert_eq!(span.tags["http.path"], "/orders");
         assert_eq!(span.tags["error"], "true");
         assert_eq!(span.tags["team"], "shop");
+        assert_eq!(span.tags["http.method"], "GET", "the proxy's own tags win");
         assert_eq!(span.tags["component"], "proxy");
         // The headers the app sent are forwarded untouched (only tracing ignores them).
         assert_eq!(get(&h, "authorization"), Some("Bearer SECRET-TOKEN"));
