@@ -14,8 +14,10 @@
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
-use std::os::fd::AsRawFd;
+use std::net::{
+    IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket,
+};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::process::{Child, Command, ExitCode, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -171,7 +173,7 @@ fn path() -> String {
 
 fn helper(args: &[String]) -> ExitCode {
     let result = match args.first().map(String::as_str) {
-        Some("connect") => helper_connect(args.get(1)),
+        Some("connect") => helper_connect(&args[1..]),
         other => Err(format!("unknown helper command {other:?}")),
     };
     match result {
@@ -184,13 +186,22 @@ fn helper(args: &[String]) -> ExitCode {
 }
 
 /// Connects, reports `connected`, and holds the connection until stdin closes.
-fn helper_connect(addr: Option<&String>) -> Result<(), String> {
-    let addr: SocketAddr = addr
+/// Arguments: the destination, and optionally an IPv4 source address to bind first.
+fn helper_connect(args: &[String]) -> Result<(), String> {
+    let addr: SocketAddr = args
+        .first()
         .ok_or("missing address")?
         .parse()
         .map_err(|e| format!("bad address: {e}"))?;
-    let stream =
-        TcpStream::connect_timeout(&addr, PATIENCE).map_err(|e| format!("connect {addr}: {e}"))?;
+    let stream = match (args.get(1), addr) {
+        (None, _) => TcpStream::connect_timeout(&addr, PATIENCE),
+        (Some(source), SocketAddr::V4(to)) => {
+            let source: Ipv4Addr = source.parse().map_err(|e| format!("bad source: {e}"))?;
+            connect_from(source, to)
+        }
+        (Some(_), SocketAddr::V6(_)) => return Err("a source address is IPv4 only".into()),
+    }
+    .map_err(|e| format!("connect {addr}: {e}"))?;
     println!(
         "connected {}",
         stream.local_addr().map_err(|e| e.to_string())?
@@ -199,6 +210,43 @@ fn helper_connect(addr: Option<&String>) -> Result<(), String> {
     let mut sink = Vec::new();
     let _ = std::io::stdin().read_to_end(&mut sink);
     Ok(())
+}
+
+fn sockaddr_v4(ip: Ipv4Addr, port: u16) -> libc::sockaddr_in {
+    libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: port.to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(ip).to_be(),
+        },
+        sin_zero: [0; 8],
+    }
+}
+
+/// Binds `source` and then connects: what a proxy does to forward from 127.0.0.6. std has no
+/// bind-before-connect for TCP, hence the raw calls.
+#[allow(unsafe_code)]
+fn connect_from(source: Ipv4Addr, to: SocketAddrV4) -> std::io::Result<TcpStream> {
+    let last = std::io::Error::last_os_error;
+    let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    // SAFETY: socket(2) takes no pointers; the result is checked before use.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(last());
+    }
+    // SAFETY: fd is a fresh, valid socket that nothing else owns.
+    let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+    let src = sockaddr_v4(source, 0);
+    // SAFETY: src lives on the stack for the call and len is its size.
+    if unsafe { libc::bind(sock.as_raw_fd(), (&raw const src).cast(), len) } != 0 {
+        return Err(last());
+    }
+    let dst = sockaddr_v4(*to.ip(), to.port());
+    // SAFETY: as above, for dst.
+    if unsafe { libc::connect(sock.as_raw_fd(), (&raw const dst).cast(), len) } != 0 {
+        return Err(last());
+    }
+    Ok(TcpStream::from(sock))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -340,6 +388,17 @@ impl Topology {
 
     /// A client in the pod running as `uid`/`gid`, connected to `addr` until dropped.
     fn client_as(&self, uid: u32, gid: u32, addr: SocketAddr) -> HelperClient {
+        self.client_from(uid, gid, addr, None)
+    }
+
+    /// Like [`Topology::client_as`], binding an IPv4 `source` address first.
+    fn client_from(
+        &self,
+        uid: u32,
+        gid: u32,
+        addr: SocketAddr,
+        source: Option<Ipv4Addr>,
+    ) -> HelperClient {
         let exe = std::env::current_exe().expect("test binary path");
         let mut child = Command::new("ip")
             .args(["netns", "exec", &self.pod, "setpriv"])
@@ -349,6 +408,7 @@ impl Topology {
             .arg("--")
             .arg(exe)
             .args([HELPER, "connect", &addr.to_string()])
+            .args(source.map(|s| s.to_string()))
             .env("PATH", path())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -726,6 +786,16 @@ fn loopback_and_self_calls() {
         "proxy-admin",
         v4(POD4, ADMIN),
     );
+    // The proxy forwarding to the app at the pod IP from the passthrough source 127.0.0.6
+    // is not captured again.
+    let client = topo.client_from(
+        PROXY_UID,
+        PROXY_UID,
+        v4(POD4, APP_PORT),
+        Some(Ipv4Addr::new(127, 0, 0, 6)),
+    );
+    l.check("proxy from 127.0.0.6 -> pod IP", "app", v4(POD4, APP_PORT));
+    drop(client);
 }
 
 fn excluded_ports_and_cidrs_are_not_redirected() {
@@ -915,9 +985,13 @@ fn detection_follows_existing_legacy_rules() {
         ],
     );
     topo.init_ok(&[]);
-    assert!(
-        topo.nat("iptables-legacy-save")
-            .contains(":SIDETRACE_INBOUND")
+    let legacy = topo.nat("iptables-legacy-save");
+    assert!(legacy.contains(":SIDETRACE_INBOUND"), "{legacy}");
+    topo.init_ok(&[]);
+    assert_eq!(
+        topo.nat("iptables-legacy-save"),
+        legacy,
+        "legacy re-run is not idempotent"
     );
     assert!(!topo.nat("iptables-nft-save").contains("SIDETRACE"));
     l.expect(
