@@ -152,6 +152,7 @@ impl Exporter {
     /// Spawns the exporter task on the current tokio runtime. The task ends (after sending
     /// what is queued) when every [`ExportHandle`] clone is dropped.
     pub fn spawn(cfg: ExporterConfig) -> (ExportHandle, JoinHandle<()>) {
+        warn_if_unusable(&cfg.endpoint);
         let queue_capacity = cfg.queue_capacity.max(1);
         let (spans_tx, spans_rx) = mpsc::channel(queue_capacity);
         let (flush_tx, flush_rx) = mpsc::channel(4);
@@ -221,6 +222,7 @@ impl ExportHandle {
 
     /// Points later batches at a new collector (config reload).
     pub fn set_endpoint(&self, uri: Uri) {
+        warn_if_unusable(&uri);
         match self.shared.endpoint.write() {
             Ok(mut g) => *g = uri,
             Err(p) => *p.into_inner() = uri,
@@ -399,6 +401,13 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         source = inner.source();
     }
     s
+}
+
+/// Says at configuration time, not only per batch, that an endpoint cannot work.
+fn warn_if_unusable(uri: &Uri) {
+    if let Err(e) = check_endpoint(uri) {
+        tracing::error!(error = %e, "spans will be dropped until the collector endpoint is fixed");
+    }
 }
 
 fn check_endpoint(uri: &Uri) -> Result<()> {

@@ -306,6 +306,12 @@ fn parse_traceparent(headers: &HeaderMap) -> Parsed {
     ) else {
         return Parsed::Malformed;
     };
+    // A zero upper half is a 64-bit B3 id padded for W3C (the B3 interop rule): keep it
+    // 64-bit so B3 headers downstream carry the id the trace started with.
+    let trace_id = match u64::try_from(trace_id.as_u128()) {
+        Ok(low) => TraceId::from_u64(low).unwrap_or(trace_id),
+        Err(_) => trace_id,
+    };
     Parsed::Context(SpanContext {
         trace_id,
         span_id,
@@ -657,6 +663,12 @@ mod tests {
         assert_eq!(e.context, Some(ctx(T128, S1, None, Some(true))));
         let e = extract(&headers(&[("traceparent", &format!("00-{T128}-{S1}-00"))]));
         assert_eq!(e.sampled, Some(false));
+        // A padded 64-bit id stays 64-bit for B3.
+        let e = extract(&headers(&[(
+            "traceparent",
+            &format!("00-0000000000000000{T64}-{S1}-01"),
+        )]));
+        assert_eq!(e.context, Some(ctx(T64, S1, None, Some(true))));
         // Other flag bits are ignored; sampled is bit 0.
         let e = extract(&headers(&[("traceparent", &format!("00-{T128}-{S1}-03"))]));
         assert_eq!(e.sampled, Some(true));
