@@ -135,10 +135,31 @@ pub fn apply(exec: &dyn Exec, flavour: Flavour, config: &Config) -> Result<()> {
     Ok(())
 }
 
-/// Removes everything of ours from every family of `config` with `flavour`.
+/// The nat table of each family cleanup looks at: those of `config`, plus IPv6 on a
+/// best-effort basis when `config` is IPv4-only, so a pod set up with `--ipv6` is cleaned by a
+/// plain `--cleanup` too (an unusable ip6tables then means there is nothing of ours there).
+fn cleanup_targets(
+    exec: &dyn Exec,
+    flavour: Flavour,
+    config: &Config,
+) -> Result<Vec<(Family, String)>> {
+    let mut out = Vec::new();
+    for family in [Family::V4, Family::V6] {
+        let required = families(config).contains(&family);
+        match save_nat(exec, flavour, family) {
+            Ok(save) => out.push((family, save)),
+            Err(e) if !required => {
+                tracing::debug!(family = family.name(), error = %e, "skipping optional family");
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(out)
+}
+
+/// Removes everything of ours from every family (see [`cleanup_targets`]) with `flavour`.
 pub fn cleanup(exec: &dyn Exec, flavour: Flavour, config: &Config) -> Result<()> {
-    for family in families(config) {
-        let current = save_nat(exec, flavour, family)?;
+    for (family, current) in cleanup_targets(exec, flavour, config)? {
         match plan_cleanup(&current) {
             Some(input) => {
                 run_checked(exec, &flavour.restore(family), RESTORE_ARGS, Some(&input))?;
@@ -157,8 +178,7 @@ pub fn cleanup(exec: &dyn Exec, flavour: Flavour, config: &Config) -> Result<()>
 /// What `--cleanup --dry-run` prints: per family the restore input cleanup would run.
 pub fn cleanup_preview(exec: &dyn Exec, flavour: Flavour, config: &Config) -> Result<String> {
     let mut out = String::new();
-    for family in families(config) {
-        let current = save_nat(exec, flavour, family)?;
+    for (family, current) in cleanup_targets(exec, flavour, config)? {
         let cmd = flavour.restore(family);
         match plan_cleanup(&current) {
             Some(input) => {
@@ -258,10 +278,12 @@ COMMIT
         );
     }
 
-    /// Answers save with a fixed table and records every call.
+    /// Answers save with a fixed table and records every call; `v6_missing` makes every
+    /// ip6tables command "not installed".
     struct Scripted {
         save: &'static str,
         restore_fails: Option<&'static str>,
+        v6_missing: bool,
         calls: RefCell<Vec<(String, Option<String>)>>,
     }
 
@@ -276,6 +298,9 @@ COMMIT
                 format!("{program} {}", args.join(" ")),
                 stdin.map(str::to_owned),
             ));
+            if self.v6_missing && program.starts_with("ip6tables") {
+                return Err(io::Error::new(io::ErrorKind::NotFound, "not installed"));
+            }
             let fail = program
                 .contains("restore")
                 .then_some(self.restore_fails)
@@ -298,6 +323,7 @@ COMMIT
         let exec = Scripted {
             save: "*nat\nCOMMIT\n",
             restore_fails: None,
+            v6_missing: false,
             calls: RefCell::default(),
         };
         let config = Config {
@@ -327,6 +353,7 @@ COMMIT
         let exec = Scripted {
             save: "*nat\nCOMMIT\n",
             restore_fails: Some("line 7: RULE_APPEND failed (Invalid argument)"),
+            v6_missing: false,
             calls: RefCell::default(),
         };
         let err = apply(&exec, Flavour::Legacy, &Config::default()).unwrap_err();
@@ -342,9 +369,50 @@ COMMIT
         let exec = Scripted {
             save: "*nat\nCOMMIT\n",
             restore_fails: None,
+            v6_missing: false,
             calls: RefCell::default(),
         };
         cleanup(&exec, Flavour::Nft, &Config::default()).unwrap();
-        assert_eq!(exec.calls.into_inner().len(), 1);
+        let calls = exec.calls.into_inner();
+        let cmds: Vec<&str> = calls.iter().map(|(c, _)| c.as_str()).collect();
+        assert_eq!(
+            cmds,
+            vec!["iptables-nft-save -t nat", "ip6tables-nft-save -t nat"]
+        );
+    }
+
+    #[test]
+    fn cleanup_also_removes_ipv6_rules_without_the_ipv6_flag() {
+        let exec = Scripted {
+            save: SAVED,
+            restore_fails: None,
+            v6_missing: false,
+            calls: RefCell::default(),
+        };
+        cleanup(&exec, Flavour::Nft, &Config::default()).unwrap();
+        let calls = exec.calls.into_inner();
+        assert!(
+            calls
+                .iter()
+                .any(|(c, _)| c.starts_with("ip6tables-nft-restore"))
+        );
+    }
+
+    #[test]
+    fn missing_ip6tables_only_fails_cleanup_when_ipv6_is_asked_for() {
+        let exec = Scripted {
+            save: SAVED,
+            restore_fails: None,
+            v6_missing: true,
+            calls: RefCell::default(),
+        };
+        cleanup(&exec, Flavour::Nft, &Config::default()).unwrap();
+        let config = Config {
+            ipv6: true,
+            ..Config::default()
+        };
+        let err = cleanup(&exec, Flavour::Nft, &config).unwrap_err();
+        assert!(err.to_string().contains("ip6tables-nft-save"), "{err}");
+        assert_eq!(err.exit_code(), 1);
     }
 }

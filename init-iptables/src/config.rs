@@ -104,7 +104,8 @@ pub struct Args {
     /// Print the exact iptables-restore input and change nothing.
     #[arg(long, env = "SIDETRACE_INIT_DRY_RUN", action = ArgAction::SetTrue, value_parser = BoolishValueParser::new())]
     pub dry_run: bool,
-    /// Remove every jump and chain this program added, instead of adding them.
+    /// Remove every jump and chain this program added, instead of adding them (IPv4, and IPv6
+    /// too whenever ip6tables works, with or without `--ipv6`).
     #[arg(long, env = "SIDETRACE_INIT_CLEANUP", action = ArgAction::SetTrue, value_parser = BoolishValueParser::new())]
     pub cleanup: bool,
 }

@@ -42,7 +42,8 @@
 //!
 //! Applying is idempotent: own chains are declared (created or flushed) in the same
 //! transaction that deletes every existing jump into them and appends each jump once.
-//! `--cleanup` deletes the jumps and the chains; `--dry-run` prints the restore input.
+//! `--cleanup` deletes the jumps and the chains (IPv6 too when ip6tables works); `--dry-run`
+//! prints the restore input.
 
 pub mod apply;
 pub mod backend;
