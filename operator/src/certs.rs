@@ -387,6 +387,14 @@ pub async fn sync_once(
                 // Replace with the resourceVersion read: two writers cannot both rotate.
                 Some(old) => {
                     let mut secret = secret;
+                    // Keep labels and annotations others set (Helm owns the object when the
+                    // chart creates it empty); ours override theirs.
+                    let mut labels = old.metadata.labels.unwrap_or_default();
+                    labels.extend(secret.metadata.labels.take().unwrap_or_default());
+                    let mut notes = old.metadata.annotations.unwrap_or_default();
+                    notes.extend(secret.metadata.annotations.take().unwrap_or_default());
+                    secret.metadata.labels = Some(labels);
+                    secret.metadata.annotations = Some(notes);
                     secret.metadata.resource_version = old.metadata.resource_version;
                     secrets
                         .replace(&targets.secret_name, &PostParams::default(), &secret)

@@ -1,0 +1,211 @@
+//! The Helm chart, rendered by the real `helm` (cached by `e2e/peers.sh controlplane`):
+//! lint, the default render, a matrix of non-default values, values the schema must reject,
+//! and every flag the chart passes to our binaries exists in that binary's `--help`.
+//! The install into a real apiserver lives in the control-plane tests.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde_json::Value;
+use sidetrace_e2e::controlplane::manifests::documents;
+use sidetrace_e2e::controlplane::peers::{bin, skip_or_fail};
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn chart() -> PathBuf {
+    root().join("helm/sidetrace")
+}
+
+fn helm() -> Option<PathBuf> {
+    let helm = bin("helm");
+    helm.exists().then_some(helm)
+}
+
+/// `helm template` with `--set` pairs; Ok(stdout) or Err(stderr).
+fn template(helm: &Path, sets: &[&str]) -> Result<Vec<Value>, String> {
+    let mut cmd = Command::new(helm);
+    cmd.args(["template", "sidetrace"]).arg(chart()).args([
+        "--namespace",
+        "sidetrace-system",
+        "--kube-version",
+        "v1.34.4",
+    ]);
+    for s in sets {
+        cmd.args(["--set", s]);
+    }
+    let out = cmd.output().map_err(|e| e.to_string())?;
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+    }
+    documents(&String::from_utf8_lossy(&out.stdout)).map_err(|e| e.to_string())
+}
+
+fn find<'a>(docs: &'a [Value], kind: &str, name: &str) -> Option<&'a Value> {
+    docs.iter()
+        .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
+}
+
+fn container_args(docs: &[Value], deployment: &str) -> Vec<String> {
+    let d = find(docs, "Deployment", deployment)
+        .unwrap_or_else(|| panic!("Deployment {deployment} rendered"));
+    d["spec"]["template"]["spec"]["containers"][0]["args"]
+        .as_array()
+        .expect("args")
+        .iter()
+        .filter_map(|a| a.as_str().map(str::to_owned))
+        .collect()
+}
+
+#[test]
+fn chart_lints_renders_and_rejects_bad_values() {
+    let Some(helm) = helm() else {
+        return skip_or_fail("chart", "helm is not cached: run e2e/peers.sh controlplane");
+    };
+
+    let lint = Command::new(&helm)
+        .args(["lint", "--strict"])
+        .arg(chart())
+        .output()
+        .expect("helm runs");
+    assert!(
+        lint.status.success(),
+        "helm lint: {}{}",
+        String::from_utf8_lossy(&lint.stdout),
+        String::from_utf8_lossy(&lint.stderr)
+    );
+
+    // Defaults.
+    let docs = template(&helm, &[]).expect("default values render");
+    for (kind, name) in [
+        ("Deployment", "sidetrace-operator"),
+        ("Deployment", "sidetrace-injector"),
+        ("Service", "sidetrace-injector"),
+        ("PodDisruptionBudget", "sidetrace-injector"),
+        ("MutatingWebhookConfiguration", "sidetrace-injector"),
+        ("ClusterRole", "sidetrace-operator"),
+        ("ClusterRole", "sidetrace-injector"),
+        ("Role", "sidetrace-operator"),
+        ("Deployment", "jaeger"),
+        ("Service", "jaeger-collector"),
+        ("Service", "jaeger-query"),
+    ] {
+        assert!(find(&docs, kind, name).is_some(), "{kind}/{name} missing");
+    }
+    let op = find(&docs, "Deployment", "sidetrace-operator").expect("operator");
+    assert_eq!(op["spec"]["replicas"], 2);
+    let mwc = find(&docs, "MutatingWebhookConfiguration", "sidetrace-injector").expect("mwc");
+    let hooks = mwc["webhooks"].as_array().expect("webhooks");
+    assert_eq!(hooks.len(), 2, "namespace and object opt-in webhooks");
+    for h in hooks {
+        assert_eq!(h["failurePolicy"], "Ignore");
+        assert_eq!(h["sideEffects"], "None");
+        assert_eq!(h["reinvocationPolicy"], "IfNeeded");
+        assert_eq!(h["admissionReviewVersions"][0], "v1");
+        assert_eq!(h["clientConfig"]["service"]["name"], "sidetrace-injector");
+        let excluded = h["namespaceSelector"]["matchExpressions"][1]["values"].to_string();
+        for ns in ["kube-system", "kube-public", "sidetrace-system"] {
+            assert!(excluded.contains(ns), "{ns} not excluded: {excluded}");
+        }
+    }
+    // Every control-plane container is locked down.
+    for d in docs.iter().filter(|d| d["kind"] == "Deployment") {
+        let spec = &d["spec"]["template"]["spec"];
+        assert_eq!(
+            spec["securityContext"]["runAsNonRoot"], true,
+            "{}",
+            d["metadata"]["name"]
+        );
+        for c in spec["containers"].as_array().expect("containers") {
+            assert_eq!(c["securityContext"]["readOnlyRootFilesystem"], true);
+            assert_eq!(c["securityContext"]["capabilities"]["drop"][0], "ALL");
+        }
+    }
+    let collector = "--collector=http://jaeger-collector.sidetrace-system:9411/api/v2/spans";
+    assert!(container_args(&docs, "sidetrace-injector").contains(&collector.to_owned()));
+
+    // Non-default values.
+    let docs = template(
+        &helm,
+        &[
+            "webhook.url=https://10.250.250.1:9443",
+            "webhook.failurePolicy=Fail",
+            "jaeger.enabled=false",
+            "collector.endpoint=http://zipkin.tracing:9411/api/v2/spans",
+            "images.registry=registry.example",
+            "images.tag=dev",
+            "webhook.certMode=external",
+        ],
+    )
+    .expect("non-default values render");
+    let mwc = find(&docs, "MutatingWebhookConfiguration", "sidetrace-injector").expect("mwc");
+    assert_eq!(
+        mwc["webhooks"][0]["clientConfig"]["url"],
+        "https://10.250.250.1:9443/mutate"
+    );
+    assert!(mwc["webhooks"][0]["clientConfig"]["service"].is_null());
+    assert_eq!(mwc["webhooks"][0]["failurePolicy"], "Fail");
+    assert!(mwc["metadata"]["annotations"]["cert-manager.io/inject-ca-from"].is_string());
+    assert!(find(&docs, "Deployment", "jaeger").is_none());
+    let args = container_args(&docs, "sidetrace-injector");
+    assert!(args.contains(&"--collector=http://zipkin.tracing:9411/api/v2/spans".to_owned()));
+    assert!(args.contains(&"--proxy-image=registry.example/sidetrace/proxy:dev".to_owned()));
+
+    // Values the schema or the templates must reject, each with a message naming the value.
+    for (set, expect) in [
+        ("webhook.failurePolicy=Sometimes", "failurePolicy"),
+        ("proxy.samplingRate=2", "samplingRate"),
+        ("proxy.inboundPort=70000", "inboundPort"),
+        ("operator.replica=2", "replica"),
+        ("webhook.url=http://insecure", "url"),
+        ("jaeger.enabled=false", "collector.endpoint is required"),
+    ] {
+        let err = template(&helm, &[set]).expect_err(set);
+        assert!(
+            err.contains(expect),
+            "--set {set}: expected {expect:?} in: {err}"
+        );
+    }
+}
+
+/// The chart and the binaries must agree on flags: a renamed flag would crash-loop a pod.
+#[test]
+fn every_flag_the_chart_passes_exists() {
+    let Some(helm) = helm() else {
+        return skip_or_fail(
+            "chart flags",
+            "helm is not cached: run e2e/peers.sh controlplane",
+        );
+    };
+    let docs = template(&helm, &["webhook.extraSANs={10.0.0.1}"]).expect("renders");
+    for (deployment, binary) in [
+        ("sidetrace-operator", "sidetrace-operator"),
+        ("sidetrace-injector", "sidetrace-injector"),
+    ] {
+        let exe = root().join("target/debug").join(binary);
+        if !exe.exists() {
+            return skip_or_fail(
+                "chart flags",
+                &format!(
+                    "{} is not built: run cargo build --workspace --bins",
+                    exe.display()
+                ),
+            );
+        }
+        let help = Command::new(&exe)
+            .arg("--help")
+            .output()
+            .expect("binary runs");
+        let help = String::from_utf8_lossy(&help.stdout);
+        for arg in container_args(&docs, deployment) {
+            let flag = arg.split('=').next().unwrap_or_default();
+            assert!(
+                help.contains(&format!("{flag} "))
+                    || help.contains(&format!("{flag}\n"))
+                    || help.contains(&format!("{flag} <")),
+                "{deployment} passes {flag}, which `{binary} --help` does not list"
+            );
+        }
+    }
+}

@@ -1,0 +1,661 @@
+//! The control plane of sidetrace against a real kube-apiserver, etcd and
+//! kube-controller-manager: `helm install` of the real chart (webhook registered by URL on the
+//! control plane's host address, failurePolicy Fail so a TLS or admission mistake shows), then
+//! the real `sidetrace-operator` and `sidetrace-injector` binaries run as local processes with
+//! their chart ServiceAccounts' tokens — so a permission the chart forgot fails a test.
+//!
+//! One test function runs the scenario in order, sharing one control plane:
+//! certificates and caBundle → TracedService rendered with status → pods injected (or not) →
+//! spec update → leader election → certificate rotation without a failed admission →
+//! garbage collection on delete → webhook loss with failurePolicy Ignore → `helm uninstall`.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow, bail, ensure};
+use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::{Client, ResourceExt};
+use serde_json::json;
+use sidetrace_crds::TracedService;
+use sidetrace_e2e::controlplane::{ControlPlane, poll};
+
+const NS: &str = "sidetrace-system";
+const WAIT: Duration = Duration::from_secs(90);
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn binary(name: &str) -> Result<PathBuf> {
+    let exe = root().join("target/debug").join(name);
+    ensure!(
+        exe.exists(),
+        "{} is not built: run cargo build --workspace --bins",
+        exe.display()
+    );
+    Ok(exe)
+}
+
+fn free_port(ip: IpAddr) -> Result<u16> {
+    Ok(TcpListener::bind(SocketAddr::new(ip, 0))?
+        .local_addr()?
+        .port())
+}
+
+/// A child process killed on drop, with its log kept in the control plane's directory.
+struct Proc {
+    name: String,
+    child: Child,
+    log: PathBuf,
+}
+
+impl Proc {
+    fn spawn(
+        dir: &Path,
+        name: &str,
+        exe: &Path,
+        args: &[String],
+        env: &[(&str, &Path)],
+    ) -> Result<Self> {
+        let log = dir.join(format!("{name}.log"));
+        let out = std::fs::File::create(&log)?;
+        let mut cmd = Command::new(exe);
+        cmd.args(args)
+            .stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().with_context(|| format!("starting {name}"))?;
+        Ok(Self {
+            name: name.to_owned(),
+            child,
+            log,
+        })
+    }
+
+    fn tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        format!(
+            "--- last lines of {} ---\n{}",
+            self.name,
+            lines[lines.len().saturating_sub(25)..].join("\n")
+        )
+    }
+
+    fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn helm(cp: &ControlPlane, args: &[&str]) -> Result<String> {
+    let out = Command::new(&cp.bins().helm)
+        .args(args)
+        .arg("--kubeconfig")
+        .arg(cp.kubeconfig())
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "helm {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn secret_text(s: &Secret, key: &str) -> String {
+    s.data
+        .as_ref()
+        .and_then(|d| d.get(key))
+        .map(|b| String::from_utf8_lossy(&b.0).into_owned())
+        .unwrap_or_default()
+}
+
+/// Copies the webhook Secret's certificate into files, as the kubelet does for a mounted
+/// Secret, so the injector's file reload is exercised.
+async fn sync_cert_files(secrets: Api<Secret>, cert: PathBuf, key: PathBuf) {
+    loop {
+        if let Ok(Some(s)) = secrets.get_opt("sidetrace-injector-tls").await {
+            let (c, k) = (secret_text(&s, "tls.crt"), secret_text(&s, "tls.key"));
+            if !c.is_empty() && std::fs::read_to_string(&cert).unwrap_or_default() != c {
+                // Key first, then cert, each renamed into place atomically.
+                let _ = std::fs::write(key.with_extension("tmp"), &k)
+                    .and_then(|()| std::fs::rename(key.with_extension("tmp"), &key));
+                let _ = std::fs::write(cert.with_extension("tmp"), &c)
+                    .and_then(|()| std::fs::rename(cert.with_extension("tmp"), &cert));
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+fn pod(name: &str, labels: &[(&str, &str)]) -> Pod {
+    let labels: BTreeMap<&str, &str> = labels.iter().copied().collect();
+    serde_json::from_value(json!({
+        "metadata": {"name": name, "labels": labels},
+        "spec": {"containers": [{"name": "app", "image": "demo:1", "ports": [{"containerPort": 8080}]}]},
+    }))
+    .expect("pod literal")
+}
+
+fn container_names(p: &Pod) -> (Vec<String>, Vec<String>) {
+    let spec = p.spec.as_ref();
+    let init = spec
+        .and_then(|s| s.init_containers.as_ref())
+        .map(|c| c.iter().map(|c| c.name.clone()).collect())
+        .unwrap_or_default();
+    let main = spec
+        .map(|s| s.containers.iter().map(|c| c.name.clone()).collect())
+        .unwrap_or_default();
+    (init, main)
+}
+
+fn is_injected(p: &Pod) -> bool {
+    let (init, main) = container_names(p);
+    let has_proxy = init.iter().chain(&main).any(|n| n == "sidetrace-proxy");
+    init.iter().any(|n| n == "sidetrace-init")
+        && has_proxy
+        && p.annotations().contains_key("sidetrace.dev/status")
+}
+
+fn mounts_config(p: &Pod, config_map: &str) -> bool {
+    p.spec
+        .as_ref()
+        .and_then(|s| s.volumes.as_ref())
+        .is_some_and(|v| {
+            v.iter()
+                .any(|v| v.config_map.as_ref().is_some_and(|c| c.name == config_map))
+        })
+}
+
+async fn create_pod(client: &Client, ns: &str, p: Pod) -> Result<Pod> {
+    Api::<Pod>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &p)
+        .await
+        .with_context(|| format!("creating pod {ns}/{}", p.name_any()))
+}
+
+async fn ts_status_matches(
+    api: &Api<TracedService>,
+    name: &str,
+    check: impl Fn(&TracedService) -> bool,
+) -> Result<bool> {
+    Ok(api.get_opt(name).await?.is_some_and(|t| check(&t)))
+}
+
+fn ready(t: &TracedService) -> Option<(String, String)> {
+    t.status.as_ref().and_then(|s| {
+        s.conditions
+            .iter()
+            .find(|c| c.type_ == "Ready")
+            .map(|c| (c.status.clone(), c.reason.clone()))
+    })
+}
+
+async fn metrics_leader(addr: SocketAddr) -> Option<String> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+    use std::io::{Read, Write};
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
+        .ok()?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).ok()?;
+    body.lines()
+        .find(|l| l.starts_with("sidetrace_operator_leader "))
+        .map(|l| {
+            l.trim_start_matches("sidetrace_operator_leader ")
+                .to_owned()
+        })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_injector_and_chart_against_a_real_apiserver() -> Result<()> {
+    let Some(cp) = ControlPlane::start_or_skip("system").await else {
+        return Ok(());
+    };
+    let result = scenario(&cp).await;
+    if result.is_err() {
+        cp.keep_logs();
+        eprintln!("logs kept in {}", cp.dir().display());
+        eprintln!("{}", cp.log_tail("kube-apiserver", 15));
+    }
+    result
+}
+
+async fn scenario(cp: &ControlPlane) -> Result<()> {
+    let client = cp.client();
+    let host = cp.host_address();
+    let webhook_port = free_port(host)?;
+    let webhook_url = format!("https://{host}:{webhook_port}");
+    let operator_exe = binary("sidetrace-operator")?;
+    let injector_exe = binary("sidetrace-injector")?;
+
+    // 1. The chart installs into the real apiserver (no --wait: there is no kubelet).
+    let chart = root().join("helm/sidetrace");
+    helm(
+        cp,
+        &[
+            "install",
+            "sidetrace",
+            chart.to_str().unwrap_or_default(),
+            "--namespace",
+            NS,
+            "--create-namespace",
+            "--set",
+            &format!("webhook.url={webhook_url}"),
+            "--set",
+            &format!("webhook.extraSANs={{{host}}}"),
+            "--set",
+            "webhook.failurePolicy=Fail",
+            "--set",
+            "webhook.timeoutSeconds=10",
+        ],
+    )?;
+    let mwcs: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
+    ensure!(
+        mwcs.get_opt("sidetrace-injector").await?.is_some(),
+        "webhook configuration installed"
+    );
+
+    // 2. The operator, with its chart ServiceAccount's token, creates the webhook's TLS.
+    let op_kubeconfig = cp
+        .service_account_kubeconfig(NS, "sidetrace-operator")
+        .await?;
+    let metrics_a = SocketAddr::new(
+        IpAddr::from([127, 0, 0, 1]),
+        free_port(IpAddr::from([127, 0, 0, 1]))?,
+    );
+    let operator_args = |identity: &str, metrics: SocketAddr| -> Vec<String> {
+        vec![
+            format!("--namespace={NS}"),
+            format!("--metrics-addr={metrics}"),
+            format!("--webhook-extra-san={host}"),
+            format!("--identity={identity}"),
+            "--lease-duration=6s".into(),
+            "--cert-check-interval=1s".into(),
+            "--cert-overlap=3s".into(),
+            "--check-collector-dns=false".into(),
+            "--log-level=info,kube=warn".into(),
+        ]
+    };
+    let mut op_a = Proc::spawn(
+        cp.dir(),
+        "operator-a",
+        &operator_exe,
+        &operator_args("op-a", metrics_a),
+        &[("KUBECONFIG", &op_kubeconfig)],
+    )?;
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), NS);
+    let tls_ready = poll(WAIT, "webhook Secret and caBundle", || async {
+        let Some(s) = secrets.get_opt("sidetrace-injector-tls").await? else {
+            return Ok(false);
+        };
+        let bundle = secret_text(&s, "ca.crt");
+        let mwc = mwcs.get("sidetrace-injector").await?;
+        Ok(!bundle.is_empty()
+            && mwc.webhooks.unwrap_or_default().iter().all(|w| {
+                w.client_config.ca_bundle.as_ref().map(|b| b.0.as_slice())
+                    == Some(bundle.as_bytes())
+            }))
+    })
+    .await;
+    tls_ready.with_context(|| op_a.tail())?;
+
+    // 3. The injector serves with that certificate (synced to files like a Secret mount).
+    let cert = cp.dir().join("webhook-tls.crt");
+    let key = cp.dir().join("webhook-tls.key");
+    let sync = tokio::spawn(sync_cert_files(secrets.clone(), cert.clone(), key.clone()));
+    poll(WAIT, "certificate files", || async {
+        Ok(cert.exists() && key.exists())
+    })
+    .await?;
+    let inj_kubeconfig = cp
+        .service_account_kubeconfig(NS, "sidetrace-injector")
+        .await?;
+    let injector_args = vec![
+        format!("--listen={host}:{webhook_port}"),
+        format!("--tls-cert={}", cert.display()),
+        format!("--tls-key={}", key.display()),
+        format!("--control-plane-namespace={NS}"),
+        "--collector=http://10.250.1.9:9411/api/v2/spans".into(),
+        "--tls-reload-interval-ms=500".into(),
+    ];
+    let mut injector = Proc::spawn(
+        cp.dir(),
+        "injector",
+        &injector_exe,
+        &injector_args,
+        &[("KUBECONFIG", &inj_kubeconfig)],
+    )?;
+    let listen = SocketAddr::new(host, webhook_port);
+    poll(WAIT, "injector listening", || async {
+        Ok(TcpStream::connect_timeout(&listen, Duration::from_millis(200)).is_ok())
+    })
+    .await
+    .with_context(|| injector.tail())?;
+
+    // 4. A TracedService renders to a ConfigMap and reports Ready.
+    cp.create_namespace("shop", &[("sidetrace.dev/inject", "enabled")])
+        .await?;
+    let tss: Api<TracedService> = Api::namespaced(client.clone(), "shop");
+    let example = std::fs::read_to_string(root().join("crds/examples/demo-service1.yaml"))?;
+    let mut ts: TracedService = serde_yaml::from_str(&example)?;
+    ts.metadata.namespace = Some("shop".into());
+    tss.create(&PostParams::default(), &ts).await?;
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "shop");
+    poll(WAIT, "ConfigMap sidetrace-service1", || async {
+        Ok(cms.get_opt("sidetrace-service1").await?.is_some_and(|cm| {
+            cm.data
+                .unwrap_or_default()
+                .get("proxy.yaml")
+                .is_some_and(|y| y.contains("checkStock"))
+        }))
+    })
+    .await
+    .with_context(|| op_a.tail())?;
+    poll(WAIT, "TracedService Ready", || async {
+        ts_status_matches(&tss, "service1", |t| {
+            ready(t) == Some(("True".into(), "ConfigRendered".into()))
+                && t.status.as_ref().and_then(|s| s.observed_generation) == t.metadata.generation
+        })
+        .await
+    })
+    .await
+    .with_context(|| op_a.tail())?;
+    // Give the injector's TracedService cache a moment after the operator saw the object.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    // 5. Pods: a Deployment in the labelled namespace is injected with the config mounted.
+    let deploy: Deployment = serde_json::from_value(json!({
+        "metadata": {"name": "service1"},
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": {"app": "service1"}},
+            "template": {
+                "metadata": {"labels": {"app": "service1"}},
+                "spec": {"containers": [{"name": "app", "image": "demo:1", "ports": [{"containerPort": 8080}]}]},
+            },
+        },
+    }))?;
+    Api::<Deployment>::namespaced(client.clone(), "shop")
+        .create(&PostParams::default(), &deploy)
+        .await?;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "shop");
+    poll(WAIT, "Deployment pod stored", || async {
+        Ok(!pods
+            .list(&ListParams::default().labels("app=service1"))
+            .await?
+            .items
+            .is_empty())
+    })
+    .await
+    .with_context(|| injector.tail())?;
+    let stored = pods
+        .list(&ListParams::default().labels("app=service1"))
+        .await?
+        .items;
+    let p = &stored[0];
+    ensure!(
+        is_injected(p),
+        "Deployment pod not injected: {:?}\n{}",
+        container_names(p),
+        injector.tail()
+    );
+    ensure!(
+        mounts_config(p, "sidetrace-service1"),
+        "TracedService config not mounted\n{}",
+        injector.tail()
+    );
+
+    // Opted-out pod, unlabelled namespace, kube-system: no injection.
+    let out = create_pod(
+        &client,
+        "shop",
+        pod(
+            "opted-out",
+            &[("app", "service1"), ("sidetrace.dev/inject", "false")],
+        ),
+    )
+    .await?;
+    ensure!(!is_injected(&out), "opted-out pod was injected");
+    cp.create_namespace("plain", &[]).await?;
+    let plain = create_pod(&client, "plain", pod("plain", &[("app", "x")])).await?;
+    ensure!(
+        !is_injected(&plain),
+        "pod in an unlabelled namespace was injected"
+    );
+    let opted_in = create_pod(
+        &client,
+        "plain",
+        pod(
+            "opted-in",
+            &[("app", "x"), ("sidetrace.dev/inject", "true")],
+        ),
+    )
+    .await?;
+    ensure!(
+        is_injected(&opted_in),
+        "pod labelled inject=true in an unlabelled namespace was not injected"
+    );
+    let sys = create_pod(
+        &client,
+        "kube-system",
+        pod("system", &[("sidetrace.dev/inject", "true")]),
+    )
+    .await?;
+    ensure!(!is_injected(&sys), "kube-system pod was injected");
+
+    // The status counts the selected pods: 1 injected, 1 opted out.
+    poll(WAIT, "status counts pods", || async {
+        ts_status_matches(&tss, "service1", |t| {
+            t.status
+                .as_ref()
+                .is_some_and(|s| s.selected_pods == 2 && s.injected_pods == 1)
+        })
+        .await
+    })
+    .await
+    .with_context(|| op_a.tail())?;
+
+    // 6. An update re-renders and advances observedGeneration.
+    tss.patch(
+        "service1",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"sampling": {"rate": 0.25}}})),
+    )
+    .await?;
+    poll(WAIT, "ConfigMap re-rendered", || async {
+        Ok(cms
+            .get("sidetrace-service1")
+            .await?
+            .data
+            .unwrap_or_default()
+            .get("proxy.yaml")
+            .is_some_and(|y| y.contains("samplingRate: 0.25")))
+    })
+    .await?;
+    poll(WAIT, "observedGeneration 2", || async {
+        ts_status_matches(&tss, "service1", |t| {
+            t.status.as_ref().and_then(|s| s.observed_generation) == Some(2)
+        })
+        .await
+    })
+    .await?;
+
+    // An invalid spec is rejected by the CRD schema.
+    let bad: TracedService =
+        serde_yaml::from_str(&example.replace("name: service1\n", "name: bad\n"))?;
+    let mut bad_json = serde_json::to_value(&bad)?;
+    bad_json["spec"]["sampling"] = json!({"rate": 2});
+    bad_json["metadata"]["namespace"] = json!("shop");
+    let err = tss
+        .create(&PostParams::default(), &serde_json::from_value(bad_json)?)
+        .await
+        .err()
+        .ok_or_else(|| anyhow!("a sampling rate of 2 was accepted"))?;
+    ensure!(
+        err.to_string().contains("spec.sampling.rate"),
+        "unexpected rejection: {err}"
+    );
+
+    // 7. Leader election: a second replica waits, and takes over when the leader dies.
+    let metrics_b = SocketAddr::new(
+        IpAddr::from([127, 0, 0, 1]),
+        free_port(IpAddr::from([127, 0, 0, 1]))?,
+    );
+    let mut op_b = Proc::spawn(
+        cp.dir(),
+        "operator-b",
+        &operator_exe,
+        &operator_args("op-b", metrics_b),
+        &[("KUBECONFIG", &op_kubeconfig)],
+    )?;
+    let leases: Api<Lease> = Api::namespaced(client.clone(), NS);
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let holder = |l: Lease| l.spec.and_then(|s| s.holder_identity).unwrap_or_default();
+    ensure!(
+        holder(leases.get("sidetrace-operator").await?) == "op-a",
+        "op-a should lead"
+    );
+    poll(WAIT, "op-b reports follower", || async {
+        Ok(metrics_leader(metrics_b).await.as_deref() == Some("0"))
+    })
+    .await
+    .with_context(|| op_b.tail())?;
+    op_a.stop();
+    poll(WAIT, "op-b takes the lease", || async {
+        Ok(holder(leases.get("sidetrace-operator").await?) == "op-b")
+    })
+    .await
+    .with_context(|| op_b.tail())?;
+
+    // 8. Certificate rotation with failurePolicy Fail: pods keep being admitted throughout.
+    let before = secrets.get("sidetrace-injector-tls").await?;
+    let old_ca = secret_text(&before, "ca-current.crt");
+    let old_cert = secret_text(&before, "tls.crt");
+    let soon = k8s_openapi::jiff::Timestamp::now().to_string();
+    secrets
+        .patch(
+            "sidetrace-injector-tls",
+            &PatchParams::default(),
+            &Patch::Merge(
+                json!({"metadata": {"annotations": {"sidetrace.dev/ca-not-after": soon}}}),
+            ),
+        )
+        .await?;
+    let mut admitted = 0;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let name = format!("rotation-{admitted}");
+        let p = create_pod(&client, "shop", pod(&name, &[("app", "rotation")]))
+            .await
+            .with_context(|| {
+                format!(
+                    "admission failed during rotation\n{}\n{}",
+                    injector.tail(),
+                    op_b.tail()
+                )
+            })?;
+        ensure!(is_injected(&p), "{name} not injected during rotation");
+        admitted += 1;
+        let s = secrets.get("sidetrace-injector-tls").await?;
+        let bundle = secret_text(&s, "ca.crt");
+        let done = secret_text(&s, "ca-current.crt") != old_ca
+            && secret_text(&s, "tls.crt") != old_cert
+            && !bundle.contains(old_ca.trim());
+        if done {
+            break;
+        }
+        if tokio::time::Instant::now() > deadline {
+            bail!(
+                "rotation did not complete; last bundle has {} certificates\n{}",
+                bundle.matches("BEGIN CERT").count(),
+                op_b.tail()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    // One more admission with the final certificate and bundle.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let p = create_pod(
+        &client,
+        "shop",
+        pod("after-rotation", &[("app", "rotation")]),
+    )
+    .await?;
+    ensure!(is_injected(&p), "not injected after rotation");
+    eprintln!("rotation completed with {admitted} admissions, none failed");
+
+    // 9. Deleting the TracedService garbage-collects its ConfigMap (real controller-manager).
+    tss.delete("service1", &DeleteParams::default()).await?;
+    poll(WAIT, "ConfigMap garbage-collected", || async {
+        Ok(cms.get_opt("sidetrace-service1").await?.is_none())
+    })
+    .await?;
+
+    // 10. Webhook gone, failurePolicy Ignore: pods are still created (untraced).
+    helm(
+        cp,
+        &[
+            "upgrade",
+            "sidetrace",
+            chart.to_str().unwrap_or_default(),
+            "--namespace",
+            NS,
+            "--reuse-values",
+            "--set",
+            "webhook.failurePolicy=Ignore",
+        ],
+    )?;
+    // helm upgrade must not wipe the caBundle the operator wrote.
+    let mwc = mwcs.get("sidetrace-injector").await?;
+    ensure!(
+        mwc.webhooks.unwrap_or_default().iter().all(|w| w
+            .client_config
+            .ca_bundle
+            .as_ref()
+            .is_some_and(|b| !b.0.is_empty())),
+        "helm upgrade removed the caBundle"
+    );
+    injector.stop();
+    let p = create_pod(&client, "shop", pod("webhook-down", &[("app", "x")])).await?;
+    ensure!(!is_injected(&p), "injected with the webhook down?");
+
+    // 11. helm uninstall removes what it installed (the CRD stays, as Helm keeps crds/).
+    op_b.stop();
+    sync.abort();
+    helm(cp, &["uninstall", "sidetrace", "--namespace", NS])?;
+    poll(WAIT, "webhook configuration removed", || async {
+        Ok(mwcs.get_opt("sidetrace-injector").await?.is_none())
+    })
+    .await?;
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), NS);
+    ensure!(
+        deployments
+            .list(&ListParams::default())
+            .await?
+            .items
+            .is_empty(),
+        "deployments left after uninstall"
+    );
+    ensure!(
+        secrets.get_opt("sidetrace-injector-tls").await?.is_none(),
+        "webhook Secret left after uninstall"
+    );
+    Ok(())
+}
