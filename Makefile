@@ -10,6 +10,8 @@ help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
 
 test: ## every test tier this machine can run (unit, component, netns data plane, control plane)
+	@# Tests of one crate run other crates' binaries (chart flags, system tests): build them all first.
+	$(CARGO) build --workspace --bins
 	$(CARGO) test --workspace --all-targets --no-fail-fast
 
 unit: ## unit and component tests only (no root, no peers)
@@ -41,4 +43,4 @@ images: ## container images for the four binaries and the demo app
 	@echo "make images: not built yet"; exit 2
 
 peers: ## install and cache the real peers (kube-apiserver, etcd, helm, collector) under $(CACHE)
-	@echo "make peers: not built yet"; exit 2
+	e2e/peers.sh all
