@@ -20,7 +20,7 @@
 //!   proxy uid/gid, -o lo, ! -d lo ──► SIDETRACE_INBOUND  proxy → own pod IP is inbound
 //!   -o lo, not the proxy          ──► RETURN   app → itself, app → proxy ports
 //!   proxy uid/gid                 ──► RETURN   the proxy's own traffic: no loop
-//!   -d 127.0.0.0/8                ──► RETURN   the proxy → app at 127.0.0.1
+//!   -d 127.0.0.0/8                ──► RETURN   anything else bound for loopback
 //!   [dport 53 with DNS capture    ──► SIDETRACE_DNS ──► REDIRECT :15053]
 //!   excluded ports, excluded CIDRs──► RETURN
 //!   included CIDRs (default all)  ──► SIDETRACE_REDIRECT ──► REDIRECT :15001
@@ -37,6 +37,10 @@
 //!   the callee side gets its server span.
 //! - **Kubelet probes** arrive from the node like any inbound connection: probes of app ports
 //!   go through the proxy, probes of the admin port (15021, always excluded) reach it directly.
+//! - **Where the proxy listens**: REDIRECT in PREROUTING rewrites the destination to the
+//!   receiving interface's address, so the inbound port must listen on 0.0.0.0 / `[::]`;
+//!   REDIRECT in OUTPUT rewrites to 127.0.0.1 / ::1, so the outbound port may listen on
+//!   loopback or on all addresses. `SO_ORIGINAL_DST` gives both the address the client meant.
 //! - **Excluded ports and CIDRs** return before the redirect; an include list limits outbound
 //!   capture to its CIDRs, per family (a family without any CIDR in the list captures nothing).
 //!
