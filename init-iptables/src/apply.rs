@@ -157,7 +157,8 @@ fn cleanup_targets(
     Ok(out)
 }
 
-/// Removes everything of ours from every family (see [`cleanup_targets`]) with `flavour`.
+/// Removes everything of ours with `flavour`: the families of `config`, and IPv6 whenever
+/// ip6tables works.
 pub fn cleanup(exec: &dyn Exec, flavour: Flavour, config: &Config) -> Result<()> {
     for (family, current) in cleanup_targets(exec, flavour, config)? {
         match plan_cleanup(&current) {
