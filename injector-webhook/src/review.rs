@@ -7,6 +7,8 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
 use k8s_openapi::api::core::v1::Pod;
 use kube::core::DynamicObject;
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
@@ -97,8 +99,19 @@ pub fn review(body: &[u8], view: &dyn ClusterView, settings: &Settings) -> Resul
     let mut response = AdmissionResponse::from(&request);
     let uid = request.uid.clone();
     let done =
-        |response: AdmissionResponse, outcome, reason: String, warnings| -> Result<Reviewed> {
-            let body = serde_json::to_vec(&response.into_review())
+        |mut response: AdmissionResponse, outcome, reason: String, warnings| -> Result<Reviewed> {
+            // kube serialises `patch` (a Vec<u8>) as an array of numbers; the API defines it
+            // as []byte, which Go's JSON encodes as base64, so write it that way.
+            let patch = response.patch.take();
+            let mut value = serde_json::to_value(response.into_review())
+                .map_err(|e| Error::BadReview(format!("response does not serialise: {e}")))?;
+            if let (Some(patch), Some(obj)) = (
+                patch,
+                value.get_mut("response").and_then(|r| r.as_object_mut()),
+            ) {
+                obj.insert("patch".into(), BASE64.encode(patch).into());
+            }
+            let body = serde_json::to_vec(&value)
                 .map_err(|e| Error::BadReview(format!("response does not serialise: {e}")))?;
             Ok(Reviewed {
                 body,

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -58,8 +58,36 @@ pub fn router(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
-async fn mutate(State(st): State<Arc<AppState>>, body: Bytes) -> Response {
+async fn mutate(State(st): State<Arc<AppState>>, request: Request) -> Response {
     let started = Instant::now();
+    // Refuse from the declared length before reading anything; chunked bodies are cut off by
+    // the limit while reading.
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
+        st.metrics.bad_request(started.elapsed());
+        tracing::warn!(bytes = declared, "rejected oversized request");
+        return too_large();
+    }
+    let body: Bytes = match axum::body::to_bytes(request.into_body(), MAX_BODY_BYTES).await {
+        Ok(b) => b,
+        Err(e) => {
+            st.metrics.bad_request(started.elapsed());
+            let inner = e.into_inner();
+            tracing::warn!(error = %inner, "request body not read");
+            if inner.is::<http_body_util::LengthLimitError>() {
+                return too_large();
+            }
+            return (
+                StatusCode::BAD_REQUEST,
+                format!("request body not read: {inner}\n"),
+            )
+                .into_response();
+        }
+    };
     match review::review(&body, st.view.as_ref(), &st.settings) {
         Ok(r) => {
             st.metrics.admission(&r.outcome, started.elapsed());
@@ -82,6 +110,14 @@ async fn mutate(State(st): State<Arc<AppState>>, body: Bytes) -> Response {
             (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response()
         }
     }
+}
+
+fn too_large() -> Response {
+    (
+        StatusCode::PAYLOAD_TOO_LARGE,
+        format!("request body exceeds {MAX_BODY_BYTES} bytes\n"),
+    )
+        .into_response()
 }
 
 async fn readyz(State(st): State<Arc<AppState>>) -> Response {
