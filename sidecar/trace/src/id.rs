@@ -49,10 +49,12 @@ impl TraceId {
     /// Parses 16 or 32 hex digits (either case); anything else is `None`.
     pub fn from_hex(s: &str) -> Option<Self> {
         match s.len() {
-            16 => Self::from_u64(parse_hex_u64(s)?),
+            16 => Self::from_u64(parse_hex_u64(s.as_bytes())?),
             32 => {
-                let high = parse_hex_u64(&s[..16])?;
-                let low = parse_hex_u64(&s[16..])?;
+                // Byte slices: a non-ASCII string of 32 bytes must not split a character.
+                let (high, low) = s.as_bytes().split_at(16);
+                let high = parse_hex_u64(high)?;
+                let low = parse_hex_u64(low)?;
                 Self::from_u128((u128::from(high) << 64) | u128::from(low))
             }
             _ => None,
@@ -126,7 +128,7 @@ impl SpanId {
         if s.len() != 16 {
             return None;
         }
-        Self::from_u64(parse_hex_u64(s)?)
+        Self::from_u64(parse_hex_u64(s.as_bytes())?)
     }
 
     /// The id as an integer.
@@ -176,12 +178,12 @@ impl SpanContext {
 
 /// Parses up to 16 hex digits (either case) into a u64, rejecting anything else, including
 /// `+`/`-` signs that `u64::from_str_radix` would accept.
-pub(crate) fn parse_hex_u64(s: &str) -> Option<u64> {
+pub(crate) fn parse_hex_u64(s: &[u8]) -> Option<u64> {
     if s.is_empty() || s.len() > 16 {
         return None;
     }
     let mut v: u64 = 0;
-    for b in s.bytes() {
+    for &b in s {
         let d = match b {
             b'0'..=b'9' => b - b'0',
             b'a'..=b'f' => b - b'a' + 10,
@@ -239,6 +241,8 @@ mod tests {
             "463ac35c9f6413ad48485a3953bb612",
             "g63ac35c9f6413ad",
             "463ac35c9f6413ad463ac35c9f6413ad463ac35c9f6413ad",
+            "463ac35c9f6413aé48485a3953bb612",
+            "463ac35c9f6413é",
         ] {
             assert_eq!(TraceId::from_hex(bad), None, "{bad:?}");
         }
