@@ -40,6 +40,8 @@ const MAX_IDLE_PER_DEST: usize = 32;
 /// Idle HTTP/1 connections older than this are closed rather than reused (servers commonly
 /// close idle keep-alive connections after 60 s or more; reusing one as it closes costs a retry).
 const IDLE_TIMEOUT: Duration = Duration::from_secs(50);
+/// Destinations remembered before closed entries are swept out of the maps.
+const PRUNE_ABOVE: usize = 64;
 
 /// Turns any body into [`Body`].
 pub fn boxed<B>(body: B) -> Body
@@ -58,6 +60,12 @@ pub fn full(bytes: impl Into<Bytes>) -> Body {
 struct Idle {
     tx: http1::SendRequest<Body>,
     since: Instant,
+}
+
+impl Idle {
+    fn reusable(&self) -> bool {
+        !self.tx.is_closed() && self.since.elapsed() < IDLE_TIMEOUT
+    }
 }
 
 #[derive(Default)]
@@ -139,7 +147,7 @@ impl Upstream {
         let mut pools = self.pools();
         let idle = pools.h1.get_mut(&addr)?;
         while let Some(entry) = idle.pop() {
-            if !entry.tx.is_closed() && entry.since.elapsed() < IDLE_TIMEOUT {
+            if entry.reusable() {
                 return Some(entry.tx);
             }
         }
@@ -151,8 +159,15 @@ impl Upstream {
             return;
         }
         let mut pools = self.pools();
+        if pools.h1.len() > PRUNE_ABOVE {
+            // Outbound traffic can reach many destinations: forget the ones gone quiet.
+            pools.h1.retain(|_, idle| {
+                idle.retain(Idle::reusable);
+                !idle.is_empty()
+            });
+        }
         let idle = pools.h1.entry(addr).or_default();
-        idle.retain(|e| !e.tx.is_closed() && e.since.elapsed() < IDLE_TIMEOUT);
+        idle.retain(Idle::reusable);
         if idle.len() < MAX_IDLE_PER_DEST {
             idle.push(Idle {
                 tx,
@@ -243,7 +258,12 @@ impl Upstream {
                         tracing::debug!(%addr, error = %e, "upstream HTTP/2 connection ended with an error");
                     }
                 });
-                self.pools().h2.insert(addr, tx.clone());
+                let mut pools = self.pools();
+                if pools.h2.len() > PRUNE_ABOVE {
+                    pools.h2.retain(|_, tx| !tx.is_closed());
+                }
+                pools.h2.insert(addr, tx.clone());
+                drop(pools);
                 tx
             }
         };

@@ -547,3 +547,70 @@ async fn a_port_declared_tcp_skips_detection_and_is_not_parsed() {
         1.0
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_http1_requests_are_answered_in_order() {
+    let app = App::http1().await;
+    let proxy = Proxy::start(ProxyOpts {
+        inbound_to: Some(app.addr),
+        ..Default::default()
+    })
+    .await;
+    let out = raw_exchange(
+        proxy.inbound,
+        b"POST /first HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nfirstGET /second HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+        false,
+    )
+    .await
+    .expect("pipelined");
+    let text = String::from_utf8_lossy(&out);
+    let first = text.find("first").expect("first response body");
+    let second = text.find("hello from app").expect("second response body");
+    assert!(first < second, "{text}");
+    assert_eq!(text.matches("HTTP/1.1 200").count(), 2, "{text}");
+    let seen = app.seen();
+    assert_eq!(
+        seen.iter().map(|s| s.uri.as_str()).collect::<Vec<_>>(),
+        ["/first", "/second"]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_tunnels_pass_through() {
+    let app = App::http1().await;
+    let proxy = Proxy::start(ProxyOpts {
+        outbound_to: Some(app.addr),
+        ..Default::default()
+    })
+    .await;
+    let mut s = TcpStream::connect(proxy.outbound).await.expect("connect");
+    s.write_all(b"CONNECT db.internal:5432 HTTP/1.1\r\nHost: db.internal:5432\r\n\r\n")
+        .await
+        .expect("write");
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        let n = tokio::time::timeout(WAIT, s.read(&mut byte))
+            .await
+            .expect("response in time")
+            .expect("read");
+        assert_eq!(n, 1, "closed early: {}", String::from_utf8_lossy(&head));
+        head.push(byte[0]);
+    }
+    assert!(
+        head.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    s.write_all(b"\x00\x00\x00\x08tunnel!")
+        .await
+        .expect("write");
+    let mut buf = [0u8; 11];
+    tokio::time::timeout(WAIT, s.read_exact(&mut buf))
+        .await
+        .expect("echo in time")
+        .expect("echo");
+    assert_eq!(&buf, b"\x00\x00\x00\x08tunnel!");
+    assert_eq!(app.seen()[0].method, "CONNECT");
+    assert_eq!(app.seen()[0].uri, "db.internal:5432");
+}

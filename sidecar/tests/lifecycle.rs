@@ -234,6 +234,24 @@ async fn sigterm_drains_an_in_flight_request_flushes_spans_and_exits_zero() {
         .await
         .expect("slow request reached the app");
     proxy.sigterm();
+    // Draining: not ready, listeners closed, the in-flight request still pending.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while admin_get(proxy.admin, "/ready").await.expect("ready") != (503, "draining\n".into()) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never reported draining"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    while TcpStream::connect(inbound).await.is_ok() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "listener never closed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(!slow.is_finished());
+    app.slow_release.notify_one();
     let (status, _, body) = slow
         .await
         .expect("join")
@@ -245,10 +263,6 @@ async fn sigterm_drains_an_in_flight_request_flushes_spans_and_exits_zero() {
     let spans = collector.spans();
     assert_eq!(spans.len(), 1, "span flushed on shutdown: {spans:?}");
     assert_eq!(spans[0]["name"], "GET /slow");
-    assert!(
-        TcpStream::connect(inbound).await.is_err(),
-        "listener closed after exit"
-    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

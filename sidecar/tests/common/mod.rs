@@ -61,6 +61,8 @@ pub struct App {
     pub conns: Arc<AtomicUsize>,
     /// Notified when a `/slow` request arrives.
     pub slow_arrived: Arc<tokio::sync::Notify>,
+    /// A `/slow` request answers once this is notified.
+    pub slow_release: Arc<tokio::sync::Notify>,
 }
 
 impl App {
@@ -78,11 +80,13 @@ impl App {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let conns = Arc::new(AtomicUsize::new(0));
         let slow_arrived = Arc::new(tokio::sync::Notify::new());
+        let slow_release = Arc::new(tokio::sync::Notify::new());
         let app = Self {
             addr,
             seen: Arc::clone(&seen),
             conns: Arc::clone(&conns),
             slow_arrived: Arc::clone(&slow_arrived),
+            slow_release: Arc::clone(&slow_release),
         };
         tokio::spawn(async move {
             loop {
@@ -91,11 +95,11 @@ impl App {
                 };
                 let conn = conns.fetch_add(1, Ordering::SeqCst) + 1;
                 let seen = Arc::clone(&seen);
-                let slow = Arc::clone(&slow_arrived);
+                let slow = (Arc::clone(&slow_arrived), Arc::clone(&slow_release));
                 tokio::spawn(async move {
                     let svc = service_fn(move |req| {
                         let seen = Arc::clone(&seen);
-                        let slow = Arc::clone(&slow);
+                        let slow = slow.clone();
                         async move { Ok::<_, Infallible>(app_handler(req, conn, seen, slow).await) }
                     });
                     let io = TokioIo::new(stream);
@@ -124,7 +128,7 @@ async fn app_handler(
     mut req: Request<Incoming>,
     conn: usize,
     seen: Arc<Mutex<Vec<Seen>>>,
-    slow: Arc<tokio::sync::Notify>,
+    (slow_arrived, slow_release): (Arc<tokio::sync::Notify>, Arc<tokio::sync::Notify>),
 ) -> Response<AppBody> {
     seen.lock().expect("lock").push(Seen {
         method: req.method().to_string(),
@@ -134,19 +138,14 @@ async fn app_handler(
         conn,
     });
     let path = req.uri().path().to_owned();
+    if req.method() == http::Method::CONNECT {
+        let on = hyper::upgrade::on(&mut req);
+        tokio::spawn(echo_upgraded(on));
+        return Response::new(body(Bytes::new()));
+    }
     if path == "/ws" && req.headers().contains_key("upgrade") {
         let on = hyper::upgrade::on(&mut req);
-        tokio::spawn(async move {
-            if let Ok(up) = on.await {
-                let mut io = TokioIo::new(up);
-                let mut buf = [0u8; 1024];
-                while let Ok(n) = io.read(&mut buf).await {
-                    if n == 0 || io.write_all(&buf[..n]).await.is_err() {
-                        break;
-                    }
-                }
-            }
-        });
+        tokio::spawn(echo_upgraded(on));
         return Response::builder()
             .status(StatusCode::SWITCHING_PROTOCOLS)
             .header("upgrade", "websocket")
@@ -155,8 +154,8 @@ async fn app_handler(
             .expect("response");
     }
     if path == "/slow" {
-        slow.notify_one();
-        tokio::time::sleep(Duration::from_millis(800)).await;
+        slow_arrived.notify_one();
+        let _ = tokio::time::timeout(WAIT, slow_release.notified()).await;
         return Response::new(body("slow done"));
     }
     if path.starts_with("/grpc.") {
@@ -194,6 +193,18 @@ async fn app_handler(
         .header("connection", "keep-alive")
         .body(body(text))
         .expect("response")
+}
+
+async fn echo_upgraded(on: hyper::upgrade::OnUpgrade) {
+    if let Ok(up) = on.await {
+        let mut io = TokioIo::new(up);
+        let mut buf = [0u8; 1024];
+        while let Ok(n) = io.read(&mut buf).await {
+            if n == 0 || io.write_all(&buf[..n]).await.is_err() {
+                break;
+            }
+        }
+    }
 }
 
 /// A collector recording every span POSTed to /api/v2/spans.
