@@ -74,7 +74,8 @@ pub struct Args {
         default_value = ""
     )]
     pub exclude_outbound_ports: String,
-    /// Comma-separated outbound destination CIDRs never captured (IPv4 and IPv6 may be mixed).
+    /// Comma-separated outbound destination CIDRs never captured (IPv4 and IPv6 may be mixed; a
+    /// bare address is one host).
     #[arg(
         long,
         env = "SIDETRACE_INIT_EXCLUDE_OUTBOUND_CIDRS",
@@ -258,33 +259,35 @@ fn parse_port_list(flag: &'static str, value: &str) -> Result<Vec<Port>> {
     Ok(seen.into_iter().collect())
 }
 
+/// One CIDR; a bare address means that single host. Host bits are masked off, as iptables
+/// itself would do (`10.1.2.3/8` is `10.0.0.0/8`): the webhook passes annotation values through
+/// verbatim, and a pod must not fail to start over a notation iptables accepts.
 fn parse_cidr(flag: &'static str, item: &str) -> Result<IpNet> {
-    let net: IpNet = item.parse().map_err(|_| {
-        invalid(
-            flag,
-            item,
-            "not a CIDR (expected e.g. 10.0.0.0/8 or fd00::/8)",
-        )
-    })?;
-    if net.trunc() != net {
-        // iptables would silently mask the host bits; a typo like 10.1.2.3/8 should not pass.
-        return Err(invalid(
-            flag,
-            item,
-            format!("host bits are set (did you mean {}?)", net.trunc()),
-        ));
-    }
-    Ok(net)
+    let net: IpNet = match item.parse::<IpNet>() {
+        Ok(net) => net,
+        Err(_) => item
+            .parse::<std::net::IpAddr>()
+            .map(IpNet::from)
+            .map_err(|_| {
+                invalid(
+                    flag,
+                    item,
+                    "not a CIDR or address (expected e.g. 10.0.0.0/8, 10.1.2.3 or fd00::/8)",
+                )
+            })?,
+    };
+    Ok(net.trunc())
 }
 
+/// A list of CIDRs in the order given; entries that mask to an earlier one are dropped (they
+/// would only add identical rules).
 fn parse_cidr_list(flag: &'static str, value: &str) -> Result<Vec<IpNet>> {
     let mut out: Vec<IpNet> = Vec::new();
     for item in split_list(value) {
         let net = parse_cidr(flag, item)?;
-        if out.contains(&net) {
-            return Err(invalid(flag, item, format!("CIDR {net} is listed twice")));
+        if !out.contains(&net) {
+            out.push(net);
         }
-        out.push(net);
     }
     Ok(out)
 }
@@ -429,19 +432,31 @@ mod tests {
     }
 
     #[test]
-    fn duplicate_ports_and_cidrs_are_rejected() {
+    fn duplicate_ports_are_rejected() {
         let e = err(&["--exclude-outbound-ports", "80, 443,80"]);
         assert!(e.contains("port 80 is listed twice"), "{e}");
-        let e = err(&["--exclude-outbound-cidrs", "10.0.0.0/8,10.0.0.0/8"]);
-        assert!(e.contains("10.0.0.0/8 is listed twice"), "{e}");
+    }
+
+    #[test]
+    fn cidrs_are_normalised_like_iptables_does() {
+        let c = Config::from_args(&args(&[
+            "--exclude-outbound-cidrs",
+            "10.1.2.3/8, 10.0.0.0/8,192.168.1.7,fd00::1",
+        ]))
+        .unwrap();
+        let want: Vec<IpNet> = ["10.0.0.0/8", "192.168.1.7/32", "fd00::1/128"]
+            .iter()
+            .map(|s| s.parse().unwrap())
+            .collect();
+        assert_eq!(c.exclude_outbound_cidrs, want);
     }
 
     #[test]
     fn bad_cidrs_are_rejected_naming_the_value() {
         let e = err(&["--exclude-outbound-cidrs", "10.0.0.0/33"]);
         assert!(e.contains("10.0.0.0/33"), "{e}");
-        let e = err(&["--include-outbound-cidrs", "10.1.2.3/8"]);
-        assert!(e.contains("did you mean 10.0.0.0/8"), "{e}");
+        let e = err(&["--include-outbound-cidrs", "10.0.0.0/8,nope"]);
+        assert!(e.contains("\"nope\""), "{e}");
         let e = err(&["--include-outbound-cidrs", ","]);
         assert!(e.contains("use `*`"), "{e}");
     }
