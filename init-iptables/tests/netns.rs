@@ -934,7 +934,14 @@ fn golden_rules_load_verbatim_in_both_backends() {
                 let body: String = section.lines().skip(1).map(|l| format!("{l}\n")).collect();
                 let restore = format!("{base}-{flavour}-restore");
                 let mut child = Command::new("ip")
-                    .args(["netns", "exec", &topo.pod, &restore, "--noflush"])
+                    .args([
+                        "netns",
+                        "exec",
+                        &topo.pod,
+                        &restore,
+                        "--noflush",
+                        "--wait=30",
+                    ])
                     .env("PATH", path())
                     .stdin(Stdio::piped())
                     .stderr(Stdio::piped())
@@ -976,6 +983,7 @@ fn detection_follows_existing_legacy_rules() {
             "exec",
             &topo.pod,
             "iptables-legacy",
+            "--wait=30",
             "-t",
             "nat",
             "-A",
