@@ -84,7 +84,10 @@ const TESTS: &[Test] = &[
         "without_privileges_exit_1_naming_net_admin",
         without_privileges_exit_1_naming_net_admin,
     ),
-    ("dns_capture_redirects_udp_53", dns_capture_redirects_udp_53),
+    (
+        "dns_capture_redirects_udp_and_tcp_53",
+        dns_capture_redirects_udp_and_tcp_53,
+    ),
     ("ipv6_inbound_and_outbound", ipv6_inbound_and_outbound),
 ];
 
@@ -174,6 +177,7 @@ fn path() -> String {
 fn helper(args: &[String]) -> ExitCode {
     let result = match args.first().map(String::as_str) {
         Some("connect") => helper_connect(&args[1..]),
+        Some("udp") => helper_udp(&args[1..]),
         other => Err(format!("unknown helper command {other:?}")),
     };
     match result {
@@ -209,6 +213,19 @@ fn helper_connect(args: &[String]) -> Result<(), String> {
     std::io::stdout().flush().map_err(|e| e.to_string())?;
     let mut sink = Vec::new();
     let _ = std::io::stdin().read_to_end(&mut sink);
+    Ok(())
+}
+
+/// Arguments: destination and payload; sends one datagram.
+fn helper_udp(args: &[String]) -> Result<(), String> {
+    let (Some(addr), Some(payload)) = (args.first(), args.get(1)) else {
+        return Err("usage: udp <addr> <payload>".into());
+    };
+    let addr: SocketAddr = addr.parse().map_err(|e| format!("bad address: {e}"))?;
+    let socket = UdpSocket::bind(any4(0)).map_err(|e| e.to_string())?;
+    socket
+        .send_to(payload.as_bytes(), addr)
+        .map_err(|e| format!("send to {addr}: {e}"))?;
     Ok(())
 }
 
@@ -1045,7 +1062,7 @@ fn without_privileges_exit_1_naming_net_admin() {
     assert_eq!(out.status.code(), Some(64));
 }
 
-fn dns_capture_redirects_udp_53() {
+fn dns_capture_redirects_udp_and_tcp_53() {
     let topo = Topology::new();
     topo.init_ok(&["--capture-dns"]);
     let dns_proxy = in_ns(&topo.pod, || UdpSocket::bind(any4(15053))).expect("bind 15053");
@@ -1053,17 +1070,62 @@ fn dns_capture_redirects_udp_53() {
     for s in [&dns_proxy, &peer_dns] {
         s.set_read_timeout(Some(PATIENCE)).unwrap();
     }
-    let client = in_ns(&topo.pod, || UdpSocket::bind(any4(0))).unwrap();
-    client.send_to(b"query", v4(PEER4, 53)).unwrap();
     let mut buf = [0u8; 16];
+
+    // The app's query goes to the DNS port...
+    let client = in_ns(&topo.pod, || UdpSocket::bind(any4(0))).unwrap();
+    client.send_to(b"app", v4(PEER4, 53)).unwrap();
     let (n, _) = dns_proxy
         .recv_from(&mut buf)
-        .expect("the query reaches the DNS port");
-    assert_eq!(&buf[..n], b"query");
-    peer_dns.set_nonblocking(true).unwrap();
-    assert!(
-        peer_dns.recv_from(&mut buf).is_err(),
-        "the query also reached the peer"
+        .expect("the app's query reaches the DNS port");
+    assert_eq!(&buf[..n], b"app");
+
+    // ...the proxy's own query goes to the real resolver.
+    let exe = std::env::current_exe().expect("test binary path");
+    let exe = exe.to_string_lossy();
+    let uid = format!("--reuid={PROXY_UID}");
+    let gid = format!("--regid={PROXY_UID}");
+    let to = v4(PEER4, 53).to_string();
+    must(
+        "ip",
+        &[
+            "netns",
+            "exec",
+            &topo.pod,
+            "setpriv",
+            &uid,
+            &gid,
+            "--clear-groups",
+            "--",
+            &exe,
+            HELPER,
+            "udp",
+            &to,
+            "proxy",
+        ],
+    );
+    let (n, _) = peer_dns
+        .recv_from(&mut buf)
+        .expect("the proxy's query reaches the peer");
+    assert_eq!(&buf[..n], b"proxy");
+    for s in [&dns_proxy, &peer_dns] {
+        s.set_nonblocking(true).unwrap();
+        assert!(s.recv_from(&mut buf).is_err(), "a query arrived twice");
+    }
+
+    // DNS over TCP is captured the same way.
+    let mut l = Listeners::new();
+    l.add(&topo.pod, "dns-proxy", any4(15053));
+    l.add(&topo.pod, "proxy-outbound", any4(OUTBOUND));
+    l.add(&topo.net, "peer-dns", any4(53));
+    l.expect(&topo.pod, v4(PEER4, 53), "dns-proxy", v4(PEER4, 53));
+    l.expect_as(
+        &topo,
+        PROXY_UID,
+        PROXY_UID,
+        v4(PEER4, 53),
+        "peer-dns",
+        v4(PEER4, 53),
     );
 }
 
