@@ -192,3 +192,117 @@ pub fn review(body: &[u8], view: &dyn ClusterView, settings: &Settings) -> Resul
     }
     done(response, outcome, reason, m.warnings)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{Value, json};
+    use sidetrace_contract::names;
+
+    fn body(operation: &str, kind: &str, namespace: &str, object: Value) -> Vec<u8> {
+        serde_json::to_vec(&json!({
+            "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+            "request": {
+                "uid": "u-1", "kind": {"group": "", "version": "v1", "kind": kind},
+                "resource": {"group": "", "version": "v1", "resource": "pods"},
+                "namespace": namespace, "operation": operation, "userInfo": {},
+                "object": object, "oldObject": null
+            }
+        }))
+        .expect("json")
+    }
+
+    fn pod() -> Value {
+        json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p", "labels": {"app": "web"}},
+            "spec": {"containers": [{"name": "web", "image": "web"}]}})
+    }
+
+    fn response(r: &Reviewed) -> Value {
+        let v: Value = serde_json::from_slice(&r.body).expect("json");
+        assert_eq!(v["apiVersion"], "admission.k8s.io/v1");
+        assert_eq!(v["kind"], "AdmissionReview");
+        assert_eq!(v["response"]["uid"], "u-1");
+        assert_eq!(v["response"]["allowed"], true);
+        v["response"].clone()
+    }
+
+    fn view(ns_labels: &[(&str, &str)]) -> StaticView {
+        let labels = ns_labels
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        StaticView {
+            namespaces: Some([("shop".to_owned(), labels)].into()),
+            traced_services: vec![],
+        }
+    }
+
+    #[test]
+    fn injected_pod_gets_a_base64_patch_and_audit_decision() {
+        let v = view(&[(names::INJECT_LABEL, names::INJECT_NAMESPACE_ENABLED)]);
+        let r = review(
+            &body("CREATE", "Pod", "shop", pod()),
+            &v,
+            &Settings::default(),
+        )
+        .expect("review");
+        assert_eq!(r.outcome, Outcome::Injected);
+        let resp = response(&r);
+        assert_eq!(resp["patchType"], "JSONPatch");
+        let patch = BASE64
+            .decode(resp["patch"].as_str().expect("string"))
+            .expect("base64");
+        let patch: json_patch::Patch = serde_json::from_slice(&patch).expect("patch");
+        assert!(!patch.0.is_empty());
+        assert_eq!(resp["auditAnnotations"]["decision"], "namespace-enabled");
+    }
+
+    #[test]
+    fn unlabelled_namespace_is_allowed_unchanged() {
+        let r = review(
+            &body("CREATE", "Pod", "shop", pod()),
+            &view(&[]),
+            &Settings::default(),
+        )
+        .expect("review");
+        assert_eq!(r.outcome, Outcome::Skipped("not-enabled"));
+        let resp = response(&r);
+        assert!(resp.get("patch").is_none() && resp.get("patchType").is_none());
+    }
+
+    #[test]
+    fn deletes_non_pods_and_unreadable_pods_are_allowed_unchanged() {
+        let s = Settings::default();
+        let v = StaticView::default();
+        let r = review(&body("DELETE", "Pod", "shop", Value::Null), &v, &s).expect("review");
+        assert_eq!(r.outcome, Outcome::NotCreate);
+        assert!(response(&r).get("patch").is_none());
+        let r = review(
+            &body("CREATE", "Service", "shop", json!({"metadata": {}})),
+            &v,
+            &s,
+        )
+        .expect("review");
+        assert_eq!(r.outcome, Outcome::NotPod);
+        let broken = json!({"metadata": {}, "spec": {"containers": [{"name": 5}]}});
+        let r = review(&body("CREATE", "Pod", "shop", broken), &v, &s).expect("review");
+        assert_eq!(r.outcome, Outcome::UnreadablePod);
+        let resp = response(&r);
+        assert!(
+            resp["warnings"][0]
+                .as_str()
+                .expect("warning")
+                .contains("could not read")
+        );
+    }
+
+    #[test]
+    fn bodies_that_are_not_reviews_are_errors() {
+        let s = Settings::default();
+        let v = StaticView::default();
+        for bad in [&b""[..], b"{}", b"[1]", b"{\"request\": 5}"] {
+            let e = review(bad, &v, &s).expect_err("must fail");
+            assert_eq!(e.metric_label(), "bad-review");
+        }
+    }
+}
