@@ -148,7 +148,7 @@ async fn run(
             let _ = resp.into_body().collect().await.ok()?;
             let elapsed = scheduled.elapsed();
             let _ = pool_tx.send(sender).await;
-            ok.then(|| elapsed.as_micros() as u64)
+            ok.then_some(elapsed.as_micros() as u64)
         }));
     }
     let mut lat = Vec::with_capacity(tasks.len());
