@@ -115,6 +115,14 @@ struct Args {
     #[arg(long, env = "SIDETRACE_INJECTOR_WATCH_TRACED_SERVICES", default_value_t = true,
           action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     watch_traced_services: bool,
+    /// On SIGTERM, keep serving (with /readyz failing) this many seconds so that the
+    /// apiserver stops sending requests before the listener closes.
+    #[arg(
+        long,
+        env = "SIDETRACE_INJECTOR_SHUTDOWN_DELAY_SECS",
+        default_value_t = 3
+    )]
+    shutdown_delay_secs: u64,
     /// Longest wait for the caches' first sync before /readyz reports ready anyway, in seconds.
     #[arg(
         long,
@@ -265,7 +273,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         settings,
         view,
         metrics: Arc::clone(&metrics),
-        ready,
+        ready: Arc::clone(&ready),
     });
     let router = server::router(state);
 
@@ -273,9 +281,15 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding --listen {}", args.listen))?;
     let addr = listener.local_addr()?;
-    let shutdown = async {
+    let delay = Duration::from_secs(args.shutdown_delay_secs);
+    let shutdown = async move {
         shutdown_signal().await;
-        tracing::info!("shutting down");
+        ready.store(false, std::sync::atomic::Ordering::Relaxed);
+        tracing::info!(
+            delay_secs = delay.as_secs(),
+            "shutting down: unready, still serving"
+        );
+        tokio::time::sleep(delay).await;
     };
     match tls {
         Some((config, resolver, watch, bytes)) => {

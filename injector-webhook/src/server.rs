@@ -136,7 +136,11 @@ async fn metrics(State(st): State<Arc<AppState>>) -> Response {
         .into_response()
 }
 
-/// Serves `router` over TLS on `listener` until `shutdown` resolves.
+/// Longest wait for in-flight connections after the accept loop stops.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Serves `router` over TLS on `listener` until `shutdown` resolves, then waits up to
+/// [`DRAIN_TIMEOUT`] for connections in flight.
 pub async fn serve_tls(
     listener: TcpListener,
     config: Arc<ServerConfig>,
@@ -144,6 +148,8 @@ pub async fn serve_tls(
     shutdown: impl Future<Output = ()>,
 ) {
     let acceptor = TlsAcceptor::from(config);
+    // Each connection task holds a clone; the count tells how many are still open.
+    let in_flight = Arc::new(());
     tokio::pin!(shutdown);
     loop {
         let accepted = tokio::select! {
@@ -161,7 +167,9 @@ pub async fn serve_tls(
         };
         let acceptor = acceptor.clone();
         let service = TowerToHyperService::new(router.clone());
+        let guard = Arc::clone(&in_flight);
         tokio::spawn(async move {
+            let _guard = guard;
             let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
                 Ok(Ok(tls)) => tls,
                 Ok(Err(e)) => {
@@ -181,6 +189,13 @@ pub async fn serve_tls(
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
         });
+    }
+    drop(listener);
+    let deadline = tokio::time::Instant::now() + DRAIN_TIMEOUT;
+    // Keep-alive connections idle in the apiserver's pool never end on their own; the deadline
+    // bounds the wait, and dropping the runtime closes them.
+    while Arc::strong_count(&in_flight) > 1 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 

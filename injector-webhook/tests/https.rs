@@ -355,3 +355,49 @@ async fn garbage_bodies_never_crash_the_server() {
         .expect("healthz");
     assert_eq!(reply.status, 200);
 }
+
+#[tokio::test]
+async fn sigterm_turns_unready_keeps_serving_then_exits() {
+    let cert = self_signed();
+    let mut inj = Injector::start(
+        &cert,
+        &["--native-sidecars", "true", "--shutdown-delay-secs", "5"],
+    );
+    let tls = client_config(&cert.der, false);
+    let reply = request(inj.addr, tls.clone(), "GET", "/readyz", vec![])
+        .await
+        .expect("readyz");
+    assert_eq!(reply.status, 200);
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &inj.child.id().to_string()])
+        .status()
+        .expect("run kill");
+    assert!(status.success());
+    // During the delay: unready, but admissions are still answered.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut saw_unready = false;
+    while Instant::now() < deadline && !saw_unready {
+        let reply = request(inj.addr, tls.clone(), "GET", "/readyz", vec![])
+            .await
+            .expect("readyz");
+        saw_unready = reply.status == 503;
+    }
+    assert!(saw_unready, "/readyz never turned 503 after SIGTERM");
+    let body = serde_json::to_vec(&review("uid-t", "shop", plain_pod())).expect("json");
+    let reply = request(inj.addr, tls, "POST", "/mutate", body)
+        .await
+        .expect("served while draining");
+    assert_eq!(reply.status, 200);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(Some(status)) = inj.child.try_wait() {
+            assert!(status.success(), "exit status {status}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still running long after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
