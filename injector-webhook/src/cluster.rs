@@ -58,6 +58,22 @@ pub struct WatchedView {
     namespaces_synced: Arc<AtomicBool>,
 }
 
+impl WatchedView {
+    /// A view over existing stores; `namespaces_synced` is set once the namespace store has
+    /// completed its first list.
+    pub fn from_stores(
+        namespaces: Store<PartialObjectMeta<Namespace>>,
+        traced_services: Option<Store<TracedService>>,
+        namespaces_synced: Arc<AtomicBool>,
+    ) -> Self {
+        Self {
+            namespaces,
+            traced_services,
+            namespaces_synced,
+        }
+    }
+}
+
 impl ClusterView for WatchedView {
     fn namespace_labels(&self, namespace: &str) -> Option<BTreeMap<String, String>> {
         // Before the first list completes, an absent namespace means "not known yet", not
@@ -156,6 +172,50 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use kube::runtime::watcher::Event;
+
+    fn namespace(name: &str, labels: &[(&str, &str)]) -> PartialObjectMeta<Namespace> {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "v1", "kind": "Namespace",
+            "metadata": {"name": name, "labels": labels.iter().cloned().collect::<BTreeMap<_, _>>()}
+        }))
+        .expect("namespace meta")
+    }
+
+    #[test]
+    fn watched_view_answers_from_the_stores_once_synced() {
+        let (ns_reader, mut ns_writer) = reflector::store();
+        let (ts_reader, mut ts_writer) = reflector::store::<TracedService>();
+        let synced = Arc::new(AtomicBool::new(false));
+        let view = WatchedView::from_stores(ns_reader, Some(ts_reader), Arc::clone(&synced));
+        ns_writer.apply_watcher_event(&Event::Apply(namespace(
+            "shop",
+            &[("sidetrace.dev/inject", "enabled")],
+        )));
+        ns_writer.apply_watcher_event(&Event::Apply(namespace("plain", &[])));
+        // Before the first list completes nothing is known.
+        assert_eq!(view.namespace_labels("shop"), None);
+        synced.store(true, Ordering::Relaxed);
+        assert_eq!(
+            view.namespace_labels("shop")
+                .and_then(|l| l.get("sidetrace.dev/inject").cloned()),
+            Some("enabled".to_owned())
+        );
+        assert_eq!(view.namespace_labels("plain"), Some(BTreeMap::new()));
+        assert_eq!(view.namespace_labels("created-a-moment-ago"), None);
+
+        let ts: TracedService = serde_json::from_value(serde_json::json!({
+            "apiVersion": "sidetrace.dev/v1alpha1", "kind": "TracedService",
+            "metadata": {"name": "web", "namespace": "shop"},
+            "spec": {"selector": {"matchLabels": {"app": "web"}}}
+        }))
+        .expect("traced service");
+        ts_writer.apply_watcher_event(&Event::Apply(ts.clone()));
+        assert_eq!(view.traced_services().len(), 1);
+        ts_writer.apply_watcher_event(&Event::Delete(ts));
+        assert!(view.traced_services().is_empty());
+    }
 
     #[test]
     fn versions() {
