@@ -1,0 +1,714 @@
+//! The local data-plane topology: Envoy's tracing sandbox (front proxy → service1 → service2,
+//! spans to a collector) rebuilt from network-namespace "pods" on one machine.
+//!
+//! ```text
+//!            st-<pid>-dp<n>-net:  bridge br0   (10.250.1.0/24, no default route anywhere)
+//!        ┌──────────┬──────────────┼──────────────┬──────────────┐
+//!     client     collector       front          service1       service2
+//!     .100       .5 zipkin       .11            .12            .13
+//!                :9411           app :8080      app :8080      app :8080, tcp echo :9000
+//!                                proxy (1337)   proxy (1337)   proxy (1337)
+//!                                iptables       iptables       iptables
+//! ```
+//!
+//! The bridge lives in a namespace of its own, so nothing touches the host's interfaces or
+//! routes; every pod reaches the others and nothing else. In each pod the harness does what a
+//! kubelet does with the injected spec: runs `sidetrace-init` (real iptables) with the webhook's
+//! arguments, starts the demo app (uid [`APP_UID`]) and `sidetrace-proxy` as uid/gid 1337 with
+//! the webhook's environment and the config the operator renders from
+//! `crds/examples/demo-*.yaml`, and waits for the proxy's `/ready` (probed from outside the pod,
+//! like kubelet). The test process talks to pods by opening sockets inside their namespaces
+//! ([`ns::connect_in`]), so it needs no route either.
+//!
+//! Dropping the [`Topology`] kills every process, deletes every namespace (which takes the
+//! iptables rules with it) and removes the log directory — unless the thread is panicking or
+//! [`Topology::keep_logs`] was called, in which case the logs stay and their path is printed.
+//! Namespaces left by a killed run (their pid is gone) are removed by the next run.
+
+pub mod client;
+pub mod ns;
+
+use std::fmt;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::os::unix::process::CommandExt as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use sidetrace_contract::{defaults, names};
+
+use crate::collector::{self, Collector};
+use crate::controlplane::peers;
+
+pub use client::Reply;
+
+/// The pods' subnet (each topology has its own bridge namespace, so topologies never collide).
+pub const SUBNET: [u8; 3] = [10, 250, 1];
+/// Port every demo app serves HTTP on.
+pub const APP_PORT: u16 = 8080;
+/// Port service2's opaque TCP echo listens on.
+pub const TCP_ECHO_PORT: u16 = 9000;
+/// uid/gid the demo apps run as: an ordinary user, neither root nor the proxy's 1337.
+pub const APP_UID: u32 = 1000;
+/// Kubernetes namespace the pods pretend to live in (the proxy reports it).
+pub const POD_NAMESPACE: &str = "demo";
+
+/// How long a pod may take to become ready on a busy 2-core machine: a hang guard.
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+
+const FRONT_CONFIG: &str = include_str!("../../../crds/examples/demo-front-proxy.yaml");
+const SERVICE1_CONFIG: &str = include_str!("../../../crds/examples/demo-service1.yaml");
+const SERVICE2_CONFIG: &str = include_str!("../../../crds/examples/demo-service2.yaml");
+
+/// The pods of the topology.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Pod {
+    /// Where test requests come from (no sidecar, like a user outside the mesh).
+    Client,
+    /// The collector.
+    Collector,
+    /// The front proxy's pod.
+    Front,
+    /// service1.
+    Service1,
+    /// service2.
+    Service2,
+}
+
+impl Pod {
+    /// The meshed pods, in start order (callees first).
+    pub const MESHED: [Pod; 3] = [Pod::Service2, Pod::Service1, Pod::Front];
+
+    /// Short name (namespace suffix, log file prefix).
+    pub fn name(self) -> &'static str {
+        match self {
+            Pod::Client => "client",
+            Pod::Collector => "collector",
+            Pod::Front => "front",
+            Pod::Service1 => "service1",
+            Pod::Service2 => "service2",
+        }
+    }
+
+    /// Service name the pod's spans carry (what the webhook would take from the pod's labels).
+    pub fn service_name(self) -> &'static str {
+        match self {
+            Pod::Front => "front-proxy",
+            other => other.name(),
+        }
+    }
+
+    /// Last octet of the pod's address.
+    fn octet(self) -> u8 {
+        match self {
+            Pod::Client => 100,
+            Pod::Collector => 5,
+            Pod::Front => 11,
+            Pod::Service1 => 12,
+            Pod::Service2 => 13,
+        }
+    }
+
+    /// The pod's address.
+    pub fn ip(self) -> Ipv4Addr {
+        Ipv4Addr::new(SUBNET[0], SUBNET[1], SUBNET[2], self.octet())
+    }
+
+    /// The pod's app address.
+    pub fn app(self) -> SocketAddr {
+        SocketAddr::from((self.ip(), APP_PORT))
+    }
+
+    /// The TracedService example the operator would render this pod's config from.
+    fn traced_service_yaml(self) -> Option<&'static str> {
+        match self {
+            Pod::Front => Some(FRONT_CONFIG),
+            Pod::Service1 => Some(SERVICE1_CONFIG),
+            Pod::Service2 => Some(SERVICE2_CONFIG),
+            Pod::Client | Pod::Collector => None,
+        }
+    }
+
+    /// The demo app's arguments: the sandbox's routes.
+    fn app_args(self) -> Vec<String> {
+        let mut a = vec![
+            "--listen".to_owned(),
+            format!("0.0.0.0:{APP_PORT}"),
+            "--name".to_owned(),
+            self.service_name().to_owned(),
+        ];
+        let route = |path: &str, to: Pod, to_path: &str| {
+            [
+                "--route".to_owned(),
+                format!("{path}=http://{}{to_path}", to.app()),
+            ]
+        };
+        match self {
+            Pod::Front => {
+                a.extend(route("/trace/1", Pod::Service1, "/trace/1"));
+                a.extend(route("/trace/2", Pod::Service2, "/trace/2"));
+            }
+            Pod::Service1 => a.extend(route("/trace/1", Pod::Service2, "/trace/2")),
+            Pod::Service2 => {
+                a.push("--tcp-echo".to_owned());
+                a.push(format!("0.0.0.0:{TCP_ECHO_PORT}"));
+            }
+            Pod::Client | Pod::Collector => {}
+        }
+        a
+    }
+}
+
+impl fmt::Display for Pod {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The sidecar config the operator renders from the pod's TracedService example.
+pub fn proxy_config_yaml(pod: Pod) -> Result<Option<String>> {
+    let Some(text) = pod.traced_service_yaml() else {
+        return Ok(None);
+    };
+    let ts: sidetrace_crds::TracedService =
+        serde_yaml::from_str(text).with_context(|| format!("parsing the {pod} TracedService"))?;
+    Ok(Some(ts.spec.to_proxy_config(None).to_yaml()))
+}
+
+/// `sidetrace-init`'s arguments exactly as the webhook injects them for a pod without
+/// overrides (the admin port is always excluded from inbound capture: kubelet probes it).
+pub fn init_args() -> Vec<String> {
+    vec![
+        "--proxy-uid".to_owned(),
+        defaults::PROXY_UID.to_string(),
+        "--proxy-gid".to_owned(),
+        defaults::PROXY_GID.to_string(),
+        "--inbound-port".to_owned(),
+        defaults::INBOUND_CAPTURE_PORT.to_string(),
+        "--outbound-port".to_owned(),
+        defaults::OUTBOUND_CAPTURE_PORT.to_string(),
+        "--exclude-inbound-ports".to_owned(),
+        defaults::ADMIN_PORT.to_string(),
+    ]
+}
+
+/// The proxy's environment as the webhook injects it (the downward API values filled in).
+pub fn proxy_env(pod: Pod, collector_url: &str, config: Option<&Path>) -> Vec<(String, String)> {
+    let mut env = vec![
+        (names::env::POD_NAME, format!("{}-0", pod.name())),
+        (names::env::POD_NAMESPACE, POD_NAMESPACE.to_owned()),
+        (names::env::POD_IP, pod.ip().to_string()),
+        (
+            names::env::INBOUND_PORT,
+            defaults::INBOUND_CAPTURE_PORT.to_string(),
+        ),
+        (
+            names::env::OUTBOUND_PORT,
+            defaults::OUTBOUND_CAPTURE_PORT.to_string(),
+        ),
+        (names::env::ADMIN_PORT, defaults::ADMIN_PORT.to_string()),
+        (names::env::SERVICE_NAME, pod.service_name().to_owned()),
+        (names::env::COLLECTOR, collector_url.to_owned()),
+        (
+            names::env::LOG_LEVEL,
+            std::env::var("SIDETRACE_E2E_PROXY_LOG").unwrap_or_else(|_| "info".to_owned()),
+        ),
+    ];
+    if let Some(path) = config {
+        env.push((names::env::CONFIG, path.display().to_string()));
+    }
+    env.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()
+}
+
+/// Everything the topology runs; [`Binaries::find`] says what is missing.
+#[derive(Clone, Debug)]
+pub struct Binaries {
+    /// `sidetrace-init`.
+    pub init: PathBuf,
+    /// `sidetrace-proxy`.
+    pub proxy: PathBuf,
+    /// `sidetrace-demo-app`.
+    pub demo_app: PathBuf,
+    /// The collector to run.
+    pub collector: collector::Kind,
+}
+
+/// The cargo output directory holding this executable (`target/debug` for tests and bins).
+fn cargo_bin_dir() -> Option<PathBuf> {
+    if let Some(d) = std::env::var_os("SIDETRACE_BIN_DIR").filter(|d| !d.is_empty()) {
+        return Some(PathBuf::from(d));
+    }
+    let exe = std::env::current_exe().ok()?;
+    // target/debug/deps/<test> or target/debug/<bin>
+    exe.ancestors()
+        .skip(1)
+        .take(2)
+        .find(|d| d.join("sidetrace-demo-app").exists())
+        .map(Path::to_path_buf)
+}
+
+fn in_path(program: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/sbin"].map(PathBuf::from))
+        .map(|d| d.join(program))
+        .find(|p| p.is_file())
+}
+
+/// Which collector [`Binaries::find`] picks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CollectorChoice {
+    /// The Zipkin jar (the tests' default).
+    Zipkin,
+    /// Jaeger when `bin/jaeger` is built, else Zipkin (the demo).
+    PreferJaeger,
+}
+
+impl Binaries {
+    /// Find every binary and check root, iptables and java; `Err` is the reason to skip.
+    pub fn find(choice: CollectorChoice) -> Result<Self, String> {
+        if std::env::var("SIDETRACE_SKIP_E2E").is_ok_and(|v| v == "1") {
+            return Err("SIDETRACE_SKIP_E2E=1".into());
+        }
+        if !peers::is_root() {
+            return Err(
+                "network namespaces and iptables need root (run as root, e.g. sudo -E make ...)"
+                    .into(),
+            );
+        }
+        for tool in ["ip", "iptables", "iptables-restore"] {
+            if in_path(tool).is_none() {
+                return Err(format!(
+                    "`{tool}` not found: install iproute2 and iptables (apt-get install iproute2 iptables)"
+                ));
+            }
+        }
+        let dir = cargo_bin_dir().ok_or_else(|| {
+            "cannot find target/debug/sidetrace-demo-app next to this executable: run \
+             `cargo build -p sidetrace-e2e -p sidetrace-init -p sidetrace-proxy` \
+             (or set SIDETRACE_BIN_DIR)"
+                .to_owned()
+        })?;
+        let need = |name: &str| {
+            let p = dir.join(name);
+            if p.is_file() {
+                Ok(p)
+            } else {
+                Err(format!(
+                    "{} is missing: run `cargo build -p sidetrace-init -p sidetrace-proxy -p sidetrace-e2e`",
+                    p.display()
+                ))
+            }
+        };
+        let init = need("sidetrace-init")?;
+        let proxy = need("sidetrace-proxy")?;
+        let demo_app = need("sidetrace-demo-app")?;
+        let jaeger = peers::bin("jaeger");
+        let collector = if choice == CollectorChoice::PreferJaeger && jaeger.is_file() {
+            collector::Kind::Jaeger { bin: jaeger }
+        } else {
+            let java = in_path("java").ok_or_else(|| {
+                "`java` not found: the Zipkin server needs Java 17+ (apt-get install openjdk-17-jre-headless)"
+                    .to_owned()
+            })?;
+            let jar = peers::bin("zipkin.jar");
+            if !jar.is_file() {
+                return Err(format!(
+                    "{} is missing: run `e2e/peers.sh zipkin`",
+                    jar.display()
+                ));
+            }
+            collector::Kind::Zipkin { java, jar }
+        };
+        Ok(Self {
+            init,
+            proxy,
+            demo_app,
+            collector,
+        })
+    }
+}
+
+/// How to build the topology.
+#[derive(Clone, Copy, Debug)]
+pub struct Options {
+    /// Run `sidetrace-init` and `sidetrace-proxy` in the meshed pods (false: apps only, the
+    /// harness's own baseline).
+    pub sidecars: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self { sidecars: true }
+    }
+}
+
+struct Proc {
+    name: String,
+    child: Child,
+}
+
+/// A running topology. See the module docs.
+pub struct Topology {
+    prefix: String,
+    dir: PathBuf,
+    procs: Vec<Proc>,
+    namespaces: Vec<String>,
+    collector: Option<Collector>,
+    keep: AtomicBool,
+}
+
+impl fmt::Debug for Topology {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Topology")
+            .field("prefix", &self.prefix)
+            .field("dir", &self.dir)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Number of topologies this process has created (part of every namespace name).
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// The pid that created namespace `name`, when it is a data-plane namespace of ours
+/// (`st-<pid>-dp<n>-<pod>`).
+pub fn owner_pid(name: &str) -> Option<u32> {
+    let rest = name.strip_prefix("st-")?;
+    let (pid, rest) = rest.split_once('-')?;
+    let (n, pod) = rest.strip_prefix("dp")?.split_once('-')?;
+    if n.is_empty() || !n.bytes().all(|b| b.is_ascii_digit()) || pod.is_empty() {
+        return None;
+    }
+    pid.parse().ok()
+}
+
+fn remove_stale() {
+    for name in ns::list() {
+        if let Some(pid) = owner_pid(&name)
+            && !Path::new(&format!("/proc/{pid}")).exists()
+        {
+            ns::destroy(&name);
+        }
+    }
+}
+
+impl Topology {
+    /// Build the namespaces, start the collector and every pod, and wait until all are ready.
+    /// On failure everything started so far is torn down and the logs are kept.
+    pub async fn start(bins: &Binaries, opts: Options) -> Result<Self> {
+        remove_stale();
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let prefix = format!("st-{}-dp{n}", std::process::id());
+        let dir = std::env::temp_dir().join(format!("sidetrace-{prefix}"));
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        // The proxy (uid 1337) reads its config from here.
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))?;
+        }
+        let mut me = Self {
+            prefix,
+            dir,
+            procs: Vec::new(),
+            namespaces: Vec::new(),
+            collector: None,
+            keep: AtomicBool::new(false),
+        };
+        match me.build(bins, opts).await {
+            Ok(()) => Ok(me),
+            Err(e) => {
+                me.keep_logs();
+                Err(e.context(format!(
+                    "starting the topology (logs in {})",
+                    me.dir.display()
+                )))
+            }
+        }
+    }
+
+    async fn build(&mut self, bins: &Binaries, opts: Options) -> Result<()> {
+        let net = format!("{}-net", self.prefix);
+        self.add_namespace(&net)?;
+        ns::ip(&["-n", &net, "link", "add", "br0", "type", "bridge"])?;
+        ns::ip(&["-n", &net, "link", "set", "br0", "up"])?;
+        ns::ip(&["-n", &net, "link", "set", "lo", "up"])?;
+        for pod in [
+            Pod::Client,
+            Pod::Collector,
+            Pod::Front,
+            Pod::Service1,
+            Pod::Service2,
+        ] {
+            let pod_ns = self.ns(pod);
+            self.add_namespace(&pod_ns)?;
+            let veth = format!("v-{}", pod.name());
+            ns::ip(&[
+                "-n", &net, "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns",
+                &pod_ns,
+            ])?;
+            ns::ip(&["-n", &net, "link", "set", &veth, "master", "br0", "up"])?;
+            ns::ip(&[
+                "-n",
+                &pod_ns,
+                "addr",
+                "add",
+                &format!("{}/24", pod.ip()),
+                "dev",
+                "eth0",
+            ])?;
+            ns::ip(&["-n", &pod_ns, "link", "set", "eth0", "up"])?;
+            ns::ip(&["-n", &pod_ns, "link", "set", "lo", "up"])?;
+        }
+
+        let collector = Collector::start(
+            bins.collector.clone(),
+            &self.ns(Pod::Collector),
+            Pod::Collector.ip(),
+            &self.dir.join("collector.log"),
+        )
+        .await?;
+        let collector_url = collector.spans_url();
+        self.collector = Some(collector);
+
+        for pod in Pod::MESHED {
+            self.start_pod(bins, opts, pod, &collector_url).await?;
+        }
+        Ok(())
+    }
+
+    async fn start_pod(
+        &mut self,
+        bins: &Binaries,
+        opts: Options,
+        pod: Pod,
+        collector_url: &str,
+    ) -> Result<()> {
+        let pod_ns = self.ns(pod);
+        // The app first, checked on loopback inside the pod before any rule exists.
+        let mut app = Command::new(&bins.demo_app);
+        app.args(pod.app_args())
+            .env_clear()
+            .env("RUST_LOG", "info")
+            .uid(APP_UID)
+            .gid(APP_UID);
+        self.spawn(pod, "app", app)?;
+        let local = SocketAddr::from(([127, 0, 0, 1], APP_PORT));
+        self.wait_ok(&pod_ns, local, "/healthz", &format!("{pod}-app"))
+            .await?;
+        if !opts.sidecars {
+            return Ok(());
+        }
+
+        // The init container: real iptables in the pod's namespace.
+        let mut init = Command::new(&bins.init);
+        init.args(init_args())
+            .env_clear()
+            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin");
+        let out =
+            ns::output_in(&pod_ns, init).with_context(|| format!("sidetrace-init in {pod}"))?;
+        std::fs::write(self.dir.join(format!("{pod}-init.log")), out)?;
+
+        // The sidecar, as uid/gid 1337.
+        let config = match proxy_config_yaml(pod)? {
+            Some(yaml) => {
+                let path = self.dir.join(format!("{pod}-proxy.yaml"));
+                std::fs::write(&path, yaml)?;
+                Some(path)
+            }
+            None => None,
+        };
+        let mut proxy = Command::new(&bins.proxy);
+        proxy
+            .env_clear()
+            .envs(proxy_env(pod, collector_url, config.as_deref()))
+            .uid(defaults::PROXY_UID)
+            .gid(defaults::PROXY_GID);
+        self.spawn(pod, "proxy", proxy)?;
+        // Probed from outside the pod, as kubelet does.
+        let admin = SocketAddr::from((pod.ip(), defaults::ADMIN_PORT));
+        self.wait_ok(
+            &self.ns(Pod::Client),
+            admin,
+            "/ready",
+            &format!("{pod}-proxy"),
+        )
+        .await
+    }
+
+    fn add_namespace(&mut self, name: &str) -> Result<()> {
+        ns::ip(&["netns", "add", name])?;
+        self.namespaces.push(name.to_owned());
+        Ok(())
+    }
+
+    fn spawn(&mut self, pod: Pod, what: &str, mut cmd: Command) -> Result<()> {
+        let name = format!("{pod}-{what}");
+        let log = std::fs::File::create(self.dir.join(format!("{name}.log")))?;
+        cmd.stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        let child = ns::spawn_in(&self.ns(pod), cmd).with_context(|| format!("starting {name}"))?;
+        self.procs.push(Proc { name, child });
+        Ok(())
+    }
+
+    /// Fail with a log tail if a process has exited.
+    pub fn check_alive(&mut self) -> Result<()> {
+        for p in &mut self.procs {
+            if let Some(status) = p.child.try_wait()? {
+                bail!(
+                    "{} exited ({status}); log:\n{}",
+                    p.name,
+                    collector::tail(&self.dir.join(format!("{}.log", p.name)), 30)
+                );
+            }
+        }
+        Ok(())
+    }
+
+    async fn wait_ok(
+        &mut self,
+        from: &str,
+        addr: SocketAddr,
+        path: &str,
+        what: &str,
+    ) -> Result<()> {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            self.check_alive()?;
+            match client::get(from, addr, path, &[]).await {
+                Ok(r) if r.status.is_success() => return Ok(()),
+                Ok(r) if Instant::now() > deadline => {
+                    bail!("{what}: {path} answered {} {}", r.status, r.body)
+                }
+                Err(e) if Instant::now() > deadline => {
+                    return Err(e.context(format!("{what} not ready after {READY_TIMEOUT:?}")));
+                }
+                _ => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    }
+
+    /// The namespace of `pod`.
+    pub fn ns(&self, pod: Pod) -> String {
+        format!("{}-{}", self.prefix, pod.name())
+    }
+
+    /// The directory holding every process's log and the rendered proxy configs.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Keep the logs after drop (and print where they are).
+    pub fn keep_logs(&self) {
+        self.keep.store(true, Ordering::Relaxed);
+    }
+
+    /// The collector.
+    pub fn collector(&self) -> &Collector {
+        self.collector
+            .as_ref()
+            .expect("the collector exists once start() returned")
+    }
+
+    /// The collector, to stop and resume it.
+    pub fn collector_mut(&mut self) -> &mut Collector {
+        self.collector
+            .as_mut()
+            .expect("the collector exists once start() returned")
+    }
+
+    /// GET `path` on `to`'s app port from inside `from`, with extra headers.
+    pub async fn get(
+        &self,
+        from: Pod,
+        to: Pod,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<Reply> {
+        client::get(&self.ns(from), to.app(), path, headers).await
+    }
+
+    /// The last lines of a process's log (`front-proxy`, `service1-app`, `collector`, ...).
+    pub fn log_tail(&self, name: &str, n: usize) -> String {
+        collector::tail(&self.dir.join(format!("{name}.log")), n)
+    }
+}
+
+impl Drop for Topology {
+    fn drop(&mut self) {
+        while let Some(mut p) = self.procs.pop() {
+            let _ = p.child.kill();
+            let _ = p.child.wait();
+        }
+        drop(self.collector.take());
+        // Pods before the bridge namespace; destroy() also kills anything left inside.
+        while let Some(name) = self.namespaces.pop() {
+            ns::destroy(&name);
+        }
+        if std::thread::panicking() || self.keep.load(Ordering::Relaxed) {
+            eprintln!("data-plane logs kept in {}", self.dir.display());
+        } else {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recognises_only_data_plane_namespaces() {
+        assert_eq!(owner_pid("st-4242-dp0-front"), Some(4242));
+        assert_eq!(owner_pid("st-4242-dp13-net"), Some(4242));
+        assert_eq!(owner_pid("st-4242-cp"), None);
+        assert_eq!(owner_pid("st-4242-dp-front"), None);
+        assert_eq!(owner_pid("st-x-dp0-front"), None);
+        assert_eq!(owner_pid("other"), None);
+    }
+
+    #[test]
+    fn init_args_match_the_webhook() {
+        let a = init_args();
+        let pos = a
+            .iter()
+            .position(|x| x == "--exclude-inbound-ports")
+            .unwrap();
+        assert_eq!(a[pos + 1], "15021");
+        assert!(
+            a.windows(2)
+                .any(|w| w[0] == "--proxy-uid" && w[1] == "1337")
+        );
+    }
+
+    #[test]
+    fn service1_config_names_check_stock_outbound() {
+        let yaml = proxy_config_yaml(Pod::Service1).unwrap().unwrap();
+        let cfg = sidetrace_contract::ProxyConfig::from_yaml(&yaml).unwrap();
+        let rule = &cfg.operations[0];
+        assert_eq!(rule.name, "checkStock");
+        assert!(rule.matches(
+            sidetrace_contract::Direction::Outbound,
+            "GET",
+            "/trace/2",
+            "10.250.1.13:8080"
+        ));
+        assert!(cfg.exclude_paths.contains(&"/healthz".to_owned()));
+        assert!(proxy_config_yaml(Pod::Client).unwrap().is_none());
+    }
+
+    #[test]
+    fn routes_follow_the_sandbox() {
+        let a = Pod::Service1.app_args();
+        assert!(a.contains(&"/trace/1=http://10.250.1.13:8080/trace/2".to_owned()));
+        let env = proxy_env(Pod::Front, "http://10.250.1.5:9411/api/v2/spans", None);
+        assert!(env.contains(&(
+            "SIDETRACE_SERVICE_NAME".to_owned(),
+            "front-proxy".to_owned()
+        )));
+        assert!(!env.iter().any(|(k, _)| k == "SIDETRACE_CONFIG"));
+    }
+}

@@ -1,0 +1,486 @@
+//! The local end-to-end data plane: Envoy's tracing sandbox rebuilt from network-namespace
+//! pods (front-proxy → service1 → service2), each with real iptables from `sidetrace-init`
+//! and a real `sidetrace-proxy` running as uid 1337, spans posted to the real Zipkin server.
+//! See `sidetrace_e2e::netns` for the topology.
+//!
+//! Needs root, iptables, java, the Zipkin jar (`e2e/peers.sh zipkin`) and the workspace
+//! binaries (`cargo build -p sidetrace-init -p sidetrace-proxy -p sidetrace-e2e`). Without them
+//! each test prints `SKIP <test>: <reason>` — and fails instead under `CI=true`.
+//!
+//! Each test builds its own topology (own namespaces, own collector with empty storage), so a
+//! test sees exactly the traces it caused. Topologies are built one at a time: each starts a
+//! JVM, and the machine has two cores. Nothing here asserts a duration; every wait is a
+//! bounded poll that fails with what it last saw.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use http::{StatusCode, Version};
+use sidetrace_e2e::collector::{Span, render_tree};
+use sidetrace_e2e::controlplane::skip_or_fail;
+use sidetrace_e2e::netns::{
+    Binaries, CollectorChoice, Options, Pod, TCP_ECHO_PORT, Topology, client,
+};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+/// Upper bound for spans to reach the collector (1 s export interval, retries, a busy
+/// machine): a hang guard, not a timing assertion.
+const SPANS_WAIT: Duration = Duration::from_secs(45);
+
+/// One topology at a time (see the module docs). Tokio's mutex does not poison, so one failed
+/// test does not fail the rest.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// The topology for `test`, or `None` after printing why it is skipped.
+async fn topology(test: &str, opts: Options) -> Option<Topology> {
+    let bins = match Binaries::find(CollectorChoice::Zipkin) {
+        Ok(b) => b,
+        Err(reason) => {
+            skip_or_fail(test, &reason);
+            return None;
+        }
+    };
+    match Topology::start(&bins, opts).await {
+        Ok(t) => Some(t),
+        Err(e) => panic!("{test}: {e:#}"),
+    }
+}
+
+/// A fresh 128-bit trace id and 64-bit span id, unique per call.
+fn ids() -> (String, String) {
+    static N: AtomicU64 = AtomicU64::new(1);
+    let n = N.fetch_add(1, Ordering::Relaxed);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    let hi = nanos ^ (u64::from(std::process::id()) << 32);
+    (
+        format!(
+            "{hi:016x}{:016x}",
+            n.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1
+        ),
+        format!("{:016x}", (nanos.rotate_left(17) ^ n) | 1),
+    )
+}
+
+fn find<'a>(spans: &'a [Span], service: &str, kind: &str) -> &'a Span {
+    spans
+        .iter()
+        .find(|s| s.service() == service && s.kind() == kind)
+        .unwrap_or_else(|| panic!("no {service} {kind} span in\n{}", render_tree(spans)))
+}
+
+/// The sandbox's request path: front-proxy → service1 → (checkStock) → service2, five spans
+/// linked SERVER → CLIENT → SERVER → CLIENT → SERVER. Returns the front's SERVER span.
+fn assert_sandbox_trace(spans: &[Span]) -> Span {
+    let tree = render_tree(spans);
+    assert_eq!(spans.len(), 5, "five spans expected:\n{tree}");
+    let trace_id = &spans[0].trace_id;
+    assert!(
+        spans.iter().all(|s| &s.trace_id == trace_id),
+        "one trace id:\n{tree}"
+    );
+    let front_server = find(spans, "front-proxy", "SERVER");
+    let front_client = find(spans, "front-proxy", "CLIENT");
+    let s1_server = find(spans, "service1", "SERVER");
+    let s1_client = find(spans, "service1", "CLIENT");
+    let s2_server = find(spans, "service2", "SERVER");
+    let parent = |s: &Span| s.parent_id.clone();
+    assert_eq!(
+        parent(front_client),
+        Some(front_server.id.clone()),
+        "{tree}"
+    );
+    assert_eq!(parent(s1_server), Some(front_client.id.clone()), "{tree}");
+    assert_eq!(parent(s1_client), Some(s1_server.id.clone()), "{tree}");
+    assert_eq!(parent(s2_server), Some(s1_client.id.clone()), "{tree}");
+    // shared_span_context: false — every hop has its own span id.
+    let mut ids: Vec<&str> = spans.iter().map(|s| s.id.as_str()).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), 5, "distinct span ids:\n{tree}");
+    // Zipkin lower-cases names; the rule says checkStock.
+    assert!(
+        s1_client.name().eq_ignore_ascii_case("checkStock"),
+        "service1's outbound call is named by the operations rule:\n{tree}"
+    );
+    assert!(
+        front_client.name().eq_ignore_ascii_case("routeToService1"),
+        "front's outbound call is named by its rule:\n{tree}"
+    );
+    for s in spans {
+        assert_eq!(
+            s.tag("http.status_code"),
+            Some("200"),
+            "{} {} carries http.status_code:\n{tree}",
+            s.service(),
+            s.kind()
+        );
+        assert!(s.duration.is_some(), "durations recorded:\n{tree}");
+    }
+    front_server.clone()
+}
+
+/// All traces recorded for front-proxy, waiting until the newest has five spans.
+async fn wait_front_trace(t: &Topology) -> Vec<Vec<Span>> {
+    let deadline = std::time::Instant::now() + SPANS_WAIT;
+    loop {
+        let traces = t
+            .collector()
+            .traces("front-proxy", 50)
+            .await
+            .unwrap_or_default();
+        if traces.iter().any(|tr| tr.len() >= 5) {
+            // A short settle poll so late spans of the same trace are counted too.
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            return t
+                .collector()
+                .traces("front-proxy", 50)
+                .await
+                .expect("query traces");
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no complete front-proxy trace after {SPANS_WAIT:?}; have:\n{}\nfront proxy log:\n{}",
+            traces.iter().map(|t| render_tree(t)).collect::<String>(),
+            t.log_tail("front-proxy", 20)
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+#[tokio::test]
+async fn apps_alone_answer_across_the_bridge() {
+    let _serial = SERIAL.lock().await;
+    let Some(t) = topology(
+        "apps_alone_answer_across_the_bridge",
+        Options { sidecars: false },
+    )
+    .await
+    else {
+        return;
+    };
+    let r = t
+        .get(Pod::Client, Pod::Front, "/trace/1", &[])
+        .await
+        .expect("front answers");
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert!(r.body.contains("(front-proxy)"), "{}", r.body);
+    assert!(r.body.contains("(service1)"), "{}", r.body);
+    assert!(r.body.contains("(service2)"), "{}", r.body);
+    // The app copies the trace headers it gets, and only those.
+    let r = t
+        .get(
+            Pod::Client,
+            Pod::Service2,
+            "/headers",
+            &[("x-b3-traceid", "abc"), ("cookie", "secret")],
+        )
+        .await
+        .expect("service2 answers");
+    assert_eq!(r.body, "x-b3-traceid: abc\n");
+}
+
+#[tokio::test]
+async fn request_to_front_yields_one_linked_trace_per_hop() {
+    let _serial = SERIAL.lock().await;
+    let Some(t) = topology(
+        "request_to_front_yields_one_linked_trace_per_hop",
+        Options::default(),
+    )
+    .await
+    else {
+        return;
+    };
+    let r = t
+        .get(Pod::Client, Pod::Front, "/trace/1", &[])
+        .await
+        .expect("front answers through the sidecars");
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert!(r.body.contains("(service2)"), "{}", r.body);
+    let traces = wait_front_trace(&t).await;
+    assert_eq!(
+        traces.len(),
+        1,
+        "one request, one trace:\n{}",
+        traces.iter().map(|t| render_tree(t)).collect::<String>()
+    );
+    let root = assert_sandbox_trace(&traces[0]);
+    assert_eq!(
+        root.parent_id, None,
+        "a request without context starts a trace"
+    );
+    assert_eq!(root.trace_id.len(), 32, "128-bit trace ids by default");
+    eprintln!("{}", render_tree(&traces[0]));
+}
+
+#[tokio::test]
+async fn unsampled_requests_record_nothing() {
+    let _serial = SERIAL.lock().await;
+    let Some(t) = topology("unsampled_requests_record_nothing", Options::default()).await else {
+        return;
+    };
+    let (w3c_trace, w3c_span) = ids();
+    let traceparent = format!("00-{w3c_trace}-{w3c_span}-00");
+    for headers in [
+        vec![("x-b3-sampled", "0")],
+        vec![("b3", "0")],
+        vec![("traceparent", traceparent.as_str())],
+    ] {
+        let r = t
+            .get(Pod::Client, Pod::Front, "/trace/1", &headers)
+            .await
+            .expect("unsampled request answers");
+        assert_eq!(r.status, StatusCode::OK, "{headers:?}: {}", r.body);
+    }
+    // A sampled request after them is the barrier: once its trace is complete, every proxy
+    // has exported whatever it queued before it.
+    let (trace, span) = ids();
+    let r = t
+        .get(
+            Pod::Client,
+            Pod::Front,
+            "/trace/1",
+            &[
+                ("x-b3-traceid", &trace),
+                ("x-b3-spanid", &span),
+                ("x-b3-sampled", "1"),
+            ],
+        )
+        .await
+        .expect("sampled request answers");
+    assert_eq!(r.status, StatusCode::OK);
+    let spans = t
+        .collector()
+        .wait_trace(&trace, 5, SPANS_WAIT)
+        .await
+        .expect("the sampled barrier trace arrives");
+    assert_sandbox_trace(&spans);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    for service in ["front-proxy", "service1", "service2"] {
+        let traces = t.collector().traces(service, 50).await.expect("query");
+        assert_eq!(
+            traces.len(),
+            1,
+            "{service}: only the sampled request is recorded:\n{}",
+            traces.iter().map(|t| render_tree(t)).collect::<String>()
+        );
+    }
+    assert!(
+        t.collector()
+            .trace(&w3c_trace)
+            .await
+            .expect("query")
+            .is_empty()
+    );
+}
+
+#[tokio::test]
+async fn incoming_b3_context_is_continued() {
+    let _serial = SERIAL.lock().await;
+    let Some(t) = topology("incoming_b3_context_is_continued", Options::default()).await else {
+        return;
+    };
+    // Multi-header B3.
+    let (trace, span) = ids();
+    let r = t
+        .get(
+            Pod::Client,
+            Pod::Front,
+            "/trace/1",
+            &[
+                ("x-b3-traceid", &trace),
+                ("x-b3-spanid", &span),
+                ("x-b3-sampled", "1"),
+            ],
+        )
+        .await
+        .expect("answer");
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let spans = t
+        .collector()
+        .wait_trace(&trace, 5, SPANS_WAIT)
+        .await
+        .expect("trace continues the caller's id");
+    let root = assert_sandbox_trace(&spans);
+    assert_eq!(root.parent_id.as_deref(), Some(span.as_str()));
+
+    // Single-header B3, a 64-bit trace id.
+    let (trace, span) = ids();
+    let short = &trace[16..];
+    let b3 = format!("{short}-{span}-1");
+    let r = t
+        .get(Pod::Client, Pod::Front, "/trace/1", &[("b3", &b3)])
+        .await
+        .expect("answer");
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let spans = t
+        .collector()
+        .wait_trace(short, 5, SPANS_WAIT)
+        .await
+        .expect("trace continues the b3 single header's id");
+    let root = assert_sandbox_trace(&spans);
+    assert_eq!(root.parent_id.as_deref(), Some(span.as_str()));
+}
+
+#[tokio::test]
+async fn w3c_traceparent_is_honoured() {
+    let _serial = SERIAL.lock().await;
+    let Some(t) = topology("w3c_traceparent_is_honoured", Options::default()).await else {
+        return;
+    };
+    let (trace, span) = ids();
+    let traceparent = format!("00-{trace}-{span}-01");
+    let r = t
+        .get(
+            Pod::Client,
+            Pod::Front,
+            "/trace/1",
+            &[("traceparent", &traceparent), ("tracestate", "e2e=1")],
+        )
+        .await
+        .expect("answer");
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let spans = t
+        .collector()
+        .wait_trace(&trace, 5, SPANS_WAIT)
+        .await
+        .expect("trace continues the traceparent's id");
+    let root = assert_sandbox_trace(&spans);
+    assert_eq!(root.parent_id.as_deref(), Some(span.as_str()));
+}
+
+#[tokio::test]
+async fn collector_outage_fails_no_request_and_spans_resume() {
+    let _serial = SERIAL.lock().await;
+    let Some(mut t) = topology(
+        "collector_outage_fails_no_request_and_spans_resume",
+        Options::default(),
+    )
+    .await
+    else {
+        return;
+    };
+    t.collector_mut().stop();
+    for i in 0..10 {
+        let r = t
+            .get(Pod::Client, Pod::Front, "/trace/1", &[])
+            .await
+            .unwrap_or_else(|e| panic!("request {i} with the collector down: {e:#}"));
+        assert_eq!(r.status, StatusCode::OK, "request {i}: {}", r.body);
+    }
+    t.collector_mut()
+        .resume()
+        .await
+        .expect("the collector starts again");
+    let (trace, span) = ids();
+    let r = t
+        .get(
+            Pod::Client,
+            Pod::Front,
+            "/trace/1",
+            &[
+                ("x-b3-traceid", &trace),
+                ("x-b3-spanid", &span),
+                ("x-b3-sampled", "1"),
+            ],
+        )
+        .await
+        .expect("answer");
+    assert_eq!(r.status, StatusCode::OK);
+    let spans = t
+        .collector()
+        .wait_trace(&trace, 5, SPANS_WAIT)
+        .await
+        .expect("spans flow again once the collector is back");
+    assert_sandbox_trace(&spans);
+    t.check_alive().expect("every process survived the outage");
+}
+
+/// Read the echo's banner, send a line, read it back.
+async fn echo_round_trip(stream: tokio::net::TcpStream) -> (String, String) {
+    let (r, mut w) = stream.into_split();
+    let mut lines = BufReader::new(r).lines();
+    let banner = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
+        .await
+        .expect("banner within the hang guard")
+        .expect("read banner")
+        .unwrap_or_default();
+    w.write_all(b"ping through iptables\n")
+        .await
+        .expect("write");
+    let echo = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
+        .await
+        .expect("echo within the hang guard")
+        .expect("read echo")
+        .unwrap_or_default();
+    (banner, echo)
+}
+
+#[tokio::test]
+async fn opaque_tcp_and_http2_keep_working_through_interception() {
+    let _serial = SERIAL.lock().await;
+    let Some(mut t) = topology(
+        "opaque_tcp_and_http2_keep_working_through_interception",
+        Options::default(),
+    )
+    .await
+    else {
+        return;
+    };
+    let echo = SocketAddr::from((Pod::Service2.ip(), TCP_ECHO_PORT));
+    // Inbound capture only (the client has no sidecar): a server-speaks-first protocol.
+    let s = sidetrace_e2e::netns::ns::connect_in(&t.ns(Pod::Client), echo, Duration::from_secs(5))
+        .await
+        .expect("connect from the client");
+    let (banner, line) = echo_round_trip(s).await;
+    assert_eq!(banner, "service2 echo ready");
+    assert_eq!(line, "ping through iptables");
+    // Outbound capture in service1 (this thread is uid 0, not the proxy: captured) and then
+    // inbound capture in service2.
+    let s =
+        sidetrace_e2e::netns::ns::connect_in(&t.ns(Pod::Service1), echo, Duration::from_secs(5))
+            .await
+            .expect("connect from inside service1");
+    let (banner, line) = echo_round_trip(s).await;
+    assert_eq!(banner, "service2 echo ready");
+    assert_eq!(line, "ping through iptables");
+
+    // HTTP/2 with prior knowledge, inbound only and outbound + inbound, traced.
+    for from in [Pod::Client, Pod::Service1] {
+        let (trace, span) = ids();
+        let req = client::get_request(
+            Pod::Service2.app(),
+            "/trace/2",
+            &[
+                ("x-b3-traceid", &trace),
+                ("x-b3-spanid", &span),
+                ("x-b3-sampled", "1"),
+            ],
+            Version::HTTP_2,
+        )
+        .expect("request");
+        let r = client::send(&t.ns(from), Pod::Service2.app(), req)
+            .await
+            .unwrap_or_else(|e| panic!("h2c from {from}: {e:#}"));
+        assert_eq!(r.status, StatusCode::OK, "h2c from {from}: {}", r.body);
+        assert!(r.body.contains("(service2)"), "{}", r.body);
+        let want = if from == Pod::Client { 1 } else { 2 };
+        let spans = t
+            .collector()
+            .wait_trace(&trace, want, SPANS_WAIT)
+            .await
+            .unwrap_or_else(|e| panic!("h2c from {from} is traced: {e:#}"));
+        let server = find(&spans, "service2", "SERVER");
+        if from == Pod::Service1 {
+            let client = find(&spans, "service1", "CLIENT");
+            assert_eq!(server.parent_id.as_deref(), Some(client.id.as_str()));
+            assert_eq!(client.parent_id.as_deref(), Some(span.as_str()));
+        } else {
+            assert_eq!(server.parent_id.as_deref(), Some(span.as_str()));
+        }
+    }
+    t.check_alive().expect("every process is still running");
+}
