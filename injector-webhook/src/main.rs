@@ -106,6 +106,31 @@ struct Args {
         default_value = "info"
     )]
     proxy_log_level: String,
+    /// imagePullPolicy of the injected containers (Always, IfNotPresent, Never).
+    #[arg(long, env = "SIDETRACE_INJECTOR_IMAGE_PULL_POLICY", default_value = "IfNotPresent",
+          value_parser = ["Always", "IfNotPresent", "Never"])]
+    image_pull_policy: String,
+    /// Sampling rate (0..1) given to proxies unless a pod's sidetrace.dev/sampling says
+    /// otherwise; a matched TracedService's rendered config wins inside the proxy.
+    #[arg(long, env = "SIDETRACE_INJECTOR_SAMPLING", default_value_t = defaults::SAMPLING_RATE,
+          value_parser = parse_rate)]
+    sampling: f64,
+    /// Proxy CPU request (a pod's sidetrace.dev/proxy-cpu overrides it and also sets a limit).
+    #[arg(long, env = "SIDETRACE_INJECTOR_PROXY_CPU_REQUEST", default_value = defaults::PROXY_CPU_REQUEST,
+          value_parser = parse_quantity)]
+    proxy_cpu_request: String,
+    /// Proxy memory request (a pod's sidetrace.dev/proxy-memory overrides request and limit).
+    #[arg(long, env = "SIDETRACE_INJECTOR_PROXY_MEMORY_REQUEST", default_value = defaults::PROXY_MEMORY_REQUEST,
+          value_parser = parse_quantity)]
+    proxy_memory_request: String,
+    /// Proxy memory limit.
+    #[arg(long, env = "SIDETRACE_INJECTOR_PROXY_MEMORY_LIMIT", default_value = defaults::PROXY_MEMORY_LIMIT,
+          value_parser = parse_quantity)]
+    proxy_memory_limit: String,
+    /// The injector's own log filter (a tracing EnvFilter directive such as `info` or
+    /// `sidetrace_injector=debug`).
+    #[arg(long, env = "SIDETRACE_INJECTOR_LOG_LEVEL", default_value = "info")]
+    log_level: String,
     /// Classic mode: the proxy's postStart command that returns once the proxy is ready
     /// (whitespace-separated; empty for no hold).
     #[arg(long, env = "SIDETRACE_INJECTOR_PROXY_HOLD_COMMAND", default_value_t = DEFAULT_HOLD_COMMAND.join(" "))]
@@ -132,14 +157,35 @@ struct Args {
     cache_sync_timeout_secs: u64,
 }
 
+fn parse_rate(raw: &str) -> Result<f64, String> {
+    sidetrace_injector::overrides::parse_sampling(raw).map_err(|e| format!("{raw:?} {e}"))
+}
+
+fn parse_quantity(raw: &str) -> Result<String, String> {
+    sidetrace_injector::overrides::parse_quantity(raw).map_err(|e| format!("{raw:?} {e}"))
+}
+
 fn main() {
-    let args = Args::parse();
+    let args = match Args::try_parse() {
+        Ok(a) => a,
+        Err(e) => {
+            // --help and --version are not errors; every other parse failure is bad config.
+            let code = if e.use_stderr() { EXIT_CONFIG } else { 0 };
+            let _ = e.print();
+            std::process::exit(code);
+        }
+    };
+    let filter = match tracing_subscriber::EnvFilter::try_new(&args.log_level) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("sidetrace-injector: --log-level {:?}: {e}", args.log_level);
+            std::process::exit(EXIT_CONFIG);
+        }
+    };
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
+        .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     if !sidetrace_injector::overrides::LOG_LEVELS.contains(&args.proxy_log_level.as_str()) {
         eprintln!(
@@ -260,6 +306,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
         proxy_uid: i64::from(args.proxy_uid),
         proxy_gid: i64::from(args.proxy_gid),
         log_level: args.proxy_log_level,
+        image_pull_policy: args.image_pull_policy,
+        sampling: args.sampling,
+        proxy_cpu_request: args.proxy_cpu_request,
+        proxy_memory_request: args.proxy_memory_request,
+        proxy_memory_limit: args.proxy_memory_limit,
         hold_command: args
             .proxy_hold_command
             .split_whitespace()

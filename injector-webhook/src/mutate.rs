@@ -87,7 +87,7 @@ pub fn mutate(pod: &Pod, ctx: PodContext<'_>, settings: &Settings) -> Mutation {
     let resolved = Resolved {
         service_name,
         collector,
-        sampling: overrides.sampling,
+        sampling: overrides.sampling.unwrap_or(settings.sampling),
         log_level: overrides
             .log_level
             .clone()

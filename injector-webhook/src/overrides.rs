@@ -145,7 +145,8 @@ fn parse_service_name(raw: &str) -> Result<String, String> {
     Ok(v.to_owned())
 }
 
-fn parse_sampling(raw: &str) -> Result<f64, String> {
+/// A sampling rate in 0..=1.
+pub fn parse_sampling(raw: &str) -> Result<f64, String> {
     let rate: f64 = raw
         .trim()
         .parse()
@@ -211,7 +212,7 @@ fn parse_cidrs(raw: &str) -> Result<Vec<String>, String> {
 
 /// A Kubernetes resource quantity: a positive decimal with an optional SI, binary or exponent
 /// suffix (`100m`, `0.5`, `64Mi`, `1e3`).
-fn parse_quantity(raw: &str) -> Result<String, String> {
+pub fn parse_quantity(raw: &str) -> Result<String, String> {
     const PROBLEM: &str = "is not a Kubernetes quantity (e.g. 100m, 0.5, 64Mi)";
     let v = raw.trim();
     let body = v.strip_prefix('+').unwrap_or(v);

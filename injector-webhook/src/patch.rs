@@ -56,9 +56,9 @@ pub struct Resolved {
     pub service_name: String,
     /// Collector endpoint.
     pub collector: String,
-    /// Sampling rate set from the pod's annotation; `None` leaves it to the mounted config or
-    /// the proxy's default, so TracedService changes apply without a restart.
-    pub sampling: Option<f64>,
+    /// Sampling rate: the pod's annotation, else the injector's default. (Inside the proxy a
+    /// mounted TracedService config's rate takes precedence and hot-reloads.)
+    pub sampling: f64,
     /// Proxy log level.
     pub log_level: String,
     /// Matched TracedService and the ConfigMap rendered from it.
@@ -129,7 +129,7 @@ pub fn init_container(settings: &Settings, resolved: &Resolved) -> Value {
     json!({
         "name": names::INIT_CONTAINER_NAME,
         "image": settings.init_image,
-        "imagePullPolicy": "IfNotPresent",
+        "imagePullPolicy": settings.image_pull_policy,
         "args": args,
         "resources": {
             "requests": {"cpu": INIT_CPU_REQUEST, "memory": INIT_MEMORY_REQUEST},
@@ -164,9 +164,7 @@ pub fn proxy_container(settings: &Settings, resolved: &Resolved) -> Value {
         json!({"name": names::env::SERVICE_NAME, "value": resolved.service_name}),
         json!({"name": names::env::COLLECTOR, "value": resolved.collector}),
     ];
-    if let Some(rate) = resolved.sampling {
-        env.push(json!({"name": names::env::SAMPLING, "value": rate.to_string()}));
-    }
+    env.push(json!({"name": names::env::SAMPLING, "value": resolved.sampling.to_string()}));
     env.push(json!({"name": names::env::LOG_LEVEL, "value": resolved.log_level}));
     if resolved.traced_service.is_some() {
         env.push(json!({"name": names::env::CONFIG, "value": config_path()}));
@@ -177,19 +175,19 @@ pub fn proxy_container(settings: &Settings, resolved: &Resolved) -> Value {
     let mut requests = BTreeMap::new();
     let mut limits = BTreeMap::new();
     let cpu = o.proxy_cpu.as_deref();
-    requests.insert("cpu", cpu.unwrap_or(defaults::PROXY_CPU_REQUEST));
+    requests.insert("cpu", cpu.unwrap_or(&settings.proxy_cpu_request));
     if let Some(cpu) = cpu {
         limits.insert("cpu", cpu);
     }
     let memory = o.proxy_memory.as_deref();
-    requests.insert("memory", memory.unwrap_or(defaults::PROXY_MEMORY_REQUEST));
-    limits.insert("memory", memory.unwrap_or(defaults::PROXY_MEMORY_LIMIT));
+    requests.insert("memory", memory.unwrap_or(&settings.proxy_memory_request));
+    limits.insert("memory", memory.unwrap_or(&settings.proxy_memory_limit));
 
     let http_get = |path: &str| json!({"path": path, "port": settings.admin_port});
     let mut c = json!({
         "name": names::PROXY_CONTAINER_NAME,
         "image": settings.proxy_image,
-        "imagePullPolicy": "IfNotPresent",
+        "imagePullPolicy": settings.image_pull_policy,
         "ports": [{"name": ADMIN_PORT_NAME, "containerPort": settings.admin_port, "protocol": "TCP"}],
         "env": env,
         "resources": {"requests": requests, "limits": limits},
@@ -336,7 +334,7 @@ mod tests {
         Resolved {
             service_name: "web".into(),
             collector: defaults::COLLECTOR_ENDPOINT.into(),
-            sampling: None,
+            sampling: 1.0,
             log_level: "info".into(),
             traced_service: None,
             overrides: Overrides::default(),
@@ -412,7 +410,7 @@ mod tests {
             };
             let r = Resolved {
                 traced_service: Some("ts".into()),
-                sampling: Some(0.5),
+                sampling: 0.5,
                 ..resolved()
             };
             for c in [

@@ -45,6 +45,17 @@ pub struct Settings {
     pub proxy_gid: i64,
     /// Proxy log level when no annotation overrides it.
     pub log_level: String,
+    /// `imagePullPolicy` of both injected containers.
+    pub image_pull_policy: String,
+    /// Sampling rate passed to the proxy when no annotation overrides it (a TracedService's
+    /// rendered config takes precedence inside the proxy).
+    pub sampling: f64,
+    /// Proxy CPU request when no annotation overrides it.
+    pub proxy_cpu_request: String,
+    /// Proxy memory request when no annotation overrides it.
+    pub proxy_memory_request: String,
+    /// Proxy memory limit when no annotation overrides it.
+    pub proxy_memory_limit: String,
     /// Classic mode: the command of the proxy's postStart hook, which returns once the proxy
     /// is ready so that the kubelet starts the app containers only then. Empty: no hook.
     pub hold_command: Vec<String>,
@@ -68,6 +79,11 @@ impl Default for Settings {
             proxy_uid: i64::from(defaults::PROXY_UID),
             proxy_gid: i64::from(defaults::PROXY_GID),
             log_level: "info".into(),
+            image_pull_policy: "IfNotPresent".into(),
+            sampling: defaults::SAMPLING_RATE,
+            proxy_cpu_request: defaults::PROXY_CPU_REQUEST.into(),
+            proxy_memory_request: defaults::PROXY_MEMORY_REQUEST.into(),
+            proxy_memory_limit: defaults::PROXY_MEMORY_LIMIT.into(),
             hold_command: DEFAULT_HOLD_COMMAND
                 .iter()
                 .map(|s| (*s).to_owned())

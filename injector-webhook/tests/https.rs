@@ -401,3 +401,56 @@ async fn sigterm_turns_unready_keeps_serving_then_exits() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+#[test]
+fn bad_configuration_exits_64_before_binding() {
+    let dir = TempDir::new("badcfg");
+    let missing = dir.0.join("missing.pem");
+    let garbage = dir.0.join("garbage.pem");
+    std::fs::write(&garbage, "not a certificate").expect("write");
+    let cases: Vec<Vec<String>> = vec![
+        vec![
+            "--tls-cert".into(),
+            missing.display().to_string(),
+            "--tls-key".into(),
+            missing.display().to_string(),
+        ],
+        vec![
+            "--tls-cert".into(),
+            garbage.display().to_string(),
+            "--tls-key".into(),
+            garbage.display().to_string(),
+        ],
+        vec!["--plain-http".into(), "--sampling".into(), "2".into()],
+        vec![
+            "--plain-http".into(),
+            "--proxy-memory-limit".into(),
+            "lots".into(),
+        ],
+        vec![
+            "--plain-http".into(),
+            "--native-sidecars".into(),
+            "maybe".into(),
+        ],
+        vec!["--listen".into(), "127.0.0.1:0".into()],
+    ];
+    for args in cases {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_sidetrace-injector"))
+            .args(&args)
+            .args(
+                ["--watch-traced-services=false", "--native-sidecars=false"]
+                    .iter()
+                    .filter(|_| !args.contains(&"--native-sidecars".to_owned())),
+            )
+            .env("KUBECONFIG", dir.0.join("none"))
+            .output()
+            .expect("run");
+        assert_eq!(
+            out.status.code(),
+            Some(64),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.stdout.is_empty(), "{args:?} bound a port");
+    }
+}

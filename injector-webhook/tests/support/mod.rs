@@ -93,7 +93,7 @@ impl Injector {
             .env("KUBECONFIG", dir.0.join("no-such-kubeconfig"))
             .env_remove("KUBERNETES_SERVICE_HOST")
             .env_remove("KUBERNETES_SERVICE_PORT")
-            .env("RUST_LOG", "error")
+            .args(["--log-level", "error"])
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
