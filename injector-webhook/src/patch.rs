@@ -27,7 +27,7 @@ use json_patch::{AddOperation, PatchOperation};
 use k8s_openapi::api::core::v1::Pod;
 use serde::Serialize;
 use serde_json::{Value, json};
-use sidetrace_contract::{defaults, names};
+use sidetrace_contract::names;
 
 use crate::overrides::Overrides;
 use crate::settings::{Settings, SidecarMode};
@@ -333,7 +333,7 @@ mod tests {
     fn resolved() -> Resolved {
         Resolved {
             service_name: "web".into(),
-            collector: defaults::COLLECTOR_ENDPOINT.into(),
+            collector: sidetrace_contract::defaults::COLLECTOR_ENDPOINT.into(),
             sampling: 1.0,
             log_level: "info".into(),
             traced_service: None,
