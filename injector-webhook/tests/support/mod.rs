@@ -77,6 +77,19 @@ impl Drop for Injector {
 impl Injector {
     /// Starts the binary over HTTPS with `cert`, plus `extra` flags, without cluster access.
     pub fn start(cert: &Cert, extra: &[&str]) -> Self {
+        Self::start_inner(cert, extra, None)
+    }
+
+    /// Like [`Injector::start`], with a kubeconfig.
+    pub fn start_with_kubeconfig(
+        cert: &Cert,
+        extra: &[&str],
+        kubeconfig: &std::path::Path,
+    ) -> Self {
+        Self::start_inner(cert, extra, Some(kubeconfig))
+    }
+
+    fn start_inner(cert: &Cert, extra: &[&str], kubeconfig: Option<&std::path::Path>) -> Self {
         let dir = TempDir::new("https");
         let cert_path = dir.0.join("tls.crt");
         let key_path = dir.0.join("tls.key");
@@ -90,7 +103,13 @@ impl Injector {
             .args(["--tls-reload-interval-ms", "100"])
             .args(extra)
             // No cluster: the webhook must log that and serve without TracedServices.
-            .env("KUBECONFIG", dir.0.join("no-such-kubeconfig"))
+            .env(
+                "KUBECONFIG",
+                kubeconfig.map_or_else(
+                    || dir.0.join("no-such-kubeconfig"),
+                    std::path::Path::to_path_buf,
+                ),
+            )
             .env_remove("KUBERNETES_SERVICE_HOST")
             .env_remove("KUBERNETES_SERVICE_PORT")
             .args(["--log-level", "error"])
