@@ -124,6 +124,9 @@ pub fn effective_config(shared: &Shared) -> serde_json::Value {
         "outboundForwardTo": a.outbound_forward_to.map(|s| s.to_string()),
         "configFile": a.config.as_ref().map(|p| p.display().to_string()),
         "podIp": a.pod_ip.map(|ip| ip.to_string()),
+        "podName": a.pod_name,
+        "podNamespace": a.pod_namespace,
+        "logLevel": a.log_level,
         "detectTimeoutMs": ms(a.detect_timeout),
         "drainTimeoutMs": ms(a.drain_timeout),
         "headerReadTimeoutMs": ms(a.header_read_timeout),
@@ -137,6 +140,8 @@ pub fn effective_config(shared: &Shared) -> serde_json::Value {
         "reloadIntervalMs": ms(a.reload_interval),
         "serviceName": live.tracer.service_name,
         "samplingRate": live.tracer.sampling_rate,
+        "propagation": live.tracer.formats,
+        "tags": live.tracer.tags,
         "collector": live.collector.to_string(),
         "file": serde_json::to_value(&live.file).unwrap_or(serde_json::Value::Null),
     })

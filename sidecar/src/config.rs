@@ -55,9 +55,18 @@ pub struct Args {
     /// Log filter (error, warn, info, debug, trace, or a tracing EnvFilter directive).
     #[arg(long, env = env::LOG_LEVEL, default_value = "info")]
     pub log_level: String,
+    /// Log line format.
+    #[arg(long, env = "SIDETRACE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
     /// Pod IP reported as the span's localEndpoint.ipv4.
     #[arg(long, env = env::POD_IP)]
     pub pod_ip: Option<IpAddr>,
+    /// Pod name, added to every span as tag `k8s.pod.name` (the file's `tags` win on a clash).
+    #[arg(long, env = env::POD_NAME)]
+    pub pod_name: Option<String>,
+    /// Pod namespace, added to every span as tag `k8s.namespace.name`.
+    #[arg(long, env = env::POD_NAMESPACE)]
+    pub pod_namespace: Option<String>,
     /// Explicit mode: send inbound connections that were not redirected by iptables here
     /// instead of refusing them (component tests on loopback, local runs).
     #[arg(long, env = "SIDETRACE_INBOUND_FORWARD_TO")]
@@ -102,6 +111,15 @@ pub struct Args {
     /// Tokio worker threads (a sidecar should not take every core of the node).
     #[arg(long, env = "SIDETRACE_WORKER_THREADS", default_value_t = 2)]
     pub worker_threads: usize,
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line (for log pipelines).
+    Json,
 }
 
 /// Parses `250ms`, `2s`, `1m` or a bare number of seconds.

@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use sidetrace_proxy::config::{Args, Settings};
+use sidetrace_proxy::config::{Args, LogFormat, Settings};
 
 /// Exit code for bad configuration (sysexits EX_USAGE).
 const EXIT_CONFIG: u8 = 64;
@@ -28,10 +28,13 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match args.log_format {
+        LogFormat::Text => logs.init(),
+        LogFormat::Json => logs.json().init(),
+    }
     let settings = match Settings::from_args(args) {
         Ok(s) => s,
         Err(e) => {

@@ -19,6 +19,10 @@ use crate::upstream::Upstream;
 
 /// Service name when neither the flag nor the file names one (OpenTelemetry's convention).
 pub const UNKNOWN_SERVICE: &str = "unknown_service";
+/// Span tag carrying the pod name (OpenTelemetry semantic convention).
+pub const POD_NAME_TAG: &str = "k8s.pod.name";
+/// Span tag carrying the pod namespace (OpenTelemetry semantic convention).
+pub const POD_NAMESPACE_TAG: &str = "k8s.namespace.name";
 
 /// The configuration that hot-reloads: the config file and what is derived from it.
 #[derive(Debug, Clone)]
@@ -44,13 +48,21 @@ impl Live {
             .clone()
             .or_else(|| args.service_name.clone())
             .unwrap_or_else(|| UNKNOWN_SERVICE.to_string());
+        let mut tags = std::collections::BTreeMap::new();
+        if let Some(name) = &args.pod_name {
+            tags.insert(POD_NAME_TAG.to_owned(), name.clone());
+        }
+        if let Some(ns) = &args.pod_namespace {
+            tags.insert(POD_NAMESPACE_TAG.to_owned(), ns.clone());
+        }
+        tags.extend(file.tags.clone());
         let tracer = TracerConfig {
             service_name,
             sampling_rate: file.sampling_rate.unwrap_or(args.sampling),
             formats: file.propagation_formats().to_vec(),
             operations: file.operations.clone(),
             exclude_paths: file.exclude_paths.clone(),
-            tags: file.tags.clone(),
+            tags,
             local_ipv4: match args.pod_ip {
                 Some(std::net::IpAddr::V4(ip)) => Some(ip),
                 _ => None,
@@ -144,5 +156,67 @@ impl Shared {
         async move {
             let _ = rx.wait_for(|v| *v).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn settings(flags: &[&str]) -> Settings {
+        let mut v = vec!["sidetrace-proxy"];
+        v.extend_from_slice(flags);
+        Settings::from_args(crate::config::Args::try_parse_from(v).expect("flags")).expect("valid")
+    }
+
+    #[test]
+    fn the_file_wins_over_flags_and_pod_tags_are_added() {
+        let s = settings(&[
+            "--service-name",
+            "from-flag",
+            "--sampling",
+            "0.5",
+            "--pod-ip",
+            "10.1.2.3",
+            "--pod-name",
+            "cart-7d9",
+            "--pod-namespace",
+            "shop",
+        ]);
+        let file = ProxyConfig::from_yaml(
+            "serviceName: from-file\ncollector: http://zipkin:9411/api/v2/spans\ntags: {k8s.pod.name: override, team: a}\n",
+        )
+        .expect("file");
+        let live = Live::build(&s, file).expect("live");
+        assert_eq!(live.tracer.service_name, "from-file");
+        assert_eq!(live.tracer.sampling_rate, 0.5);
+        assert_eq!(
+            live.collector.to_string(),
+            "http://zipkin:9411/api/v2/spans"
+        );
+        assert_eq!(
+            live.tracer.local_ipv4,
+            Some(std::net::Ipv4Addr::new(10, 1, 2, 3))
+        );
+        assert_eq!(live.tracer.tags["k8s.pod.name"], "override");
+        assert_eq!(live.tracer.tags["k8s.namespace.name"], "shop");
+        assert_eq!(live.tracer.tags["team"], "a");
+    }
+
+    #[test]
+    fn flags_apply_when_the_file_is_silent() {
+        let s = settings(&["--sampling", "0.25"]);
+        let live = Live::build(&s, ProxyConfig::default()).expect("live");
+        assert_eq!(live.tracer.service_name, UNKNOWN_SERVICE);
+        assert_eq!(live.tracer.sampling_rate, 0.25);
+        assert_eq!(
+            live.collector.to_string(),
+            sidetrace_contract::defaults::COLLECTOR_ENDPOINT
+        );
+        assert_eq!(
+            live.tracer.formats,
+            sidetrace_contract::proxy_config::DEFAULT_PROPAGATION
+        );
     }
 }
