@@ -154,7 +154,7 @@ pub struct Settings {
     pub collector_flag: http::Uri,
     /// The config file as first read (empty default when there is no `--config`).
     pub file: ProxyConfig,
-    /// The file's text as first read, so the watcher can tell a change.
+    /// The file's text as first read, so the watcher can tell a change (None: no file yet).
     pub file_text: Option<String>,
 }
 
@@ -238,14 +238,24 @@ impl Settings {
         }
         let (file, file_text) = match &args.config {
             None => (ProxyConfig::default(), None),
-            Some(path) => {
-                let text = std::fs::read_to_string(path).map_err(|e| {
-                    Error::config("--config", format!("cannot read {}: {e}", path.display()))
-                })?;
-                let file = parse_file(&text)
-                    .map_err(|r| Error::config(format!("--config {}", path.display()), r))?;
-                (file, Some(text))
-            }
+            Some(path) => match std::fs::read_to_string(path) {
+                // The injector mounts the ConfigMap as optional: before the operator renders
+                // it the file is absent. Start on the flags and pick the file up when it lands.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    (ProxyConfig::default(), None)
+                }
+                Err(e) => {
+                    return Err(Error::config(
+                        "--config",
+                        format!("cannot read {}: {e}", path.display()),
+                    ));
+                }
+                Ok(text) => {
+                    let file = parse_file(&text)
+                        .map_err(|r| Error::config(format!("--config {}", path.display()), r))?;
+                    (file, Some(text))
+                }
+            },
         };
         Ok(Self {
             args,
@@ -349,7 +359,7 @@ mod tests {
                 &["--inbound-forward-to", "0.0.0.0:80"],
                 "--inbound-forward-to",
             ),
-            (&["--config", "/nonexistent/sidetrace.yaml"], "--config"),
+            (&["--config", "/"], "--config"),
             (&["--service-name", " "], "--service-name"),
         ];
         for (flags, name) in cases {
@@ -373,6 +383,10 @@ mod tests {
         let s = Settings::from_args(args(&["--config", &p])).expect("valid file");
         assert_eq!(s.file.service_name.as_deref(), Some("cart"));
         assert!(s.file_text.is_some());
+        std::fs::remove_file(&path).expect("remove");
+        let s = Settings::from_args(args(&["--config", &p])).expect("a missing file is not fatal");
+        assert_eq!(s.file, ProxyConfig::default());
+        assert!(s.file_text.is_none());
         let _ = std::fs::remove_dir_all(&dir);
     }
 

@@ -53,6 +53,9 @@ pub async fn run(settings: Settings) -> Result<()> {
         Arc::clone(&shared),
     ));
     if let Some(path) = file_path {
+        if file_text.is_none() {
+            tracing::warn!(path = %path.display(), "config file not present yet; running on flags until it appears");
+        }
         tokio::spawn(crate::reload::watch(Arc::clone(&shared), path, file_text));
     }
     shared.set_ready();

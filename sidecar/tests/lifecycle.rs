@@ -49,7 +49,7 @@ async fn bad_configuration_exits_64_naming_the_flag_or_field() {
         (vec!["--drain-timeout", "soon"], "--drain-timeout"),
         (vec!["--config", &bad_file], "samplingRate"),
         (vec!["--config", &unknown], "servicename"),
-        (vec!["--config", "/nonexistent/proxy.yaml"], "--config"),
+        (vec!["--config", "/"], "--config"),
         (vec!["--log-level", "foo=notalevel"], "--log-level"),
     ];
     for (args, needle) in cases {
@@ -395,4 +395,37 @@ async fn garbage_oversized_headers_half_close_and_slowloris_do_not_hurt_the_prox
         admin_get(proxy.admin, "/healthz").await.expect("healthz").0,
         200
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_config_file_that_appears_later_is_picked_up() {
+    let app = App::http1().await;
+    let collector = Collector::start().await;
+    let config = write_config("late", "");
+    std::fs::remove_file(&config).expect("remove");
+    let proxy = Proxy::start(ProxyOpts {
+        inbound_to: Some(app.addr),
+        collector: Some(collector.endpoint()),
+        config: Some(config.clone()),
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(get(proxy.inbound, "/x", &[]).await.expect("first").0, 200);
+    assert_eq!(collector.wait_spans(1).await[0]["name"], "GET /x");
+    std::fs::write(&config, "operations: [{name: late-rule}]\n").expect("write");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while proxy
+        .metric("sidetrace_proxy_config_reloads_total{result=\"ok\"}")
+        .await
+        < 1.0
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "file never picked up:\n{}",
+            proxy.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(get(proxy.inbound, "/x", &[]).await.expect("second").0, 200);
+    assert_eq!(collector.wait_spans(2).await[1]["name"], "late-rule");
 }
