@@ -205,26 +205,23 @@ pub async fn proxy(
     match result {
         Err(e) => {
             shared.metrics.upstream_error(conn.direction);
+            tracing::warn!(direction = ?conn.direction, upstream = %conn.upstream, error = %e, "upstream request failed");
+            let resp = upstream_failure_response(grpc);
+            let status = resp.status().as_u16();
             shared
                 .metrics
-                .request(conn.direction, Some(502), grpc, started.elapsed());
-            tracing::warn!(direction = ?conn.direction, upstream = %conn.upstream, error = %e, "upstream request failed");
-            let reason = e.to_string();
+                .request(conn.direction, Some(status), grpc, started.elapsed());
             if let Some(hop) = hop {
                 let info = ResponseInfo {
-                    status: Some(502),
-                    grpc_status: None,
+                    status: Some(status),
+                    grpc_status: grpc.then(|| GRPC_UNAVAILABLE.to_owned()),
                     response_size: None,
-                    error: Some(reason),
+                    error: Some(e.to_string()),
                 };
                 if let Some(span) = hop.finish_after(&info, started.elapsed()) {
                     shared.export.record(span);
                 }
             }
-            let mut resp = Response::new(full("upstream connect error or disconnect\n"));
-            *resp.status_mut() = StatusCode::BAD_GATEWAY;
-            resp.headers_mut()
-                .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
             Ok(resp)
         }
         Ok(mut resp) => {
@@ -259,6 +256,38 @@ pub async fn proxy(
             }))
         }
     }
+}
+
+/// gRPC status UNAVAILABLE, what a gRPC client retries on.
+const GRPC_UNAVAILABLE: &str = "14";
+
+/// The local reply when the upstream cannot be reached: 502 for HTTP; for gRPC a
+/// "trailers-only" 200 with `grpc-status: 14` (UNAVAILABLE), as Envoy does, because gRPC
+/// clients read the status from `grpc-status`, not from the HTTP status.
+pub fn upstream_failure_response(grpc: bool) -> Response<Body> {
+    let mut resp = Response::new(full(if grpc {
+        Bytes::new()
+    } else {
+        Bytes::from_static(b"upstream connect error or disconnect\n")
+    }));
+    if !grpc {
+        *resp.status_mut() = StatusCode::BAD_GATEWAY;
+    }
+    let h = resp.headers_mut();
+    if grpc {
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/grpc"),
+        );
+        h.insert("grpc-status", HeaderValue::from_static(GRPC_UNAVAILABLE));
+        h.insert(
+            "grpc-message",
+            HeaderValue::from_static("upstream connect error or disconnect"),
+        );
+    } else {
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    }
+    resp
 }
 
 fn finish(

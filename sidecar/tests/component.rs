@@ -614,3 +614,30 @@ async fn connect_tunnels_pass_through() {
     assert_eq!(app.seen()[0].method, "CONNECT");
     assert_eq!(app.seen()[0].uri, "db.internal:5432");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_to_an_unreachable_upstream_gets_grpc_status_unavailable() {
+    let collector = Collector::start().await;
+    let proxy = Proxy::start(ProxyOpts {
+        outbound_to: Some(loopback(free_port())),
+        collector: Some(collector.endpoint()),
+        ..Default::default()
+    })
+    .await;
+    let mut tx = h2_client(proxy.outbound).await;
+    let req = Request::builder()
+        .method("POST")
+        .uri("http://payments:50051/grpc.Payments/Charge")
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(Full::new(Bytes::from_static(&[0, 0, 0, 0, 0])))
+        .expect("req");
+    let resp = tx.send_request(req).await.expect("response");
+    assert_eq!(resp.status(), 200);
+    assert_eq!(header(resp.headers(), "grpc-status"), "14");
+    assert_eq!(header(resp.headers(), "content-type"), "application/grpc");
+    let s = &collector.wait_spans(1).await[0];
+    assert_eq!(s["kind"], "CLIENT");
+    assert_eq!(tag(s, "grpc.status_code"), "14");
+    assert!(tag(s, "error").contains("connect"), "{s}");
+}
