@@ -390,6 +390,17 @@ check() {
 	echo "disk: bin $(du_mb "$BIN")MB, go build cache $(du_mb "$GOCACHE")MB, src $(du_mb "$SRC")MB"
 }
 
+# locked NAME CMD... — one installer per peer at a time (make, CI and tests may run it
+# concurrently); different peers do not wait for each other.
+locked() {
+	local name=$1 fd
+	shift
+	exec {fd}>"$CACHE/.lock-$name"
+	flock "$fd"
+	"$@"
+	exec {fd}>&-
+}
+
 usage() { sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'; }
 
 main() {
@@ -397,20 +408,17 @@ main() {
 		usage
 		exit 2
 	}
-	# One installer at a time per cache (tests and make may call it concurrently).
-	exec 9>"$CACHE/.lock"
-	flock 9
 	local what
 	for what in "$@"; do
 		case "$what" in
-		controlplane) install_controlplane ;;
-		zipkin) install_zipkin ;;
-		envoy) install_envoy ;;
-		jaeger) install_jaeger ;;
+		controlplane) locked controlplane install_controlplane ;;
+		zipkin) locked zipkin install_zipkin ;;
+		envoy) locked envoy install_envoy ;;
+		jaeger) locked jaeger install_jaeger ;;
 		all)
-			install_controlplane
-			install_zipkin
-			install_envoy
+			locked controlplane install_controlplane
+			locked zipkin install_zipkin
+			locked envoy install_envoy
 			;;
 		check) check ;;
 		-h | --help | help) usage ;;

@@ -38,12 +38,45 @@ pub fn yaml_files(dir: &Path) -> Result<Vec<PathBuf>> {
 
 /// Server-side apply one object. `namespace` overrides the object's own namespace (tests
 /// isolate themselves by namespace); cluster-scoped objects ignore it. The error keeps the
-/// [`kube::Error`] inside (use `downcast_ref`) so tests can assert on the apiserver's message.
+/// [`kube::Error`] inside (use [`api_rejection`]) so tests can assert on the apiserver's message.
 pub async fn apply(
     client: &Client,
     object: &Value,
     namespace: Option<&str>,
 ) -> Result<DynamicObject> {
+    let (api, obj, name) = resolve(client, object, namespace).await?;
+    let params = PatchParams::apply(FIELD_MANAGER)
+        .force()
+        .validation_strict();
+    let applied = api.patch(&name, &params, &Patch::Apply(&obj)).await?;
+    Ok(applied)
+}
+
+/// Create one object (POST, as `kubectl create`) with strict field validation, so unknown or
+/// duplicate fields are a 422 like every other schema error. (Server-side apply reports an
+/// unknown field as HTTP 500 "failed to create typed patch object"; see the tests.)
+pub async fn create_strict(
+    client: &Client,
+    object: &Value,
+    namespace: Option<&str>,
+) -> Result<DynamicObject> {
+    let (api, obj, _) = resolve(client, object, namespace).await?;
+    let url = format!(
+        "{}?fieldValidation=Strict&fieldManager={FIELD_MANAGER}",
+        api.resource_url()
+    );
+    let request = http::Request::post(url)
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .body(serde_json::to_vec(&obj)?)?;
+    Ok(client.request::<DynamicObject>(request).await?)
+}
+
+/// The typed handle, the object (namespace set) and its name, through discovery.
+async fn resolve(
+    client: &Client,
+    object: &Value,
+    namespace: Option<&str>,
+) -> Result<(Api<DynamicObject>, DynamicObject, String)> {
     let mut obj: DynamicObject =
         serde_json::from_value(object.clone()).context("manifest is not a Kubernetes object")?;
     let types = obj
@@ -70,11 +103,7 @@ pub async fn apply(
             Api::namespaced_with(client.clone(), &ns, &resource)
         }
     };
-    let params = PatchParams::apply(FIELD_MANAGER)
-        .force()
-        .validation_strict();
-    let applied = api.patch(&name, &params, &Patch::Apply(&obj)).await?;
-    Ok(applied)
+    Ok((api, obj, name))
 }
 
 /// Apply every document of `yaml` in order.

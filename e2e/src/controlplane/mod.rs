@@ -399,12 +399,13 @@ async fn boot(guard: &mut Guard, bins: ControlPlaneBins) -> Result<Parts> {
         ],
     )?;
     let admin = ca.issue_client("sidetrace-e2e-admin", &["system:masters"])?;
-    let sa_key = pki::service_account_key()?;
+    let (sa_key, sa_pub) = pki::service_account_key()?;
     let file = |name: &str| dir.join(name).to_string_lossy().into_owned();
     write_private(&dir.join("ca.crt"), ca.cert_pem())?;
     write_private(&dir.join("apiserver.crt"), &serving.cert_pem)?;
     write_private(&dir.join("apiserver.key"), &serving.key_pem)?;
     write_private(&dir.join("sa.key"), &sa_key)?;
+    write_private(&dir.join("sa.pub"), &sa_pub)?;
 
     let url = format!("https://{inner}:{APISERVER_PORT}");
     let admin_auth = Auth::ClientCert {
@@ -456,7 +457,7 @@ async fn boot(guard: &mut Guard, bins: ControlPlaneBins) -> Result<Parts> {
                 format!("--client-ca-file={}", file("ca.crt")),
                 format!("--tls-cert-file={}", file("apiserver.crt")),
                 format!("--tls-private-key-file={}", file("apiserver.key")),
-                format!("--service-account-key-file={}", file("sa.key")),
+                format!("--service-account-key-file={}", file("sa.pub")),
                 format!("--service-account-signing-key-file={}", file("sa.key")),
                 format!("--cert-dir={}", file("apiserver-certs")),
             ],

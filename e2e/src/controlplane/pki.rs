@@ -97,10 +97,12 @@ impl Ca {
     }
 }
 
-/// A fresh private key for signing service-account tokens (`--service-account-signing-key-file`;
-/// the apiserver also derives the verification key from the same file).
-pub fn service_account_key() -> Result<String> {
-    Ok(KeyPair::generate()?.serialize_pem())
+/// A fresh key pair for service-account tokens: (private key PEM for
+/// `--service-account-signing-key-file` and the controller-manager, public key PEM for
+/// `--service-account-key-file`, which accepts only public keys or certificates).
+pub fn service_account_key() -> Result<(String, String)> {
+    let key = KeyPair::generate()?;
+    Ok((key.serialize_pem(), key.public_key_pem()))
 }
 
 fn dn(common_name: &str, organizations: &[&str]) -> DistinguishedName {
@@ -133,10 +135,8 @@ mod tests {
             .issue_client("admin", &["system:masters"])
             .expect("client");
         assert_ne!(client.cert_pem, server.cert_pem);
-        assert!(
-            service_account_key()
-                .expect("sa")
-                .starts_with("-----BEGIN PRIVATE KEY-----")
-        );
+        let (private, public) = service_account_key().expect("sa");
+        assert!(private.starts_with("-----BEGIN PRIVATE KEY-----"));
+        assert!(public.starts_with("-----BEGIN PUBLIC KEY-----"));
     }
 }
