@@ -388,6 +388,34 @@ async fn garbage_oversized_headers_half_close_and_slowloris_do_not_hurt_the_prox
         "{rest:?}"
     );
 
+    // A burst of hostile connections at once: random bytes, half requests, instant closes.
+    let mut burst = Vec::new();
+    for i in 0..100u32 {
+        let addr = proxy.inbound;
+        burst.push(tokio::spawn(async move {
+            let Ok(mut s) = TcpStream::connect(addr).await else {
+                return;
+            };
+            let junk: Vec<u8> = (0..(i * 37 % 700)).map(|j| (j * 31 + i) as u8).collect();
+            let prefix: &[u8] = match i % 4 {
+                0 => b"GET /",
+                1 => b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+                2 => b"\x16\x03\x01",
+                _ => b"",
+            };
+            let _ = s.write_all(prefix).await;
+            let _ = s.write_all(&junk).await;
+            if i % 2 == 0 {
+                let _ = s.shutdown().await;
+            }
+            let mut sink = Vec::new();
+            let _ = tokio::time::timeout(Duration::from_secs(2), s.read_to_end(&mut sink)).await;
+        }));
+    }
+    for t in burst {
+        t.await.expect("client task");
+    }
+
     // Still serving, still alive.
     let (status, _, body) = get(proxy.inbound, "/after", &[]).await.expect("after");
     assert_eq!((status.as_u16(), body.as_str()), (200, "hello from app"));
@@ -395,6 +423,20 @@ async fn garbage_oversized_headers_half_close_and_slowloris_do_not_hurt_the_prox
         admin_get(proxy.admin, "/healthz").await.expect("healthz").0,
         200
     );
+    // Every one of those connections was released (no leaked tasks or sockets).
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while proxy
+        .metric("sidetrace_proxy_connections_open{direction=\"inbound\"}")
+        .await
+        != 0.0
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "connections never released:\n{}",
+            proxy.metrics().await
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
