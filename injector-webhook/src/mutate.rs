@@ -7,6 +7,7 @@ use std::sync::Arc;
 use json_patch::Patch;
 use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
+use sidetrace_contract::names;
 use sidetrace_crds::TracedService;
 
 use crate::decision::{self, Decision};
@@ -48,12 +49,25 @@ pub fn mutate(pod: &Pod, ctx: PodContext<'_>, settings: &Settings) -> Mutation {
         ctx.namespace_labels,
         &settings.control_plane_namespace,
     );
+    // A typo in the pod's opt-in/opt-out label silently changes nothing; say so.
+    let label_warning = pod
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(names::INJECT_LABEL))
+        .filter(|v| !matches!(v.as_str(), "true" | "false"))
+        .map(|v| {
+            format!(
+                "label {}={v:?} is ignored: use \"true\" or \"false\"",
+                names::INJECT_LABEL
+            )
+        });
     if !matches!(decision, Decision::Inject(_)) {
         return Mutation {
             decision,
             patch: None,
             status: None,
-            warnings: Vec::new(),
+            warnings: label_warning.into_iter().collect(),
         };
     }
     let containers = pod
@@ -69,6 +83,7 @@ pub fn mutate(pod: &Pod, ctx: PodContext<'_>, settings: &Settings) -> Mutation {
     let empty = BTreeMap::new();
     let annotations = pod.metadata.annotations.as_ref().unwrap_or(&empty);
     let (overrides, mut warnings) = overrides::parse(annotations, &named_ports);
+    warnings.extend(label_warning);
 
     let labels = pod.metadata.labels.as_ref().unwrap_or(&empty);
     let selection = selection::select(ctx.traced_services, ctx.namespace, labels);
