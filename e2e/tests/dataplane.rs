@@ -20,7 +20,7 @@ use http::{StatusCode, Version};
 use sidetrace_e2e::collector::{Span, render_tree};
 use sidetrace_e2e::controlplane::skip_or_fail;
 use sidetrace_e2e::netns::{
-    Binaries, CollectorChoice, Options, Pod, TCP_ECHO_PORT, Topology, client,
+    Binaries, CollectorChoice, Front, Options, Pod, TCP_ECHO_PORT, Topology, client,
 };
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
@@ -41,6 +41,13 @@ async fn topology(test: &str, opts: Options) -> Option<Topology> {
             return None;
         }
     };
+    if opts.front == Front::Envoy && bins.envoy.is_none() {
+        skip_or_fail(
+            test,
+            "Envoy is not installed (bin/envoy in the cache): run `e2e/peers.sh envoy`",
+        );
+        return None;
+    }
     match Topology::start(&bins, opts).await {
         Ok(t) => Some(t),
         Err(e) => panic!("{test}: {e:#}"),
@@ -156,7 +163,10 @@ async fn apps_alone_answer_across_the_bridge() {
     let _serial = SERIAL.lock().await;
     let Some(t) = topology(
         "apps_alone_answer_across_the_bridge",
-        Options { sidecars: false },
+        Options {
+            sidecars: false,
+            ..Options::default()
+        },
     )
     .await
     else {
@@ -371,6 +381,22 @@ async fn collector_outage_fails_no_request_and_spans_resume() {
             .unwrap_or_else(|e| panic!("request {i} with the collector down: {e:#}"));
         assert_eq!(r.status, StatusCode::OK, "request {i}: {}", r.body);
     }
+    // The spans of those requests are dropped and counted once the exporter gives up on them
+    // (bounded memory), not queued forever.
+    let series = "sidetrace_spans_dropped_total{reason=\"send_failed\"}";
+    let deadline = std::time::Instant::now() + SPANS_WAIT;
+    loop {
+        let dropped = t.metric(Pod::Front, series).await.expect("metrics");
+        if dropped > 0.0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "front's proxy never counted a dropped span while the collector was down:\n{}",
+            t.metrics(Pod::Front).await.unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
     t.collector_mut()
         .resume()
         .await
@@ -431,6 +457,18 @@ async fn opaque_tcp_and_http2_keep_working_through_interception() {
         return;
     };
     let echo = SocketAddr::from((Pod::Service2.ip(), TCP_ECHO_PORT));
+    const S2_OPAQUE_IN: &str =
+        "sidetrace_proxy_detected_protocol_total{direction=\"inbound\",protocol=\"opaque\"}";
+    const S1_OPAQUE_OUT: &str =
+        "sidetrace_proxy_detected_protocol_total{direction=\"outbound\",protocol=\"opaque\"}";
+    let s2_before = t
+        .metric(Pod::Service2, S2_OPAQUE_IN)
+        .await
+        .expect("metrics");
+    let s1_before = t
+        .metric(Pod::Service1, S1_OPAQUE_OUT)
+        .await
+        .expect("metrics");
     // Inbound capture only (the client has no sidecar): a server-speaks-first protocol.
     let s = sidetrace_e2e::netns::ns::connect_in(&t.ns(Pod::Client), echo, Duration::from_secs(5))
         .await
@@ -447,6 +485,23 @@ async fn opaque_tcp_and_http2_keep_working_through_interception() {
     let (banner, line) = echo_round_trip(s).await;
     assert_eq!(banner, "service2 echo ready");
     assert_eq!(line, "ping through iptables");
+    // Both connections really went through the sidecars (not around them).
+    assert_eq!(
+        t.metric(Pod::Service2, S2_OPAQUE_IN)
+            .await
+            .expect("metrics")
+            - s2_before,
+        2.0,
+        "service2's proxy saw both echo connections as opaque TCP"
+    );
+    assert_eq!(
+        t.metric(Pod::Service1, S1_OPAQUE_OUT)
+            .await
+            .expect("metrics")
+            - s1_before,
+        1.0,
+        "service1's proxy carried the outbound echo connection"
+    );
 
     // HTTP/2 with prior knowledge, inbound only and outbound + inbound, traced.
     for from in [Pod::Client, Pod::Service1] {
@@ -483,4 +538,90 @@ async fn opaque_tcp_and_http2_keep_working_through_interception() {
         }
     }
     t.check_alive().expect("every process is still running");
+}
+
+/// Envoy as the sandbox's front proxy (Zipkin tracer, shared_span_context: false) in front of
+/// sidetrace sidecars: one trace, Envoy's span the parent of service1's SERVER span, and a
+/// client's `b3` single header continued through every hop.
+#[tokio::test]
+async fn envoy_front_proxy_and_sidetrace_share_one_trace() {
+    let _serial = SERIAL.lock().await;
+    let Some(t) = topology(
+        "envoy_front_proxy_and_sidetrace_share_one_trace",
+        Options {
+            front: Front::Envoy,
+            ..Options::default()
+        },
+    )
+    .await
+    else {
+        return;
+    };
+    let (trace, span) = ids();
+    let b3 = format!("{trace}-{span}-1");
+    let r = t
+        .get(Pod::Client, Pod::Front, "/trace/1", &[("b3", &b3)])
+        .await
+        .expect("Envoy answers");
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert!(r.body.contains("(service2)"), "{}", r.body);
+    // Envoy's span(s) + service1 SERVER, CLIENT + service2 SERVER.
+    t.collector()
+        .wait_trace(&trace, 4, SPANS_WAIT)
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "{e:#}\nenvoy log:\n{}\nservice1 proxy log:\n{}",
+                t.log_tail("front-envoy", 20),
+                t.log_tail("service1-proxy", 20)
+            )
+        });
+    // Envoy reports late (its flush interval); give it a moment to add all its spans.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let spans = t.collector().trace(&trace).await.expect("query");
+    let tree = render_tree(&spans);
+    eprintln!("{tree}");
+    assert!(spans.iter().all(|s| s.trace_id == trace), "{tree}");
+    let envoy: Vec<&Span> = spans
+        .iter()
+        .filter(|s| s.service() == "front-proxy")
+        .collect();
+    assert!(!envoy.is_empty(), "Envoy reported its span:\n{tree}");
+    assert!(
+        envoy
+            .iter()
+            .any(|s| s.parent_id.as_deref() == Some(span.as_str())),
+        "Envoy's span continues the client's b3 header:\n{tree}"
+    );
+    let s1_server = find(&spans, "service1", "SERVER");
+    let s1_client = find(&spans, "service1", "CLIENT");
+    let s2_server = find(&spans, "service2", "SERVER");
+    assert!(
+        envoy
+            .iter()
+            .any(|e| s1_server.parent_id.as_deref() == Some(e.id.as_str())),
+        "service1's SERVER span is a child of Envoy's span:\n{tree}"
+    );
+    assert_ne!(
+        Some(s1_server.id.as_str()),
+        s1_server.parent_id.as_deref(),
+        "no shared span context:\n{tree}"
+    );
+    assert_eq!(
+        s1_client.parent_id.as_deref(),
+        Some(s1_server.id.as_str()),
+        "{tree}"
+    );
+    assert_eq!(
+        s2_server.parent_id.as_deref(),
+        Some(s1_client.id.as_str()),
+        "{tree}"
+    );
+    assert!(
+        s1_client.name().eq_ignore_ascii_case("checkStock"),
+        "{tree}"
+    );
+    for s in [s1_server, s1_client, s2_server] {
+        assert_eq!(s.tag("http.status_code"), Some("200"), "{tree}");
+    }
 }

@@ -61,6 +61,10 @@ const READY_TIMEOUT: Duration = Duration::from_secs(60);
 const FRONT_CONFIG: &str = include_str!("../../../crds/examples/demo-front-proxy.yaml");
 const SERVICE1_CONFIG: &str = include_str!("../../../crds/examples/demo-service1.yaml");
 const SERVICE2_CONFIG: &str = include_str!("../../../crds/examples/demo-service2.yaml");
+/// The classic sandbox's front Envoy (Zipkin tracer), for [`Front::Envoy`].
+pub const FRONT_ENVOY_YAML: &str = include_str!("../../demo/front-envoy.yaml");
+/// Front Envoy's admin port (loopback inside the front pod).
+const ENVOY_ADMIN_PORT: u16 = 9901;
 
 /// The pods of the topology.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -233,6 +237,8 @@ pub struct Binaries {
     pub demo_app: PathBuf,
     /// The collector to run.
     pub collector: collector::Kind,
+    /// Envoy (`e2e/peers.sh envoy`), when installed: the interop front proxy.
+    pub envoy: Option<PathBuf>,
 }
 
 /// The cargo output directory holding this executable (`target/debug` for tests and bins).
@@ -322,13 +328,26 @@ impl Binaries {
             }
             collector::Kind::Zipkin { java, jar }
         };
+        let envoy = Some(peers::bin("envoy")).filter(|p| p.is_file());
         Ok(Self {
             init,
             proxy,
             demo_app,
             collector,
+            envoy,
         })
     }
+}
+
+/// What runs in the front pod.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Front {
+    /// The demo app behind a sidetrace sidecar, like service1 and service2.
+    #[default]
+    Sidetrace,
+    /// Envoy configured as the sandbox's front proxy ([`FRONT_ENVOY_YAML`]), no sidecar: the
+    /// interop test of sidetrace against the real thing.
+    Envoy,
 }
 
 /// How to build the topology.
@@ -337,11 +356,16 @@ pub struct Options {
     /// Run `sidetrace-init` and `sidetrace-proxy` in the meshed pods (false: apps only, the
     /// harness's own baseline).
     pub sidecars: bool,
+    /// What runs in the front pod.
+    pub front: Front,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Self { sidecars: true }
+        Self {
+            sidecars: true,
+            front: Front::Sidetrace,
+        }
     }
 }
 
@@ -473,9 +497,41 @@ impl Topology {
         self.collector = Some(collector);
 
         for pod in Pod::MESHED {
-            self.start_pod(bins, opts, pod, &collector_url).await?;
+            if pod == Pod::Front && opts.front == Front::Envoy {
+                self.start_envoy_front(bins).await?;
+            } else {
+                self.start_pod(bins, opts, pod, &collector_url).await?;
+            }
         }
         Ok(())
+    }
+
+    async fn start_envoy_front(&mut self, bins: &Binaries) -> Result<()> {
+        let envoy = bins
+            .envoy
+            .as_ref()
+            .context("Envoy is not installed: run `e2e/peers.sh envoy`")?;
+        let config = self.dir.join("front-envoy.yaml");
+        std::fs::write(&config, FRONT_ENVOY_YAML)?;
+        let mut cmd = Command::new(envoy);
+        cmd.arg("-c")
+            .arg(&config)
+            .args([
+                "--service-cluster",
+                Pod::Front.service_name(),
+                "--service-node",
+                "front-0",
+                "--concurrency",
+                "1",
+                "--disable-hot-restart",
+                "--log-level",
+                "info",
+            ])
+            .env_clear();
+        self.spawn(Pod::Front, "envoy", cmd)?;
+        let admin = SocketAddr::from(([127, 0, 0, 1], ENVOY_ADMIN_PORT));
+        self.wait_ok(&self.ns(Pod::Front), admin, "/ready", "front-envoy")
+            .await
     }
 
     async fn start_pod(
@@ -631,6 +687,21 @@ impl Topology {
         client::get(&self.ns(from), to.app(), path, headers).await
     }
 
+    /// The proxy's Prometheus text from `pod`'s admin port (probed from the client pod).
+    pub async fn metrics(&self, pod: Pod) -> Result<String> {
+        let admin = SocketAddr::from((pod.ip(), defaults::ADMIN_PORT));
+        let r = client::get(&self.ns(Pod::Client), admin, "/metrics", &[]).await?;
+        if !r.status.is_success() {
+            bail!("{pod} /metrics: {} {}", r.status, r.body);
+        }
+        Ok(r.body)
+    }
+
+    /// One series' value from `pod`'s proxy metrics (0 when the series is absent).
+    pub async fn metric(&self, pod: Pod, series: &str) -> Result<f64> {
+        Ok(metric_value(&self.metrics(pod).await?, series).unwrap_or(0.0))
+    }
+
     /// The last lines of a process's log (`front-proxy`, `service1-app`, `collector`, ...).
     pub fn log_tail(&self, name: &str, n: usize) -> String {
         collector::tail(&self.dir.join(format!("{name}.log")), n)
@@ -656,9 +727,31 @@ impl Drop for Topology {
     }
 }
 
+/// The value of `series` (name with its exact label set, e.g.
+/// `sidetrace_proxy_connections_total{direction="inbound"}`) in Prometheus text.
+pub fn metric_value(text: &str, series: &str) -> Option<f64> {
+    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+        l.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn metric_values_are_found_by_exact_series() {
+        let text =
+            "# HELP x y\nsidetrace_a{d=\"in\"} 3\nsidetrace_a{d=\"inbound\"} 7\nsidetrace_b 1.5\n";
+        assert_eq!(metric_value(text, "sidetrace_a{d=\"inbound\"}"), Some(7.0));
+        assert_eq!(metric_value(text, "sidetrace_a{d=\"in\"}"), Some(3.0));
+        assert_eq!(metric_value(text, "sidetrace_b"), Some(1.5));
+        assert_eq!(metric_value(text, "sidetrace_c"), None);
+    }
 
     #[test]
     fn recognises_only_data_plane_namespaces() {
