@@ -61,11 +61,20 @@ step() {
 	local logf="$LOGS/$name.log" t0=$SECONDS
 	CURRENT_STEP=$name
 	log "==> $name"
-	if "$@" >"$logf" 2>&1; then
+	# Not `if "$@"`: inside an if-condition bash ignores errexit, so a failing command in the
+	# middle of a step function would not stop it. A subshell with its own `set -e` does.
+	local rc=0
+	set +e
+	(
+		set -e
+		"$@"
+	) >"$logf" 2>&1
+	rc=$?
+	set -e
+	if [[ $rc -eq 0 ]]; then
 		log "<== $name ok ($((SECONDS - t0))s)"
 		CURRENT_STEP=""
 	else
-		local rc=$?
 		log "!!! step '$name' failed (exit $rc) after $((SECONDS - t0))s; last lines of $logf:"
 		tail -n 25 "$logf" | sed 's/^/    /' >&2
 		exit "$rc"
@@ -339,8 +348,15 @@ install_envoy() {
 # go.mod carries a replace line that a consumer module must copy.
 # ---------------------------------------------------------------------------------------------
 jaeger_build() {
-	local dir=$1 out=$2 gomod
-	gomod=$(go mod download -json "github.com/jaegertracing/jaeger@$JAEGER_MODULE_VERSION" | jq -r .GoMod)
+	local dir=$1 out=$2 gomod moddir
+	local info
+	info=$(go mod download -json "github.com/jaegertracing/jaeger@$JAEGER_MODULE_VERSION")
+	gomod=$(jq -r .GoMod <<<"$info")
+	moddir=$(jq -r .Dir <<<"$info")
+	# Jaeger's own go.sum pins every dependency it was released with; reusing it means the
+	# checksum database is not asked about hundreds of collector modules (the lookups 404 here).
+	cp "$moddir/go.sum" "$dir/go.sum"
+	chmod u+w "$dir/go.sum"
 	{
 		echo "module sidetrace.local/jaeger-peer"
 		echo

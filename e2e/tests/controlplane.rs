@@ -58,6 +58,11 @@ async fn control_plane() {
         "service_account_identity_is_bound_by_rbac",
         service_account_rbac(&cp).await,
     );
+    record(
+        "webhook_by_url_on_the_host_address_is_called",
+        webhook_by_url(&cp).await,
+    );
+    record("kubectl_and_helm_reach_the_apiserver", cli_tools(&cp).await);
 
     if !failures.is_empty() {
         eprintln!(
@@ -368,4 +373,190 @@ fn expected_paths_come_from_the_expect_line() {
         apiserver_paths("spec.ports[1].port"),
         vec!["spec.ports[1].port", "spec.ports"]
     );
+}
+
+/// The apiserver reaches a webhook registered by `clientConfig.url` on the host side of the
+/// veth pair (the path the injector tests use), and honours its answer.
+async fn webhook_by_url(cp: &ControlPlane) -> Result<()> {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    let ns = "e2e-webhook";
+    let cert = cp.issue_serving_cert(&[], &[cp.host_address()])?;
+    let calls = Arc::new(AtomicUsize::new(0));
+    let listener = tokio::net::TcpListener::bind((cp.host_address(), 0)).await?;
+    let port = listener.local_addr()?.port();
+    let server = tokio::spawn(probe_webhook::serve(listener, cert, calls.clone()));
+
+    let url = format!("https://{}:{port}/validate", cp.host_address());
+    let config = serde_json::json!({
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingWebhookConfiguration",
+        "metadata": { "name": "sidetrace-e2e-probe" },
+        "webhooks": [{
+            "name": "probe.e2e.sidetrace.dev",
+            "clientConfig": {
+                "url": url,
+                "caBundle": base64_std(cp.ca_pem()),
+            },
+            "rules": [{
+                "apiGroups": [""], "apiVersions": ["v1"],
+                "operations": ["CREATE"], "resources": ["configmaps"],
+            }],
+            "namespaceSelector": { "matchLabels": { "e2e-probe": "on" } },
+            "failurePolicy": "Fail",
+            "sideEffects": "None",
+            "admissionReviewVersions": ["v1"],
+            "timeoutSeconds": 5,
+        }],
+    });
+    manifests::apply(&cp.client(), &config, None).await?;
+    cp.create_namespace(ns, &[("e2e-probe", "on")]).await?;
+
+    // The apiserver picks the configuration up asynchronously: create until it is enforced.
+    let cms: Api<k8s_openapi::api::core::v1::ConfigMap> = Api::namespaced(cp.client(), ns);
+    let mut n = 0;
+    let outcome = poll(
+        Duration::from_secs(30),
+        "the probe webhook to deny a ConfigMap",
+        || {
+            n += 1;
+            let cms = cms.clone();
+            let name = format!("probe-{n}");
+            async move {
+                let cm =
+                    serde_json::from_value(serde_json::json!({ "metadata": { "name": name } }))?;
+                match cms.create(&PostParams::default(), &cm).await {
+                    Ok(_) => Ok(false),
+                    Err(kube::Error::Api(s)) if s.message.contains(probe_webhook::DENIAL) => {
+                        Ok(true)
+                    }
+                    Err(e) => Err(e.into()),
+                }
+            }
+        },
+    )
+    .await;
+    let _ = kube::Api::<kube::api::DynamicObject>::all_with(
+        cp.client(),
+        &kube::api::ApiResource::erase::<
+            k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration,
+        >(&()),
+    )
+    .delete("sidetrace-e2e-probe", &Default::default())
+    .await;
+    server.abort();
+    outcome?;
+    ensure!(
+        calls.load(Ordering::Relaxed) >= 1,
+        "the webhook was never called"
+    );
+    Ok(())
+}
+
+fn base64_std(text: &str) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(text)
+}
+
+/// A minimal HTTPS admission webhook that denies everything with [`probe_webhook::DENIAL`].
+mod probe_webhook {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use anyhow::{Context, Result};
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, Full};
+    use hyper::service::service_fn;
+    use hyper_util::rt::TokioIo;
+    use rustls::pki_types::pem::PemObject as _;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    use sidetrace_e2e::controlplane::CertPair;
+
+    pub const DENIAL: &str = "denied by the sidetrace-e2e probe webhook";
+
+    pub async fn serve(
+        listener: tokio::net::TcpListener,
+        cert: CertPair,
+        calls: Arc<AtomicUsize>,
+    ) -> Result<()> {
+        let certs = CertificateDer::pem_slice_iter(cert.cert_pem.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .context("certificate PEM")?;
+        let key = PrivateKeyDer::from_pem_slice(cert.key_pem.as_bytes()).context("key PEM")?;
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)?;
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        loop {
+            let (tcp, _) = listener.accept().await?;
+            let acceptor = acceptor.clone();
+            let calls = calls.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                    let calls = calls.clone();
+                    async move {
+                        calls.fetch_add(1, Ordering::Relaxed);
+                        let body = req.into_body().collect().await?.to_bytes();
+                        let review: serde_json::Value =
+                            serde_json::from_slice(&body).unwrap_or_default();
+                        let uid = review["request"]["uid"].clone();
+                        let answer = serde_json::json!({
+                            "apiVersion": "admission.k8s.io/v1",
+                            "kind": "AdmissionReview",
+                            "response": {
+                                "uid": uid,
+                                "allowed": false,
+                                "status": { "code": 403, "message": DENIAL },
+                            },
+                        });
+                        let bytes = Bytes::from(serde_json::to_vec(&answer).unwrap_or_default());
+                        Ok::<_, hyper::Error>(
+                            hyper::Response::builder()
+                                .header("content-type", "application/json")
+                                .body(Full::new(bytes))
+                                .unwrap_or_default(),
+                        )
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tls), service)
+                    .await;
+            });
+        }
+    }
+}
+
+/// Run a CLI to completion; its stdout, or an error with its stderr.
+fn run(mut cmd: std::process::Command, what: &str) -> Result<String> {
+    let out = cmd.output().with_context(|| format!("running {what}"))?;
+    ensure!(
+        out.status.success(),
+        "{what} failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The real CLIs work against the control plane with the admin kubeconfig.
+async fn cli_tools(cp: &ControlPlane) -> Result<()> {
+    let mut kubectl = cp.kubectl();
+    kubectl.args(["get", "crd", TracedService::crd_name(), "-o", "name"]);
+    let got = tokio::task::spawn_blocking(move || run(kubectl, "kubectl get crd")).await??;
+    ensure!(
+        got.contains(TracedService::crd_name()),
+        "kubectl printed {got:?}"
+    );
+    let mut helm = cp.helm();
+    helm.args(["list", "--all-namespaces", "--output", "json"]);
+    let got = tokio::task::spawn_blocking(move || run(helm, "helm list")).await??;
+    ensure!(got.trim().starts_with('['), "helm list printed {got:?}");
+    Ok(())
 }

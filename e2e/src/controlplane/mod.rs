@@ -169,6 +169,31 @@ impl ControlPlane {
         &self.bins
     }
 
+    /// `kubectl` (the cached v1.34 build) with the admin kubeconfig; add the arguments.
+    pub fn kubectl(&self) -> std::process::Command {
+        let mut cmd = std::process::Command::new(&self.bins.kubectl);
+        cmd.arg(format!("--kubeconfig={}", self.kubeconfig.display()));
+        cmd
+    }
+
+    /// `helm` (the cached build) with the admin kubeconfig and its cache/config/data dirs in
+    /// the scratch directory, so tests never read or write the user's helm state.
+    pub fn helm(&self) -> std::process::Command {
+        let mut cmd = std::process::Command::new(&self.bins.helm);
+        let home = self.guard.dir.join("helm");
+        cmd.env("KUBECONFIG", &self.kubeconfig)
+            .env("HELM_CACHE_HOME", home.join("cache"))
+            .env("HELM_CONFIG_HOME", home.join("config"))
+            .env("HELM_DATA_HOME", home.join("data"));
+        cmd
+    }
+
+    /// A serving certificate signed by the cluster CA for `ips` (e.g. [`Self::host_address`]):
+    /// what a test webhook presents; its caBundle is [`Self::ca_pem`].
+    pub fn issue_serving_cert(&self, dns: &[&str], ips: &[IpAddr]) -> Result<CertPair> {
+        self.ca.issue_server("sidetrace-e2e-webhook", dns, ips)
+    }
+
     /// This run's scratch directory (logs, certificates, kubeconfigs).
     pub fn dir(&self) -> &Path {
         &self.guard.dir
