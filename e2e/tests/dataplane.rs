@@ -625,3 +625,75 @@ async fn envoy_front_proxy_and_sidetrace_share_one_trace() {
         assert_eq!(s.tag("http.status_code"), Some("200"), "{tree}");
     }
 }
+
+/// A gRPC unary call (h2c, trailers) to service2, from outside the mesh and from inside
+/// service1 (outbound then inbound capture): answered intact, status in the trailers, counted
+/// as gRPC by the proxies and traced.
+#[tokio::test]
+async fn grpc_over_h2c_keeps_working_through_interception() {
+    let _serial = SERIAL.lock().await;
+    let Some(t) = topology(
+        "grpc_over_h2c_keeps_working_through_interception",
+        Options::default(),
+    )
+    .await
+    else {
+        return;
+    };
+    const S2_GRPC_IN: &str = "sidetrace_proxy_grpc_requests_total{direction=\"inbound\"}";
+    const S1_GRPC_OUT: &str = "sidetrace_proxy_grpc_requests_total{direction=\"outbound\"}";
+    let s2_before = t.metric(Pod::Service2, S2_GRPC_IN).await.expect("metrics");
+    let s1_before = t.metric(Pod::Service1, S1_GRPC_OUT).await.expect("metrics");
+    for from in [Pod::Client, Pod::Service1] {
+        let (trace, span) = ids();
+        let req = client::grpc_request(
+            Pod::Service2.app(),
+            "/demo.Echo/Say",
+            b"hello through iptables",
+            &[
+                ("x-b3-traceid", &trace),
+                ("x-b3-spanid", &span),
+                ("x-b3-sampled", "1"),
+            ],
+        )
+        .expect("request");
+        let r = client::send(&t.ns(from), Pod::Service2.app(), req)
+            .await
+            .unwrap_or_else(|e| panic!("gRPC from {from}: {e:#}"));
+        assert_eq!(r.status, StatusCode::OK, "gRPC from {from}");
+        assert_eq!(
+            r.trailers
+                .as_ref()
+                .and_then(|t| t.get("grpc-status"))
+                .map(|v| v.as_bytes()),
+            Some(&b"0"[..]),
+            "gRPC from {from}: grpc-status trailer survives: {:?}",
+            r.trailers
+        );
+        assert_eq!(&r.bytes[5..], b"hello through iptables");
+        let want = if from == Pod::Client { 1 } else { 2 };
+        let spans = t
+            .collector()
+            .wait_trace(&trace, want, SPANS_WAIT)
+            .await
+            .unwrap_or_else(|e| panic!("gRPC from {from} is traced: {e:#}"));
+        let server = find(&spans, "service2", "SERVER");
+        assert!(
+            server
+                .tag("http.path")
+                .is_none_or(|p| p == "/demo.Echo/Say"),
+            "{}",
+            render_tree(&spans)
+        );
+    }
+    assert_eq!(
+        t.metric(Pod::Service2, S2_GRPC_IN).await.expect("metrics") - s2_before,
+        2.0,
+        "service2's proxy counted both calls as gRPC"
+    );
+    assert_eq!(
+        t.metric(Pod::Service1, S1_GRPC_OUT).await.expect("metrics") - s1_before,
+        1.0,
+        "service1's proxy carried the outbound call as gRPC"
+    );
+}

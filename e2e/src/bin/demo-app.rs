@@ -10,6 +10,8 @@
 //! Routes: every path answers `Hello from behind sidetrace (<name>)!`; a configured route first
 //! calls its downstream and appends the downstream's answer, indented; `/healthz` answers `ok`;
 //! `/headers` lists the trace headers the app received (tests read what the sidecar forwarded).
+//! A request with `content-type: application/grpc` (HTTP/2) is a gRPC echo: the request's
+//! length-prefixed message comes back with `grpc-status: 0` in the trailers.
 //! `--tcp-echo ADDR` also serves an opaque, server-speaks-first TCP echo (a banner line, then
 //! every line back), for the tests that prove non-HTTP traffic survives interception.
 
@@ -22,6 +24,7 @@ use anyhow::{Context, Result, bail};
 use bytes::Bytes;
 use clap::Parser;
 use http::{HeaderMap, HeaderName, Request, Response, StatusCode, Uri};
+use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -117,10 +120,10 @@ struct App {
     client: Client<HttpConnector, Empty<Bytes>>,
 }
 
-type Body = Full<Bytes>;
+type Body = UnsyncBoxBody<Bytes, Infallible>;
 
 fn text(status: StatusCode, body: String) -> Response<Body> {
-    let mut r = Response::new(Full::new(Bytes::from(body)));
+    let mut r = Response::new(Full::new(Bytes::from(body)).boxed_unsync());
     *r.status_mut() = status;
     r.headers_mut().insert(
         http::header::CONTENT_TYPE,
@@ -129,8 +132,41 @@ fn text(status: StatusCode, body: String) -> Response<Body> {
     r
 }
 
+fn is_grpc(headers: &HeaderMap) -> bool {
+    headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/grpc"))
+}
+
+/// gRPC echo: the request's framed message back, status in the trailers.
+async fn grpc_echo(req: Request<Incoming>) -> Response<Body> {
+    let (status, message, frame) = match req.into_body().collect().await {
+        Ok(c) => ("0", "", c.to_bytes()),
+        // 13 INTERNAL: the request stream broke.
+        Err(_) => ("13", "request body failed", Bytes::new()),
+    };
+    let mut trailers = HeaderMap::new();
+    trailers.insert("grpc-status", http::HeaderValue::from_static(status));
+    if !message.is_empty() {
+        trailers.insert("grpc-message", http::HeaderValue::from_static(message));
+    }
+    let body = Full::new(frame)
+        .with_trailers(async move { Some(Ok(trailers)) })
+        .boxed_unsync();
+    let mut r = Response::new(body);
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/grpc"),
+    );
+    r
+}
+
 impl App {
     async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
+        if is_grpc(req.headers()) {
+            return grpc_echo(req).await;
+        }
         let path = req.uri().path().to_owned();
         if path == "/healthz" {
             return text(StatusCode::OK, "ok\n".to_owned());

@@ -26,6 +26,10 @@ pub struct Reply {
     pub headers: HeaderMap,
     /// Body as text (lossy).
     pub body: String,
+    /// Body as bytes.
+    pub bytes: Bytes,
+    /// Trailers, when the response had any (gRPC status).
+    pub trailers: Option<HeaderMap>,
 }
 
 /// Send `req` to `addr` from inside namespace `from`, over HTTP/1.1 or, with
@@ -48,11 +52,15 @@ pub async fn send(from: &str, addr: SocketAddr, req: Request<Full<Bytes>>) -> Re
         };
         let status = resp.status();
         let headers = resp.headers().clone();
-        let body = resp.into_body().collect().await?.to_bytes();
+        let collected = resp.into_body().collect().await?;
+        let trailers = collected.trailers().cloned();
+        let bytes = collected.to_bytes();
         anyhow::Ok(Reply {
             status,
             headers,
-            body: String::from_utf8_lossy(&body).into_owned(),
+            body: String::from_utf8_lossy(&bytes).into_owned(),
+            bytes,
+            trailers,
         })
     };
     tokio::time::timeout(REQUEST_TIMEOUT, fut)
@@ -76,6 +84,31 @@ pub fn get_request(
         b = b.header(http::header::HOST, addr.to_string());
     }
     let mut req = b.body(Full::new(Bytes::new()))?;
+    for (k, v) in headers {
+        req.headers_mut()
+            .append(HeaderName::try_from(*k)?, HeaderValue::try_from(*v)?);
+    }
+    Ok(req)
+}
+
+/// A gRPC unary call over h2c: POST `path` with `message` framed (uncompressed, 4-byte
+/// big-endian length prefix).
+pub fn grpc_request(
+    addr: SocketAddr,
+    path: &str,
+    message: &[u8],
+    headers: &[(&str, &str)],
+) -> Result<Request<Full<Bytes>>> {
+    let len = u32::try_from(message.len())?;
+    let mut frame = Vec::with_capacity(5 + message.len());
+    frame.push(0);
+    frame.extend_from_slice(&len.to_be_bytes());
+    frame.extend_from_slice(message);
+    let mut req = Request::post(format!("http://{addr}{path}"))
+        .version(Version::HTTP_2)
+        .header(http::header::CONTENT_TYPE, "application/grpc")
+        .header(http::header::TE, "trailers")
+        .body(Full::new(Bytes::from(frame)))?;
     for (k, v) in headers {
         req.headers_mut()
             .append(HeaderName::try_from(*k)?, HeaderValue::try_from(*v)?);
