@@ -16,8 +16,8 @@
 //! - One control plane per test binary; tests isolate themselves by namespace
 //!   ([`ControlPlane::create_namespace`]).
 //! - Dropping the handle kills the processes, deletes the namespace and removes the temporary
-//!   directory — unless the thread is panicking (a failed test), in which case the logs are kept
-//!   and their path printed.
+//!   directory — unless the thread is panicking (a failed test) or `SIDETRACE_KEEP_LOGS=1`, in
+//!   which case the logs are kept and their path printed.
 
 pub mod kubeconfig;
 pub mod manifests;
@@ -346,7 +346,8 @@ impl Drop for Guard {
             let _ = p.child.wait();
         }
         drop(self.netns.take());
-        if std::thread::panicking() || self.keep.load(Ordering::Relaxed) {
+        let keep_env = std::env::var("SIDETRACE_KEEP_LOGS").is_ok_and(|v| v == "1");
+        if std::thread::panicking() || keep_env || self.keep.load(Ordering::Relaxed) {
             eprintln!("control plane logs kept in {}", self.dir.display());
         } else {
             let _ = std::fs::remove_dir_all(&self.dir);
