@@ -94,11 +94,10 @@ impl ControlPlane {
         if std::env::var("SIDETRACE_SKIP_E2E").is_ok_and(|v| v == "1") {
             return Err("SIDETRACE_SKIP_E2E=1".into());
         }
-        let bins = ControlPlaneBins::find()?;
         if !peers::is_root() {
             return Err("network namespaces need root (run the tests as root)".into());
         }
-        Ok(bins)
+        ControlPlaneBins::find()
     }
 
     /// Start etcd, kube-apiserver and kube-controller-manager and wait until the apiserver is
