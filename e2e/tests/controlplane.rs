@@ -558,5 +558,31 @@ async fn cli_tools(cp: &ControlPlane) -> Result<()> {
     helm.args(["list", "--all-namespaces", "--output", "json"]);
     let got = tokio::task::spawn_blocking(move || run(helm, "helm list")).await??;
     ensure!(got.trim().starts_with('['), "helm list printed {got:?}");
+
+    // A long-running host process (as operator and webhook tests start theirs): a kubectl
+    // watch logs what it sees, and stops on SIGTERM.
+    let mut watch = cp.kubectl();
+    watch.args(["get", "namespaces", "--watch", "--output", "name"]);
+    let mut watch = cp.spawn_host_process("kubectl-watch", watch)?;
+    let log = cp.dir().join("kubectl-watch.log");
+    poll(
+        Duration::from_secs(20),
+        "kubectl --watch to list namespace/e2e-deploy",
+        || {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            async move { Ok(text.contains("namespace/e2e-deploy")) }
+        },
+    )
+    .await
+    .with_context(|| watch.log_tail(10))?;
+    ensure!(
+        watch.is_running(),
+        "kubectl --watch exited: {}",
+        watch.log_tail(10)
+    );
+    ensure!(
+        watch.terminate(Duration::from_secs(10)),
+        "kubectl ignored SIGTERM"
+    );
     Ok(())
 }

@@ -19,6 +19,25 @@
 //!   directory — unless the thread is panicking (a failed test) or `SIDETRACE_KEEP_LOGS=1`, in
 //!   which case the logs are kept and their path printed.
 
+//!
+//! Writing a test against it (each `tests/*.rs` file is one binary, so one control plane):
+//!
+//! ```text
+//! #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+//! async fn chart() {
+//!     let Some(cp) = ControlPlane::start_or_skip("chart").await else { return };
+//!     cp.create_namespace("t-chart", &[("sidetrace.dev/inject", "enabled")]).await.unwrap();
+//!     let operator = cp.spawn_host_process("operator", {
+//!         let mut c = Command::new(env!("CARGO_BIN_EXE_..."));   // or a path under target/
+//!         c.env("KUBECONFIG", cp.impersonation_kubeconfig("sidetrace-system", "sidetrace-operator")?);
+//!         c
+//!     })?;
+//!     // webhooks: bind cp.host_address(), register https://{host_address}:{port}/... with
+//!     // caBundle = cp.ca_pem() and a certificate from cp.issue_serving_cert(&[], &[host]).
+//!     let out = cp.helm().args(["install", ...]).output()?;
+//! }
+//! ```
+
 pub mod kubeconfig;
 pub mod manifests;
 pub mod netns;
@@ -287,6 +306,90 @@ impl ControlPlane {
     /// `kube-controller-manager`), for failure messages.
     pub fn log_tail(&self, component: &str, lines: usize) -> String {
         tail(&self.guard.dir.join(format!("{component}.log")), lines)
+    }
+}
+
+impl ControlPlane {
+    /// Start a process on the host (an operator, a webhook) with its stdout and stderr in
+    /// `<name>.log` in the scratch directory (kept with the other logs when a test fails).
+    /// The handle kills it on drop.
+    pub fn spawn_host_process(
+        &self,
+        name: &str,
+        mut cmd: std::process::Command,
+    ) -> Result<HostProcess> {
+        let log = self.guard.dir.join(format!("{name}.log"));
+        let file = std::fs::File::create(&log)?;
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(file.try_clone()?)
+            .stderr(file)
+            .spawn()
+            .with_context(|| format!("starting {name} ({:?})", cmd.get_program()))?;
+        Ok(HostProcess {
+            name: name.to_owned(),
+            child,
+            log,
+        })
+    }
+}
+
+/// A host process started by [`ControlPlane::spawn_host_process`]; killed on drop.
+#[derive(Debug)]
+pub struct HostProcess {
+    name: String,
+    child: Child,
+    log: PathBuf,
+}
+
+impl HostProcess {
+    /// Its pid.
+    pub fn id(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Whether it still runs.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Kill it (SIGKILL) and wait for it; a no-op once it has exited.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Ask it to stop (SIGTERM), wait up to `timeout`, then kill it. Returns whether it
+    /// exited on its own: how tests check graceful shutdown.
+    pub fn terminate(&mut self, timeout: Duration) -> bool {
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = std::time::Instant::now() + timeout;
+        while std::time::Instant::now() < deadline {
+            if !self.is_running() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.kill();
+        false
+    }
+
+    /// The last `lines` lines of its log.
+    pub fn log_tail(&self, lines: usize) -> String {
+        format!(
+            "{} log ({}):\n{}",
+            self.name,
+            self.log.display(),
+            tail(&self.log, lines)
+        )
+    }
+}
+
+impl Drop for HostProcess {
+    fn drop(&mut self) {
+        self.kill();
     }
 }
 
