@@ -85,8 +85,15 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    // Ctrl-C at any point still runs the topology's Drop (namespaces deleted). Biased: once
-    // the demo is serving, its own Ctrl-C wait wins and the exit is a clean 0.
+    // Ctrl-C or SIGTERM at any point still runs the topology's Drop (namespaces deleted).
+    // Biased: once the demo is serving, its own Ctrl-C wait wins and the exit is a clean 0.
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("demo failed: installing the SIGTERM handler: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     tokio::select! {
         biased;
         r = run(args, bins) => match r {
@@ -99,6 +106,10 @@ async fn main() -> ExitCode {
         _ = tokio::signal::ctrl_c() => {
             eprintln!("\ninterrupted; tearing down");
             ExitCode::from(130)
+        }
+        _ = term.recv() => {
+            eprintln!("terminated; tearing down");
+            ExitCode::from(143)
         }
     }
 }
