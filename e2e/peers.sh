@@ -121,6 +121,19 @@ ensure_system_tools() {
 	step apt-install bash -c "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq ${missing[*]}"
 }
 
+# seed_gosum DIR MODULE@VERSION — start a throwaway module's go.sum from the upstream module's
+# own (the dependency hashes it was released with), so the checksum database is asked only
+# about what that file lacks (some of those lookups 404 through the proxy here).
+seed_gosum() {
+	local dir=$1 modver=$2 moddir
+	[[ -s "$dir/go.sum" ]] && return 0
+	moddir=$(go mod download -json "$modver" | jq -r .Dir)
+	if [[ -s "$moddir/go.sum" ]]; then
+		cp "$moddir/go.sum" "$dir/go.sum"
+		chmod u+w "$dir/go.sum"
+	fi
+}
+
 # ---------------------------------------------------------------------------------------------
 # Kubernetes: kube-apiserver, kube-controller-manager, kubectl from one throwaway module.
 # ---------------------------------------------------------------------------------------------
@@ -152,6 +165,7 @@ k8s_write_module() {
 		for m in $staging; do echo "	$m => $m $K8S_STAGING_VERSION"; done
 		echo ")"
 	} >"$dir/go.mod"
+	seed_gosum "$dir" "k8s.io/kubernetes@$K8S_VERSION"
 	echo "staging modules: $(echo "$staging" | wc -l)"
 	cat "$dir/go.mod"
 }
@@ -223,6 +237,7 @@ require (
 	go.etcd.io/etcd/pkg/v3 $ETCD_VERSION
 )
 EOF
+	seed_gosum "$dir" "go.etcd.io/etcd/server/v3@$ETCD_VERSION"
 	(
 		cd "$dir"
 		build_cmd go build -ldflags "-s -w" -o "$out" go.etcd.io/etcd/server/v3
@@ -351,15 +366,10 @@ install_envoy() {
 # go.mod carries a replace line that a consumer module must copy.
 # ---------------------------------------------------------------------------------------------
 jaeger_build() {
-	local dir=$1 out=$2 gomod moddir
-	local info
-	info=$(go mod download -json "github.com/jaegertracing/jaeger@$JAEGER_MODULE_VERSION")
-	gomod=$(jq -r .GoMod <<<"$info")
-	moddir=$(jq -r .Dir <<<"$info")
-	# Jaeger's own go.sum pins every dependency it was released with; reusing it means the
-	# checksum database is not asked about hundreds of collector modules (the lookups 404 here).
-	cp "$moddir/go.sum" "$dir/go.sum"
-	chmod u+w "$dir/go.sum"
+	local dir=$1 out=$2 gomod
+	gomod=$(go mod download -json "github.com/jaegertracing/jaeger@$JAEGER_MODULE_VERSION" | jq -r .GoMod)
+	# Needed here, not just helpful: the sumdb lookups of ~100 collector modules 404.
+	seed_gosum "$dir" "github.com/jaegertracing/jaeger@$JAEGER_MODULE_VERSION"
 	{
 		echo "module sidetrace.local/jaeger-peer"
 		echo
