@@ -36,6 +36,8 @@ e2e-local: ## local end-to-end data plane tests (root, iptables, network namespa
 	$(CARGO) build -p sidetrace-init -p sidetrace-proxy -p sidetrace-e2e --bins
 	@[ -s "$(CACHE)/bin/zipkin.jar" ] || e2e/peers.sh zipkin
 	$(CARGO) test -p sidetrace-e2e --test dataplane
+	@if [ -x "$(CACHE)/bin/jaeger" ]; then SIDETRACE_E2E_COLLECTOR=jaeger $(CARGO) test -p sidetrace-e2e --test dataplane; \
+	else echo "e2e-local: Jaeger tier not run: $(CACHE)/bin/jaeger is not built (e2e/peers.sh jaeger)"; fi
 
 e2e-kind: ## the kind-based end-to-end suite (needs Docker and kind)
 	@# Exits 2, naming what is missing, where Docker (with a running engine) or kind is absent.

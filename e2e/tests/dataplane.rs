@@ -7,6 +7,9 @@
 //! binaries (`cargo build -p sidetrace-init -p sidetrace-proxy -p sidetrace-e2e`). Without them
 //! each test prints `SKIP <test>: <reason>` — and fails instead under `CI=true`.
 //!
+//! `SIDETRACE_E2E_COLLECTOR=jaeger` runs the same tests against Jaeger (`e2e/peers.sh jaeger`)
+//! instead of the Zipkin server: the Jaeger tier.
+//!
 //! Each test builds its own topology (own namespaces, own collector with empty storage), so a
 //! test sees exactly the traces it caused. Topologies are built one at a time: each starts a
 //! JVM, and the machine has two cores. Nothing here asserts a duration; every wait is a
@@ -34,7 +37,7 @@ static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// The topology for `test`, or `None` after printing why it is skipped.
 async fn topology(test: &str, opts: Options) -> Option<Topology> {
-    let bins = match Binaries::find(CollectorChoice::Zipkin) {
+    let bins = match Binaries::find(CollectorChoice::from_env()) {
         Ok(b) => b,
         Err(reason) => {
             skip_or_fail(test, &reason);
@@ -128,12 +131,15 @@ fn assert_sandbox_trace(spans: &[Span]) -> Span {
         assert!(s.duration.is_some(), "durations recorded:\n{tree}");
         assert_eq!(s.tag("http.method"), Some("GET"), "{tree}");
     }
-    // Each pod reports its own address as the local endpoint.
-    for (span, pod) in [
+    // Each pod reports its own address as the local endpoint (Zipkin's JSON carries it;
+    // Jaeger's query API folds endpoints into process tags).
+    let zipkin = CollectorChoice::from_env() == CollectorChoice::Zipkin;
+    let endpoints = [
         (front_server, Pod::Front),
         (s1_server, Pod::Service1),
         (s2_server, Pod::Service2),
-    ] {
+    ];
+    for (span, pod) in endpoints.into_iter().filter(|_| zipkin) {
         let ip = pod.ip().to_string();
         assert_eq!(
             span.local_endpoint.as_ref().and_then(|e| e.ipv4.as_deref()),

@@ -270,6 +270,18 @@ pub enum CollectorChoice {
     Zipkin,
     /// Jaeger when `bin/jaeger` is built, else Zipkin (the demo).
     PreferJaeger,
+    /// Jaeger, or a reason to skip (the Jaeger tier of the tests).
+    Jaeger,
+}
+
+impl CollectorChoice {
+    /// The tests' choice: `SIDETRACE_E2E_COLLECTOR=jaeger` selects the Jaeger tier.
+    pub fn from_env() -> Self {
+        match std::env::var("SIDETRACE_E2E_COLLECTOR").as_deref() {
+            Ok("jaeger") => Self::Jaeger,
+            _ => Self::Zipkin,
+        }
+    }
 }
 
 impl Binaries {
@@ -312,7 +324,13 @@ impl Binaries {
         let proxy = need("sidetrace-proxy")?;
         let demo_app = need("sidetrace-demo-app")?;
         let jaeger = peers::bin("jaeger");
-        let collector = if choice == CollectorChoice::PreferJaeger && jaeger.is_file() {
+        if choice == CollectorChoice::Jaeger && !jaeger.is_file() {
+            return Err(format!(
+                "{} is missing (SIDETRACE_E2E_COLLECTOR=jaeger): run `e2e/peers.sh jaeger`",
+                jaeger.display()
+            ));
+        }
+        let collector = if choice != CollectorChoice::Zipkin && jaeger.is_file() {
             collector::Kind::Jaeger { bin: jaeger }
         } else {
             let java = in_path("java").ok_or_else(|| {
