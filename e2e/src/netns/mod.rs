@@ -20,6 +20,10 @@
 //! like kubelet). The test process talks to pods by opening sockets inside their namespaces
 //! ([`ns::connect_in`]), so it needs no route either.
 //!
+//! [`Front::Envoy`] replaces the front pod's app and sidecar with Envoy configured as the
+//! classic sandbox's front proxy (`e2e/demo/front-envoy.yaml`: Zipkin tracer, HTTP_JSON,
+//! shared_span_context false) — the interop check against the real thing.
+//!
 //! Dropping the [`Topology`] kills every process, deletes every namespace (which takes the
 //! iptables rules with it) and removes the log directory — unless the thread is panicking or
 //! [`Topology::keep_logs`] was called, in which case the logs stay and their path is printed.
