@@ -779,3 +779,69 @@ async fn grpc_over_h2c_keeps_working_through_interception() {
         "service1's proxy carried the outbound call as gRPC"
     );
 }
+
+/// Zipkin's localEndpoint is the host that recorded the span: a CLIENT span recorded by
+/// front's sidecar carries front's address (the pod IP the webhook passes as
+/// SIDETRACE_POD_IP), not the callee's — the callee is the remoteEndpoint.
+#[tokio::test]
+async fn client_spans_name_the_calling_pod_as_local_endpoint() {
+    let _serial = SERIAL.lock().await;
+    if CollectorChoice::from_env() != CollectorChoice::Zipkin {
+        // Not a missing prerequisite: Jaeger's query API does not return endpoints, so this
+        // check belongs to the Zipkin tier only (which CI always runs).
+        eprintln!(
+            "SKIP client_spans_name_the_calling_pod_as_local_endpoint: not applicable to the \
+             Jaeger tier (no endpoints in its query API)"
+        );
+        return;
+    }
+    let Some(t) = topology(
+        "client_spans_name_the_calling_pod_as_local_endpoint",
+        Options::default(),
+    )
+    .await
+    else {
+        return;
+    };
+    let (trace, span) = ids();
+    let r = t
+        .get(
+            Pod::Client,
+            Pod::Front,
+            "/trace/1",
+            &[
+                ("x-b3-traceid", &trace),
+                ("x-b3-spanid", &span),
+                ("x-b3-sampled", "1"),
+            ],
+        )
+        .await
+        .expect("answer");
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let spans = t
+        .collector()
+        .wait_trace(&trace, 5, SPANS_WAIT)
+        .await
+        .expect("trace");
+    let tree = render_tree(&spans);
+    for (caller, callee) in [(Pod::Front, Pod::Service1), (Pod::Service1, Pod::Service2)] {
+        let client = find(&spans, caller.service_name(), "CLIENT");
+        let ip = |e: &Option<sidetrace_e2e::collector::Endpoint>| {
+            e.as_ref().and_then(|e| e.ipv4.clone()).unwrap_or_default()
+        };
+        assert_eq!(
+            ip(&client.remote_endpoint),
+            callee.ip().to_string(),
+            "{caller}'s CLIENT span: remoteEndpoint is the callee:\n{tree}"
+        );
+        assert_eq!(
+            ip(&client.local_endpoint),
+            caller.ip().to_string(),
+            "{caller}'s CLIENT span: localEndpoint.ipv4 must be the calling pod ({}), not the \
+             callee ({}); the proxy records the original destination as the local address for \
+             outbound connections:\n{tree}",
+            caller.ip(),
+            callee.ip()
+        );
+    }
+}
