@@ -780,27 +780,22 @@ async fn grpc_over_h2c_keeps_working_through_interception() {
     );
 }
 
-/// Zipkin's localEndpoint is the host that recorded the span: a CLIENT span recorded by
-/// front's sidecar carries front's address (the pod IP the webhook passes as
-/// SIDETRACE_POD_IP), not the callee's — the callee is the remoteEndpoint.
+/// Zipkin's localEndpoint is the host that recorded the span, remoteEndpoint the other side:
+/// a SERVER span names its pod and the caller; a CLIENT span recorded by front's sidecar
+/// carries front's address (the pod IP the webhook passes as SIDETRACE_POD_IP) and the callee.
 #[tokio::test]
-async fn client_spans_name_the_calling_pod_as_local_endpoint() {
+async fn span_endpoints_name_the_right_pods() {
     let _serial = SERIAL.lock().await;
     if CollectorChoice::from_env() != CollectorChoice::Zipkin {
         // Not a missing prerequisite: Jaeger's query API does not return endpoints, so this
         // check belongs to the Zipkin tier only (which CI always runs).
         eprintln!(
-            "SKIP client_spans_name_the_calling_pod_as_local_endpoint: not applicable to the \
+            "SKIP span_endpoints_name_the_right_pods: not applicable to the \
              Jaeger tier (no endpoints in its query API)"
         );
         return;
     }
-    let Some(t) = topology(
-        "client_spans_name_the_calling_pod_as_local_endpoint",
-        Options::default(),
-    )
-    .await
-    else {
+    let Some(t) = topology("span_endpoints_name_the_right_pods", Options::default()).await else {
         return;
     };
     let (trace, span) = ids();
@@ -824,11 +819,29 @@ async fn client_spans_name_the_calling_pod_as_local_endpoint() {
         .await
         .expect("trace");
     let tree = render_tree(&spans);
+    let ip = |e: &Option<sidetrace_e2e::collector::Endpoint>| {
+        e.as_ref().and_then(|e| e.ipv4.clone()).unwrap_or_default()
+    };
+    // SERVER spans: local is the pod itself, remote the caller (the client pod for front).
+    for (callee, caller) in [
+        (Pod::Front, Pod::Client),
+        (Pod::Service1, Pod::Front),
+        (Pod::Service2, Pod::Service1),
+    ] {
+        let server = find(&spans, callee.service_name(), "SERVER");
+        assert_eq!(
+            ip(&server.local_endpoint),
+            callee.ip().to_string(),
+            "{tree}"
+        );
+        assert_eq!(
+            ip(&server.remote_endpoint),
+            caller.ip().to_string(),
+            "{callee}'s SERVER span: remoteEndpoint is the caller:\n{tree}"
+        );
+    }
     for (caller, callee) in [(Pod::Front, Pod::Service1), (Pod::Service1, Pod::Service2)] {
         let client = find(&spans, caller.service_name(), "CLIENT");
-        let ip = |e: &Option<sidetrace_e2e::collector::Endpoint>| {
-            e.as_ref().and_then(|e| e.ipv4.clone()).unwrap_or_default()
-        };
         assert_eq!(
             ip(&client.remote_endpoint),
             callee.ip().to_string(),
