@@ -234,13 +234,32 @@ async fn request_to_front_yields_one_linked_trace_per_hop() {
     else {
         return;
     };
+    // Credentials ride along, as they do in real traffic; they must never reach a span.
     let r = t
-        .get(Pod::Client, Pod::Front, "/trace/1", &[])
+        .get(
+            Pod::Client,
+            Pod::Front,
+            "/trace/1",
+            &[
+                ("authorization", "Bearer e2e-secret-token"),
+                ("cookie", "session=e2e-secret-cookie"),
+            ],
+        )
         .await
         .expect("front answers through the sidecars");
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
     assert!(r.body.contains("(service2)"), "{}", r.body);
     let traces = wait_front_trace(&t).await;
+    for s in traces.iter().flatten() {
+        for (k, v) in &s.tags {
+            assert!(
+                !v.contains("e2e-secret"),
+                "{} {} tag {k} leaks a credential: {v}",
+                s.service(),
+                s.kind()
+            );
+        }
+    }
     assert_eq!(
         traces.len(),
         1,
@@ -363,6 +382,51 @@ async fn incoming_b3_context_is_continued() {
         .expect("trace continues the b3 single header's id");
     let root = assert_sandbox_trace(&spans);
     assert_eq!(root.parent_id.as_deref(), Some(span.as_str()));
+
+    // Malformed context never fails a request: it is dropped and a new trace starts.
+    for headers in [
+        vec![
+            ("x-b3-traceid", "not-hex"),
+            ("x-b3-spanid", "zz"),
+            ("x-b3-sampled", "1"),
+        ],
+        vec![("b3", "garbage-b3-value")],
+        vec![("traceparent", "00-0000-bad-01")],
+    ] {
+        let before: Vec<String> = t
+            .collector()
+            .traces("front-proxy", 50)
+            .await
+            .expect("query")
+            .iter()
+            .filter_map(|tr| tr.first().map(|s| s.trace_id.clone()))
+            .collect();
+        let r = t
+            .get(Pod::Client, Pod::Front, "/trace/1", &headers)
+            .await
+            .expect("answer");
+        assert_eq!(r.status, StatusCode::OK, "{headers:?}: {}", r.body);
+        let deadline = std::time::Instant::now() + SPANS_WAIT;
+        let fresh = loop {
+            let traces = t
+                .collector()
+                .traces("front-proxy", 50)
+                .await
+                .expect("query");
+            if let Some(new) = traces.into_iter().find(|tr| {
+                tr.len() >= 5 && tr.first().is_some_and(|s| !before.contains(&s.trace_id))
+            }) {
+                break new;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{headers:?}: no fresh trace appeared"
+            );
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        };
+        let root = assert_sandbox_trace(&fresh);
+        assert_eq!(root.parent_id, None, "{headers:?}: a new root");
+    }
 }
 
 #[tokio::test]
