@@ -922,3 +922,82 @@ async fn span_endpoints_name_the_right_pods() {
         );
     }
 }
+
+/// The operator rewrites a ConfigMap; the sidecar picks it up while a client's keep-alive
+/// connection stays open: the next request on that same connection gets the new operation
+/// name.
+#[tokio::test]
+async fn config_reload_renames_operations_without_dropping_connections() {
+    let _serial = SERIAL.lock().await;
+    let Some(t) = topology(
+        "config_reload_renames_operations_without_dropping_connections",
+        Options::default(),
+    )
+    .await
+    else {
+        return;
+    };
+    let mut conn = client::connect_http1(&t.ns(Pod::Client), Pod::Service1.app())
+        .await
+        .expect("connect to service1");
+    let call = |trace: &str, span: &str| {
+        client::get_request(
+            Pod::Service1.app(),
+            "/trace/1",
+            &[
+                ("x-b3-traceid", trace),
+                ("x-b3-spanid", span),
+                ("x-b3-sampled", "1"),
+            ],
+            Version::HTTP_11,
+        )
+        .expect("request")
+    };
+    let outbound_name = |spans: &[Span]| find(spans, "service1", "CLIENT").name().to_owned();
+
+    let (trace, span) = ids();
+    let r = client::send_on(&mut conn, call(&trace, &span))
+        .await
+        .expect("first request");
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let spans = t
+        .collector()
+        .wait_trace(&trace, 3, SPANS_WAIT)
+        .await
+        .expect("trace");
+    assert!(outbound_name(&spans).eq_ignore_ascii_case("checkStock"));
+
+    let reloads = "sidetrace_proxy_config_reloads_total{result=\"ok\"}";
+    let before = t.metric(Pod::Service1, reloads).await.expect("metrics");
+    let yaml = sidetrace_e2e::netns::proxy_config_yaml(Pod::Service1)
+        .expect("render")
+        .expect("service1 has a config")
+        .replace("checkStock", "checkInventory");
+    t.update_proxy_config(Pod::Service1, &yaml)
+        .expect("rewrite the config");
+    let deadline = std::time::Instant::now() + SPANS_WAIT;
+    while t.metric(Pod::Service1, reloads).await.expect("metrics") <= before {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "service1's proxy never reloaded its config:\n{}",
+            t.log_tail("service1-proxy", 20)
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+
+    let (trace, span) = ids();
+    let r = client::send_on(&mut conn, call(&trace, &span))
+        .await
+        .expect("the kept-alive connection survives the reload");
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let spans = t
+        .collector()
+        .wait_trace(&trace, 3, SPANS_WAIT)
+        .await
+        .expect("trace");
+    assert!(
+        outbound_name(&spans).eq_ignore_ascii_case("checkInventory"),
+        "the reloaded rule names the call:\n{}",
+        render_tree(&spans)
+    );
+}

@@ -69,6 +69,44 @@ pub async fn send(from: &str, addr: SocketAddr, req: Request<Full<Bytes>>) -> Re
         .with_context(|| what.clone())
 }
 
+/// An HTTP/1.1 keep-alive connection opened from inside namespace `from`: every request sent
+/// on it reuses the one TCP connection (a dropped connection fails the next request).
+pub async fn connect_http1(
+    from: &str,
+    addr: SocketAddr,
+) -> Result<hyper::client::conn::http1::SendRequest<Full<Bytes>>> {
+    let stream = ns::connect_in(from, addr, CONNECT_TIMEOUT).await?;
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(conn);
+    Ok(sender)
+}
+
+/// Send `req` on an open connection and read the whole answer.
+pub async fn send_on(
+    sender: &mut hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+    req: Request<Full<Bytes>>,
+) -> Result<Reply> {
+    let fut = async {
+        sender.ready().await?;
+        let resp = sender.send_request(req).await?;
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let collected = resp.into_body().collect().await?;
+        let trailers = collected.trailers().cloned();
+        let bytes = collected.to_bytes();
+        anyhow::Ok(Reply {
+            status,
+            headers,
+            body: String::from_utf8_lossy(&bytes).into_owned(),
+            bytes,
+            trailers,
+        })
+    };
+    tokio::time::timeout(REQUEST_TIMEOUT, fut)
+        .await
+        .context("no answer on the kept-alive connection")?
+}
+
 /// Build a GET for `path` on `addr` with extra headers.
 pub fn get_request(
     addr: SocketAddr,

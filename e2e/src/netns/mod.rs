@@ -709,6 +709,24 @@ impl Topology {
         client::get(&self.ns(from), to.app(), path, headers).await
     }
 
+    /// Where `pod`'s proxy reads its config (the "mounted ConfigMap"), when it has one.
+    pub fn proxy_config_path(&self, pod: Pod) -> Option<PathBuf> {
+        let p = self.dir.join(format!("{pod}-proxy.yaml"));
+        p.is_file().then_some(p)
+    }
+
+    /// Replace `pod`'s proxy config atomically (write, then rename over it), as a kubelet
+    /// swaps a ConfigMap volume's contents.
+    pub fn update_proxy_config(&self, pod: Pod, yaml: &str) -> Result<()> {
+        let path = self
+            .proxy_config_path(pod)
+            .with_context(|| format!("{pod} has no proxy config"))?;
+        let tmp = path.with_extension("yaml.tmp");
+        std::fs::write(&tmp, yaml)?;
+        std::fs::rename(&tmp, &path)?;
+        Ok(())
+    }
+
     /// The proxy's Prometheus text from `pod`'s admin port (probed from the client pod).
     pub async fn metrics(&self, pod: Pod) -> Result<String> {
         let admin = SocketAddr::from((pod.ip(), defaults::ADMIN_PORT));
