@@ -62,6 +62,10 @@ async fn control_plane() {
         "webhook_by_url_on_the_host_address_is_called",
         webhook_by_url(&cp).await,
     );
+    record(
+        "webhook_by_service_fails_inside_the_namespace",
+        webhook_by_service(&cp).await,
+    );
     record("kubectl_and_helm_reach_the_apiserver", cli_tools(&cp).await);
 
     if !failures.is_empty() {
@@ -451,6 +455,88 @@ async fn webhook_by_url(cp: &ControlPlane) -> Result<()> {
         calls.load(Ordering::Relaxed) >= 1,
         "the webhook was never called"
     );
+    Ok(())
+}
+
+/// A webhook registered by `service:` makes the apiserver dial the Service's ClusterIP, which
+/// has no route from the control plane's namespace: the call fails right there (and, with
+/// failurePolicy Fail, so does the request) instead of sending traffic anywhere.
+async fn webhook_by_service(cp: &ControlPlane) -> Result<()> {
+    let ns = "e2e-webhook-svc";
+    let config = serde_json::json!({
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingWebhookConfiguration",
+        "metadata": { "name": "sidetrace-e2e-by-service" },
+        "webhooks": [{
+            "name": "by-service.e2e.sidetrace.dev",
+            // A real Service with a ClusterIP (not `kubernetes`, which the apiserver
+            // short-circuits to its loopback): so only routing can fail.
+            "clientConfig": {
+                "service": { "namespace": ns, "name": "nowhere", "port": 443 },
+                "caBundle": base64_std(cp.ca_pem()),
+            },
+            "rules": [{
+                "apiGroups": [""], "apiVersions": ["v1"],
+                "operations": ["CREATE"], "resources": ["configmaps"],
+            }],
+            "namespaceSelector": { "matchLabels": { "e2e-probe": "by-service" } },
+            "failurePolicy": "Fail",
+            "sideEffects": "None",
+            "admissionReviewVersions": ["v1"],
+            "timeoutSeconds": 5,
+        }],
+    });
+    cp.create_namespace(ns, &[("e2e-probe", "by-service")])
+        .await?;
+    let service = serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": { "name": "nowhere" },
+        "spec": { "ports": [{ "port": 443 }], "selector": { "app": "nowhere" } },
+    });
+    let service = manifests::apply(&cp.client(), &service, Some(ns)).await?;
+    let cluster_ip = service.data["spec"]["clusterIP"]
+        .as_str()
+        .context("Service got no ClusterIP")?
+        .to_owned();
+    ensure!(
+        cluster_ip.starts_with("10.251.0."),
+        "ClusterIP {cluster_ip} outside 10.251.0.0/24"
+    );
+    manifests::apply(&cp.client(), &config, None).await?;
+    let cms: Api<k8s_openapi::api::core::v1::ConfigMap> = Api::namespaced(cp.client(), ns);
+    // The configuration is picked up asynchronously: create until the webhook is in force.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let mut n = 0;
+    let message = loop {
+        n += 1;
+        let cm = serde_json::from_value(
+            serde_json::json!({ "metadata": { "name": format!("probe-{n}") } }),
+        )?;
+        match cms.create(&PostParams::default(), &cm).await {
+            Err(kube::Error::Api(s)) if s.message.contains("failed calling webhook") => {
+                break s.message;
+            }
+            Err(e) => return Err(e.into()),
+            Ok(_) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            Ok(_) => bail!("the by-service webhook was never called within 30s"),
+        }
+    };
+    let _ = kube::Api::<kube::api::DynamicObject>::all_with(
+        cp.client(),
+        &kube::api::ApiResource::erase::<
+            k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration,
+        >(&()),
+    )
+    .delete("sidetrace-e2e-by-service", &Default::default())
+    .await;
+    ensure!(
+        message.contains(&cluster_ip) && message.contains("unreachable"),
+        "the failure does not say the ClusterIP {cluster_ip} is unreachable: {message}"
+    );
+    eprintln!("     by-service webhook: {message}");
     Ok(())
 }
 
