@@ -81,8 +81,10 @@ pub struct Args {
     /// Grace period for in-flight requests on SIGTERM or POST /shutdown.
     #[arg(long, env = "SIDETRACE_DRAIN_TIMEOUT", default_value = "25s", value_parser = parse_duration)]
     pub drain_timeout: Duration,
-    /// Time a client has to send a complete HTTP/1 request head (slowloris guard).
-    #[arg(long, env = "SIDETRACE_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    /// Time a client has to send a complete HTTP/1 request head (slowloris guard). hyper runs
+    /// this clock while a keep-alive connection waits for its next request too, so it is also
+    /// the idle timeout of client connections: long enough that pooled clients rarely race it.
+    #[arg(long, env = "SIDETRACE_HEADER_READ_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
     pub header_read_timeout: Duration,
     /// Timeout for connecting to an upstream.
     #[arg(long, env = "SIDETRACE_CONNECT_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
