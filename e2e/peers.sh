@@ -109,18 +109,23 @@ gomodcache() { go env GOMODCACHE; }
 # ---------------------------------------------------------------------------------------------
 # System tools (only as root and only when absent).
 # ---------------------------------------------------------------------------------------------
-ensure_system_tools() {
-	local missing=()
-	command -v iptables >/dev/null 2>&1 || missing+=(iptables)
-	command -v ip >/dev/null 2>&1 || missing+=(iproute2)
-	command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+# ensure_tools CMD:DEBIAN_PACKAGE... — apt-get install the packages whose command is absent,
+# only as root (never touches a machine where the tools exist or we are not root).
+ensure_tools() {
+	local pair missing=()
+	for pair in "$@"; do
+		command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair#*:}")
+	done
 	if [[ ${#missing[@]} -eq 0 ]]; then return 0; fi
 	if [[ $(id -u) -ne 0 ]]; then
-		log "missing ${missing[*]} (not root, not installing)"
+		log "missing packages ${missing[*]} (not root, not installing)"
 		return 0
 	fi
 	step apt-install bash -c "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq ${missing[*]}"
 }
+
+# What the tests around the control plane need besides the peers: netns/veth, iptables.
+ensure_system_tools() { ensure_tools ip:iproute2 iptables:iptables openssl:openssl jq:jq; }
 
 # seed_gosum DIR MODULE@VERSION — start a throwaway module's go.sum from the upstream module's
 # own (the dependency hashes it was released with), so the checksum database is asked only
@@ -316,6 +321,7 @@ zipkin_fetch() {
 install_zipkin() {
 	local jar="$BIN/zipkin-server-$ZIPKIN_VERSION-exec.jar"
 	if [[ ! -s "$jar" ]]; then
+		ensure_tools mvn:maven
 		need mvn "Maven fetches the Zipkin server jar"
 		need java "the Zipkin server runs on Java 17+"
 		local tmp="$SRC/zipkin-$ZIPKIN_VERSION"
@@ -392,6 +398,7 @@ jaeger_build() {
 install_jaeger() {
 	if ! have "jaeger-$JAEGER_MODULE_VERSION"; then
 		need go "the Go toolchain builds Jaeger"
+		ensure_tools jq:jq
 		need jq "reads go mod download -json"
 		local dir="$SRC/jaeger-$JAEGER_MODULE_VERSION" t0=$SECONDS c0
 		c0=$(du_mb "$GOCACHE")
