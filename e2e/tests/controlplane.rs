@@ -672,3 +672,79 @@ async fn cli_tools(cp: &ControlPlane) -> Result<()> {
     );
     Ok(())
 }
+
+/// `e2e/peers.sh` parses, and `check` runs without building anything.
+#[test]
+fn peers_script_parses_and_checks() {
+    let script = repo().join("e2e/peers.sh");
+    let syntax = std::process::Command::new("bash")
+        .arg("-n")
+        .arg(&script)
+        .output()
+        .expect("bash");
+    assert!(
+        syntax.status.success(),
+        "{}",
+        String::from_utf8_lossy(&syntax.stderr)
+    );
+    let cache = std::env::temp_dir().join(format!("sidetrace-peers-check-{}", std::process::id()));
+    let check = std::process::Command::new(&script)
+        .arg("check")
+        .env("SIDETRACE_CACHE", &cache)
+        .output()
+        .expect("peers.sh check");
+    let _ = std::fs::remove_dir_all(&cache);
+    let out = String::from_utf8_lossy(&check.stdout);
+    assert!(
+        check.status.success(),
+        "{out}{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    for name in [
+        "etcd",
+        "kube-apiserver",
+        "kube-controller-manager",
+        "kubectl",
+        "helm",
+        "zipkin.jar",
+    ] {
+        assert!(out.contains(name), "check does not list {name}: {out}");
+    }
+}
+
+/// The Kubernetes the peers are built at is the one k8s-openapi is compiled for: the minor in
+/// `K8S_VERSION=v1.N.x` matches the workspace's `k8s-openapi` feature `v1_N`.
+#[test]
+fn pinned_kubernetes_matches_k8s_openapi() {
+    let script = std::fs::read_to_string(repo().join("e2e/peers.sh")).expect("peers.sh");
+    let version = script
+        .lines()
+        .find_map(|l| l.strip_prefix("K8S_VERSION="))
+        .and_then(|v| v.split_whitespace().next())
+        .expect("K8S_VERSION= line");
+    let minor = version
+        .trim_start_matches("v1.")
+        .split('.')
+        .next()
+        .expect("minor");
+    let staging = script
+        .lines()
+        .find_map(|l| l.strip_prefix("K8S_STAGING_VERSION="))
+        .and_then(|v| v.split_whitespace().next())
+        .expect("K8S_STAGING_VERSION= line");
+    assert_eq!(
+        staging,
+        version.replacen("v1.", "v0.", 1),
+        "staging modules must match {version}"
+    );
+    let cargo = std::fs::read_to_string(repo().join("Cargo.toml")).expect("Cargo.toml");
+    let feature = format!("\"v1_{minor}\"");
+    let openapi = cargo
+        .lines()
+        .find(|l| l.starts_with("k8s-openapi"))
+        .expect("k8s-openapi in [workspace.dependencies]");
+    assert!(
+        openapi.contains(&feature),
+        "peers pin Kubernetes {version} but {openapi}"
+    );
+}
