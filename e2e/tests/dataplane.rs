@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use http::{StatusCode, Version};
 use sidetrace_e2e::collector::{Span, render_tree};
-use sidetrace_e2e::controlplane::skip_or_fail;
+use sidetrace_e2e::controlplane::peers::in_ci;
 use sidetrace_e2e::netns::{
     Binaries, CollectorChoice, Front, Options, Pod, TCP_ECHO_PORT, Topology, client,
 };
@@ -34,6 +34,18 @@ const SPANS_WAIT: Duration = Duration::from_secs(45);
 /// One topology at a time (see the module docs). Tokio's mutex does not poison, so one failed
 /// test does not fail the rest.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// The skip-or-fail rule: under `CI=true` a missing prerequisite fails the test; otherwise
+/// `SKIP <test>: <reason>` goes straight to the process's stderr — not through `eprintln!`,
+/// which the test harness captures and hides for tests that return normally.
+fn skip_or_fail(test: &str, reason: &str) {
+    assert!(
+        !in_ci(),
+        "{test}: {reason} (CI=true: missing prerequisites fail instead of skipping)"
+    );
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stderr().lock(), "SKIP {test}: {reason}");
+}
 
 /// The topology for `test`, or `None` after printing why it is skipped.
 async fn topology(test: &str, opts: Options) -> Option<Topology> {
@@ -853,7 +865,9 @@ async fn span_endpoints_name_the_right_pods() {
     if CollectorChoice::from_env() != CollectorChoice::Zipkin {
         // Not a missing prerequisite: Jaeger's query API does not return endpoints, so this
         // check belongs to the Zipkin tier only (which CI always runs).
-        eprintln!(
+        use std::io::Write as _;
+        let _ = writeln!(
+            std::io::stderr().lock(),
             "SKIP span_endpoints_name_the_right_pods: not applicable to the \
              Jaeger tier (no endpoints in its query API)"
         );
