@@ -267,6 +267,17 @@ fn in_path(program: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
+/// Whether a process of another, unprivileged uid can execute `path`: the file and every
+/// ancestor directory carry the "others" execute bit.
+fn others_can_execute(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt as _;
+    let Ok(path) = path.canonicalize() else {
+        return false;
+    };
+    path.ancestors()
+        .all(|p| std::fs::metadata(p).is_ok_and(|m| m.permissions().mode() & 0o001 != 0))
+}
+
 /// Which collector [`Binaries::find`] picks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CollectorChoice {
@@ -327,6 +338,16 @@ impl Binaries {
         let init = need("sidetrace-init")?;
         let proxy = need("sidetrace-proxy")?;
         let demo_app = need("sidetrace-demo-app")?;
+        // The proxy must run as 1337 (the rules exempt that uid), so it must be able to exec
+        // its binary: a checkout under a private home directory cannot work.
+        if !others_can_execute(&proxy) {
+            return Err(format!(
+                "{} is not executable by uid {} (a parent directory is not world-searchable): \
+                 build in a checkout outside private directories such as /root",
+                proxy.display(),
+                defaults::PROXY_UID
+            ));
+        }
         let jaeger = peers::bin("jaeger");
         if choice == CollectorChoice::Jaeger && !jaeger.is_file() {
             return Err(format!(
@@ -566,11 +587,12 @@ impl Topology {
         let pod_ns = self.ns(pod);
         // The app first, checked on loopback inside the pod before any rule exists.
         let mut app = Command::new(&bins.demo_app);
-        app.args(pod.app_args())
-            .env_clear()
-            .env("RUST_LOG", "info")
-            .uid(APP_UID)
-            .gid(APP_UID);
+        app.args(pod.app_args()).env_clear().env("RUST_LOG", "info");
+        // An ordinary uid, like an app container — unless it could not exec the binary (see
+        // `others_can_execute`; the proxy check already guarantees that for the same directory).
+        if others_can_execute(&bins.demo_app) {
+            app.uid(APP_UID).gid(APP_UID);
+        }
         self.spawn(pod, "app", app)?;
         let local = SocketAddr::from(([127, 0, 0, 1], APP_PORT));
         self.wait_ok(&pod_ns, local, "/healthz", &format!("{pod}-app"))
@@ -782,6 +804,28 @@ pub fn metric_value(text: &str, series: &str) -> Option<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn execute_permission_is_checked_along_the_path() {
+        assert!(others_can_execute(Path::new("/bin/sh")));
+        assert!(!others_can_execute(Path::new("/nonexistent/binary")));
+        let dir = std::env::temp_dir().join(format!("st-exec-{}", std::process::id()));
+        let private = dir.join("private");
+        std::fs::create_dir_all(&private).unwrap();
+        let bin = private.join("tool");
+        std::fs::write(&bin, "").unwrap();
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let open = others_can_execute(&bin);
+        std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o700)).unwrap();
+        let closed = others_can_execute(&bin);
+        let _ = std::fs::remove_dir_all(&dir);
+        // /tmp itself may be mounted without o+x in odd sandboxes; only compare the two.
+        assert!(!closed);
+        assert!(open || !others_can_execute(&dir));
+    }
 
     #[test]
     fn metric_values_are_found_by_exact_series() {
