@@ -206,7 +206,12 @@ async fn handle_connection(
     let io = Rewind::new(prefix, stream);
     let info = Arc::new(ConnInfo {
         direction,
-        local_addr: canonical(route.original),
+        // The pod's side of the connection: what the caller dialled on inbound, the app's
+        // own socket on outbound (the original destination there is the callee).
+        local_addr: match direction {
+            Direction::Inbound => canonical(route.original),
+            Direction::Outbound => peer,
+        },
         peer_addr: peer,
         upstream: route.upstream,
         h2: detected == Detected::Http2,

@@ -432,6 +432,14 @@ fn transparent_proxying(tag: &str, pod_ip: &str, peer_ip: &str) {
         client["tags"]["upstream_address"],
         host_port(peer_ip, PEER_PORT)
     );
+    // Endpoints name the right sides: the pod is local on both spans, the callee is remote.
+    let family = if pod_ip.contains(':') { "ipv6" } else { "ipv4" };
+    assert_eq!(server["localEndpoint"][family], pod_ip, "{server}");
+    assert_eq!(client["localEndpoint"][family], pod_ip, "{client}");
+    assert_eq!(client["localEndpoint"]["serviceName"], "pod-svc");
+    assert_eq!(client["remoteEndpoint"][family], peer_ip, "{client}");
+    assert_eq!(client["remoteEndpoint"]["port"], PEER_PORT, "{client}");
+    assert_eq!(server["remoteEndpoint"][family], peer_ip, "{server}");
 }
 
 fn host_port(ip: &str, port: u16) -> String {
