@@ -90,5 +90,8 @@ pub fn skip_or_fail(test: &str, reason: &str) {
         !in_ci(),
         "{test}: {reason} (CI=true: missing prerequisites fail instead of skipping)"
     );
-    eprintln!("SKIP {test}: {reason}");
+    // Straight to the stderr handle: libtest captures eprintln! of passing tests, and a skip
+    // must always be visible.
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stderr(), "SKIP {test}: {reason}");
 }
