@@ -43,10 +43,11 @@ fn main() -> anyhow::Result<()> {
         .build()?;
     let listener = server_rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
     let addr = listener.local_addr()?;
+    let metrics = Arc::new(Metrics::default());
     let state = Arc::new(AppState {
         settings: Settings::default(),
         view: Arc::new(StaticView::default()),
-        metrics: Arc::new(Metrics::default()),
+        metrics: Arc::clone(&metrics),
         ready: Arc::new(AtomicBool::new(true)),
     });
     server_rt.spawn(server::serve_tls(
@@ -103,6 +104,24 @@ fn main() -> anyhow::Result<()> {
         anyhow::Ok(())
     })?;
     drop(server_rt);
+    // Time inside the handler (parse, decide, build, serialise), without TLS, HTTP and
+    // scheduling: the share of the latency that is the webhook's own work.
+    let text = metrics.render();
+    let get = |name: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+            .unwrap_or(0.0)
+    };
+    let (sum, count) = (
+        get("sidetrace_injector_admission_duration_seconds_sum "),
+        get("sidetrace_injector_admission_duration_seconds_count "),
+    );
+    if count > 0.0 {
+        println!(
+            "handler time: mean {:.0} µs over {count} admissions",
+            sum / count * 1e6
+        );
+    }
     Ok(())
 }
 
