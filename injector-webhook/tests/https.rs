@@ -454,3 +454,60 @@ fn bad_configuration_exits_64_before_binding() {
         assert!(out.stdout.is_empty(), "{args:?} bound a port");
     }
 }
+
+/// A Secret volume as the kubelet writes it: `tls.crt -> ..data/tls.crt`, `..data ->
+/// ..<timestamp>`, rotated by atomically renaming a new `..data` symlink over the old one.
+#[tokio::test]
+async fn secret_volume_symlink_swap_is_picked_up() {
+    use std::os::unix::fs::symlink;
+    let first = self_signed();
+    let inj = Injector::start(&first, &["--native-sidecars", "true"]);
+    // Rebuild the injector's files as a Secret volume layout in place.
+    let dir = inj.cert_path.parent().expect("dir").to_path_buf();
+    let v1 = dir.join("..2026_01_01_00_00_00.1");
+    std::fs::create_dir(&v1).expect("mkdir v1");
+    std::fs::write(v1.join("tls.crt"), &first.cert_pem).expect("write");
+    std::fs::write(v1.join("tls.key"), &first.key_pem).expect("write");
+    symlink(&v1, dir.join("..data")).expect("..data");
+    for f in ["tls.crt", "tls.key"] {
+        let tmp = dir.join(format!("{f}.tmp"));
+        symlink(format!("..data/{f}"), &tmp).expect("symlink");
+        std::fs::rename(&tmp, dir.join(f)).expect("swap in symlink");
+    }
+    let reply = request(
+        inj.addr,
+        client_config(&first.der, false),
+        "GET",
+        "/healthz",
+        vec![],
+    )
+    .await
+    .expect("first cert served");
+    assert_eq!(reply.server_cert, first.der);
+
+    let second = self_signed();
+    let v2 = dir.join("..2026_01_02_00_00_00.2");
+    std::fs::create_dir(&v2).expect("mkdir v2");
+    std::fs::write(v2.join("tls.crt"), &second.cert_pem).expect("write");
+    std::fs::write(v2.join("tls.key"), &second.key_pem).expect("write");
+    symlink(&v2, dir.join("..data_tmp")).expect("..data_tmp");
+    std::fs::rename(dir.join("..data_tmp"), dir.join("..data")).expect("atomic swap");
+
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let new_tls = client_config(&second.der, false);
+    loop {
+        match request(inj.addr, new_tls.clone(), "GET", "/healthz", vec![]).await {
+            Ok(reply) => {
+                assert_eq!(reply.server_cert, second.der);
+                break;
+            }
+            Err(e) => {
+                assert!(
+                    Instant::now() < deadline,
+                    "new certificate never served: {e}"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
