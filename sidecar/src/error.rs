@@ -18,9 +18,6 @@ pub enum Error {
         addr: SocketAddr,
         source: std::io::Error,
     },
-    /// The connection was not redirected to the proxy (or would loop back into it).
-    #[error("connection refused: {0}")]
-    Refused(&'static str),
     /// Connecting to the upstream (the app, or the original destination) failed.
     #[error("upstream connect to {addr} failed: {reason}")]
     Connect { addr: SocketAddr, reason: String },
@@ -38,7 +35,6 @@ impl Error {
         match self {
             Self::Config { .. } => "config",
             Self::Bind { .. } => "bind",
-            Self::Refused(_) => "refused",
             Self::Connect { .. } => "connect",
             Self::Upstream(_) => "upstream",
             Self::Io(_) => "io",
