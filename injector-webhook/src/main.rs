@@ -127,6 +127,10 @@ struct Args {
     #[arg(long, env = "SIDETRACE_INJECTOR_PROXY_MEMORY_LIMIT", default_value = defaults::PROXY_MEMORY_LIMIT,
           value_parser = parse_quantity)]
     proxy_memory_limit: String,
+    /// Pass `--ipv6` to sidetrace-init so it programs ip6tables too (dual-stack/IPv6 clusters).
+    #[arg(long, env = "SIDETRACE_INJECTOR_INIT_IPV6", default_value_t = false,
+          action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    init_ipv6: bool,
     /// The injector's own log filter (a tracing EnvFilter directive such as `info` or
     /// `sidetrace_injector=debug`).
     #[arg(long, env = "SIDETRACE_INJECTOR_LOG_LEVEL", default_value = "info")]
@@ -311,6 +315,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         proxy_cpu_request: args.proxy_cpu_request,
         proxy_memory_request: args.proxy_memory_request,
         proxy_memory_limit: args.proxy_memory_limit,
+        init_ipv6: args.init_ipv6,
         hold_command: args
             .proxy_hold_command
             .split_whitespace()

@@ -115,6 +115,8 @@ pub fn init_container(settings: &Settings, resolved: &Resolved) -> Value {
         settings.inbound_port.to_string(),
         "--outbound-port".to_owned(),
         settings.outbound_port.to_string(),
+        "--admin-port".to_owned(),
+        settings.admin_port.to_string(),
         "--exclude-inbound-ports".to_owned(),
         join(&inbound),
     ];
@@ -125,6 +127,9 @@ pub fn init_container(settings: &Settings, resolved: &Resolved) -> Value {
     if !o.exclude_outbound_cidrs.is_empty() {
         args.push("--exclude-outbound-cidrs".to_owned());
         args.push(o.exclude_outbound_cidrs.join(","));
+    }
+    if settings.init_ipv6 {
+        args.push("--ipv6".to_owned());
     }
     json!({
         "name": names::INIT_CONTAINER_NAME,

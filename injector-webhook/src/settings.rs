@@ -56,6 +56,8 @@ pub struct Settings {
     pub proxy_memory_request: String,
     /// Proxy memory limit when no annotation overrides it.
     pub proxy_memory_limit: String,
+    /// Have sidetrace-init program ip6tables too (dual-stack or IPv6 clusters).
+    pub init_ipv6: bool,
     /// Classic mode: the command of the proxy's postStart hook, which returns once the proxy
     /// is ready so that the kubelet starts the app containers only then. Empty: no hook.
     pub hold_command: Vec<String>,
@@ -84,6 +86,7 @@ impl Default for Settings {
             proxy_cpu_request: defaults::PROXY_CPU_REQUEST.into(),
             proxy_memory_request: defaults::PROXY_MEMORY_REQUEST.into(),
             proxy_memory_limit: defaults::PROXY_MEMORY_LIMIT.into(),
+            init_ipv6: false,
             hold_command: DEFAULT_HOLD_COMMAND
                 .iter()
                 .map(|s| (*s).to_owned())

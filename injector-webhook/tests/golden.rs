@@ -28,6 +28,9 @@ struct Case {
     /// TracedServices in the cache.
     #[serde(default)]
     traced_services: Vec<TracedService>,
+    /// `--init-ipv6`.
+    #[serde(default)]
+    init_ipv6: bool,
 }
 
 fn settings(mode: SidecarMode) -> Settings {
@@ -80,7 +83,10 @@ fn run_case(dir: &Path, failures: &mut Vec<String>) -> Outcome {
         Some("classic") => SidecarMode::Classic,
         Some(other) => panic!("{}: unknown mode {other}", dir.display()),
     };
-    let settings = settings(mode);
+    let settings = Settings {
+        init_ipv6: case.init_ipv6,
+        ..settings(mode)
+    };
     let namespace = case.namespace.clone().unwrap_or_else(|| "shop".into());
     let ns_labels = case.namespace_labels.clone().unwrap_or_else(|| {
         [(
