@@ -641,3 +641,32 @@ async fn grpc_to_an_unreachable_upstream_gets_grpc_status_unavailable() {
     assert_eq!(tag(s, "grpc.status_code"), "14");
     assert!(tag(s, "error").contains("connect"), "{s}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_bodies_stream_through_both_ways() {
+    let app = App::http1().await;
+    let proxy = Proxy::start(ProxyOpts {
+        inbound_to: Some(app.addr),
+        ..Default::default()
+    })
+    .await;
+    let payload: Vec<u8> = (0..4 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
+    let mut c = H1::connect(proxy.inbound).await.expect("connect");
+    let req = Request::builder()
+        .method("POST")
+        .uri("/upload")
+        .header("host", "files:80")
+        .body(Full::new(Bytes::from(payload.clone())))
+        .expect("req");
+    let (status, headers, body) = c.send(req).await.expect("upload");
+    assert_eq!(status, 200);
+    assert_eq!(
+        header(&headers, "content-length"),
+        payload.len().to_string()
+    );
+    assert_eq!(body.len(), String::from_utf8_lossy(&payload).len());
+    assert_eq!(
+        header(&app.seen()[0].headers, "content-length"),
+        payload.len().to_string()
+    );
+}
