@@ -43,8 +43,11 @@ e2e-kind: ## the kind-based end-to-end suite (needs Docker and kind)
 	@# Exits 2, naming what is missing, where Docker (with a running engine) or kind is absent.
 	e2e/kind/run.sh
 
-bench: ## benchmarks; writes bench/RESULTS.md
-	@echo "make bench: not built yet"; exit 2
+bench: ## benchmarks side by side with Envoy; writes bench/RESULTS.md (BENCH_ARGS=--full for the long profile)
+	@[ -x "$(CACHE)/bin/envoy" ] || e2e/peers.sh envoy
+	@[ -s "$(CACHE)/bin/zipkin.jar" ] || e2e/peers.sh zipkin
+	$(CARGO) build --release -p sidetrace-proxy -p sidetrace-injector
+	$(CARGO) run --release -p sidetrace-bench -- all $(BENCH_ARGS)
 
 images: ## container images for the four binaries and the demo app
 	@# docker, podman or buildah; archives under $(CACHE)/images; jaeger when e2e/peers.sh jaeger built it.
