@@ -1,5 +1,6 @@
 //! Harness for component tests: the real `sidetrace-proxy` binary in explicit mode on
 //! loopback, real hyper servers as the app, a small collector that records POSTed spans.
+// Each test binary uses a different subset of the harness.
 #![allow(dead_code)]
 
 use std::convert::Infallible;
