@@ -1,5 +1,9 @@
 //! `sidetrace-proxy` binary: parse and validate configuration (exit 64 on bad input, before
 //! any port is bound), set up logging and the runtime, run until drained.
+//!
+//! Exit codes: 0 after a graceful drain (SIGTERM, SIGINT, `POST /shutdown`); 64 for a bad
+//! flag, environment variable or config file (the message names it); 1 for runtime failures
+//! such as a port already in use.
 
 use std::process::ExitCode;
 
