@@ -471,3 +471,23 @@ async fn a_config_file_that_appears_later_is_picked_up() {
     assert_eq!(get(proxy.inbound, "/x", &[]).await.expect("second").0, 200);
     assert_eq!(collector.wait_spans(2).await[1]["name"], "late-rule");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_port_in_use_is_a_runtime_failure_naming_the_address() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = taken.local_addr().expect("addr").port().to_string();
+    let (code, stderr) = run_to_exit(&[
+        "--inbound-port",
+        &port,
+        "--outbound-port",
+        &free_port().to_string(),
+        "--admin-port",
+        &free_port().to_string(),
+    ])
+    .await;
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!("cannot listen on 127.0.0.1:{port}")),
+        "{stderr}"
+    );
+}
