@@ -61,6 +61,12 @@ pub mod env {
     pub const SERVICE_NAME: &str = "SIDETRACE_SERVICE_NAME";
     pub const COLLECTOR: &str = "SIDETRACE_COLLECTOR";
     pub const SAMPLING: &str = "SIDETRACE_SAMPLING";
+    /// Set by the webhook only from a pod annotation: beats the TracedService config file
+    /// (annotations override, as DESIGN.md promises), while SERVICE_NAME/SAMPLING are the
+    /// defaults the file may replace.
+    pub const SERVICE_NAME_OVERRIDE: &str = "SIDETRACE_SERVICE_NAME_OVERRIDE";
+    /// Sampling rate from the pod annotation; beats the config file. See SERVICE_NAME_OVERRIDE.
+    pub const SAMPLING_OVERRIDE: &str = "SIDETRACE_SAMPLING_OVERRIDE";
     pub const CONFIG: &str = "SIDETRACE_CONFIG";
     pub const LOG_LEVEL: &str = "SIDETRACE_LOG_LEVEL";
     pub const POD_NAME: &str = "SIDETRACE_POD_NAME";

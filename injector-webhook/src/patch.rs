@@ -170,6 +170,14 @@ pub fn proxy_container(settings: &Settings, resolved: &Resolved) -> Value {
         json!({"name": names::env::COLLECTOR, "value": resolved.collector}),
     ];
     env.push(json!({"name": names::env::SAMPLING, "value": resolved.sampling.to_string()}));
+    // Annotations beat the TracedService's config file inside the proxy; the plain values
+    // above are defaults the file may replace.
+    if let Some(name) = &o.service_name {
+        env.push(json!({"name": names::env::SERVICE_NAME_OVERRIDE, "value": name}));
+    }
+    if let Some(rate) = o.sampling {
+        env.push(json!({"name": names::env::SAMPLING_OVERRIDE, "value": rate.to_string()}));
+    }
     env.push(json!({"name": names::env::LOG_LEVEL, "value": resolved.log_level}));
     if resolved.traced_service.is_some() {
         env.push(json!({"name": names::env::CONFIG, "value": config_path()}));

@@ -4,7 +4,8 @@
 //! Precedence for the values the config file can also set (service name, sampling rate,
 //! collector): the file wins over the flag, because the file is what the operator renders from
 //! the TracedService and it is the part that hot-reloads; the flags are the pod-level defaults
-//! the injector writes.
+//! the injector writes. The `--*-override` flags beat the file: the injector sets them only
+//! from a pod's own annotations, which override everything.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
@@ -49,6 +50,13 @@ pub struct Args {
     /// Probability in 0..=1 that a new trace is sampled (the config file's `samplingRate` wins).
     #[arg(long, env = env::SAMPLING, default_value_t = defaults::SAMPLING_RATE)]
     pub sampling: f64,
+    /// Service name that beats the config file's (the webhook sets it from the pod's
+    /// `sidetrace.dev/service-name` annotation only).
+    #[arg(long, env = env::SERVICE_NAME_OVERRIDE)]
+    pub service_name_override: Option<String>,
+    /// Sampling rate that beats the config file's (from the pod's `sidetrace.dev/sampling`).
+    #[arg(long, env = env::SAMPLING_OVERRIDE)]
+    pub sampling_override: Option<f64>,
     /// Sidecar config file (YAML, the ConfigMap the operator renders); watched and reloaded.
     #[arg(long, env = env::CONFIG)]
     pub config: Option<PathBuf>,
@@ -178,6 +186,22 @@ impl Settings {
                     format!("port {port} is already used by {other}"),
                 ));
             }
+        }
+        if let Some(rate) = args.sampling_override.filter(|r| !(0.0..=1.0).contains(r)) {
+            return Err(Error::config(
+                "--sampling-override",
+                format!("{rate} is outside 0..=1"),
+            ));
+        }
+        if args
+            .service_name_override
+            .as_ref()
+            .is_some_and(|n| n.trim().is_empty())
+        {
+            return Err(Error::config(
+                "--service-name-override",
+                "must not be empty",
+            ));
         }
         if !(0.0..=1.0).contains(&args.sampling) {
             return Err(Error::config(

@@ -33,5 +33,6 @@ pub mod reload;
 pub mod run;
 pub mod state;
 pub mod upstream;
+pub mod wait;
 
 pub use error::{Error, Result};

@@ -13,7 +13,24 @@ use sidetrace_proxy::config::{Args, LogFormat, Settings};
 /// Exit code for bad configuration (sysexits EX_USAGE).
 const EXIT_CONFIG: u8 = 64;
 
+/// How long `sidetrace-proxy wait` waits for readiness before failing the pod's start.
+const WAIT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
+
 fn main() -> ExitCode {
+    // `sidetrace-proxy wait`: the classic-mode postStart hold (see `wait.rs`).
+    if std::env::args().nth(1).as_deref() == Some("wait") {
+        let port = std::env::var(sidetrace_contract::names::env::ADMIN_PORT)
+            .ok()
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(sidetrace_contract::defaults::ADMIN_PORT);
+        let admin = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+        return if sidetrace_proxy::wait::wait_ready(admin, WAIT_TIMEOUT) {
+            ExitCode::SUCCESS
+        } else {
+            eprintln!("sidetrace-proxy wait: {admin}/ready not ready after {WAIT_TIMEOUT:?}");
+            ExitCode::FAILURE
+        };
+    }
     let args = match Args::try_parse() {
         Ok(a) => a,
         Err(e) => {

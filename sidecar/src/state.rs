@@ -43,9 +43,10 @@ impl Live {
             Some(c) => parse_collector(c).map_err(|r| Error::config("collector", r))?,
             None => settings.collector_flag.clone(),
         };
-        let service_name = file
-            .service_name
+        let service_name = args
+            .service_name_override
             .clone()
+            .or_else(|| file.service_name.clone())
             .or_else(|| args.service_name.clone())
             .unwrap_or_else(|| UNKNOWN_SERVICE.to_string());
         let mut tags = std::collections::BTreeMap::new();
@@ -58,7 +59,10 @@ impl Live {
         tags.extend(file.tags.clone());
         let tracer = TracerConfig {
             service_name,
-            sampling_rate: file.sampling_rate.unwrap_or(args.sampling),
+            sampling_rate: args
+                .sampling_override
+                .or(file.sampling_rate)
+                .unwrap_or(args.sampling),
             formats: file.propagation_formats().to_vec(),
             operations: file.operations.clone(),
             exclude_paths: file.exclude_paths.clone(),
@@ -218,5 +222,22 @@ mod tests {
             live.tracer.formats,
             sidetrace_contract::proxy_config::DEFAULT_PROPAGATION
         );
+    }
+
+    #[test]
+    fn pod_annotation_overrides_beat_the_file() {
+        let s = settings(&[
+            "--service-name",
+            "default",
+            "--service-name-override",
+            "from-annotation",
+            "--sampling-override",
+            "0.1",
+        ]);
+        let file =
+            ProxyConfig::from_yaml("serviceName: from-file\nsamplingRate: 0.9\n").expect("file");
+        let live = Live::build(&s, file).expect("live");
+        assert_eq!(live.tracer.service_name, "from-annotation");
+        assert_eq!(live.tracer.sampling_rate, 0.1);
     }
 }
