@@ -185,7 +185,8 @@ engine() {
 }
 
 engine_build() { # name ctx
-	local name=$1 ctx=$2 args=(--build-arg "VERSION=$(tag_of "$1")" --build-arg "REVISION=$REVISION"
+	local name=$1 ctx=$2
+	local args=(--build-arg "VERSION=$(tag_of "$name")" --build-arg "REVISION=$REVISION"
 		--build-arg "SOURCE=$SOURCE" -f "$ctx/Containerfile" -t "$(ref_of "$name")")
 	[[ $name != init ]] || args+=(--build-arg "IPTABLES_VERSION=$IPTABLES_VERSION")
 	case "$ENGINE" in
