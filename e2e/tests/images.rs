@@ -1,0 +1,688 @@
+//! The container images `make images` builds (images/build.sh), tested as artefacts: each
+//! exported docker archive under `$SIDETRACE_CACHE/images` — the very file `kind load
+//! image-archive` and `ctr images import` read — is unpacked into a root filesystem and run by
+//! `chroot` with the image's own entrypoint and user. No container runtime is needed for that,
+//! so the test is the same whichever engine (docker, podman, buildah) built the images.
+//!
+//! What a broken image looks like, and the test that catches it:
+//! - a binary that is not static, or lacks a file it needs at start: `--version` fails;
+//! - a control-plane image that would run as root: its config's `User` is checked;
+//! - an init image whose iptables misses a library or an extension: `iptables-nft` and
+//!   `iptables-legacy` list the nat table, and `sidetrace-init` programs its chains, inside a
+//!   throwaway network namespace (the host's tables are never touched);
+//! - static glibc that cannot resolve names (it cannot load NSS modules): the demo app, inside
+//!   its own image, calls a peer by an /etc/hosts name and by a DNS name through the resolv.conf
+//!   search list, answered by a one-name DNS responder inside the namespace.
+//!
+//! Prerequisites: root (chroot, netns) and built images. `SIDETRACE_BUILD_IMAGES=1` (the default
+//! under `CI=true`) runs images/build.sh first; otherwise missing images skip the tests, and
+//! fail them under `CI=true`.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+use serde_json::Value;
+use sidetrace_e2e::controlplane::peers::{cache_dir, skip_or_fail};
+use sidetrace_e2e::netns::ns;
+
+/// The images with a Rust binary, its file name and the uid the image must run as.
+const RUST_IMAGES: &[(&str, &str, u32)] = &[
+    ("operator", "sidetrace-operator", 65532),
+    ("injector", "sidetrace-injector", 65532),
+    // The proxy's uid is the one the init container's rules exempt (contract default).
+    (
+        "proxy",
+        "sidetrace-proxy",
+        sidetrace_contract::defaults::PROXY_UID,
+    ),
+    ("demo-app", "sidetrace-demo-app", 65532),
+];
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// The chart's appVersion: the tag of every sidetrace image.
+fn app_version() -> Result<String> {
+    let chart = std::fs::read_to_string(root().join("helm/sidetrace/Chart.yaml"))?;
+    let v: serde_yaml::Value = serde_yaml::from_str(&chart)?;
+    v["appVersion"]
+        .as_str()
+        .map(str::to_owned)
+        .context("Chart.yaml has no appVersion")
+}
+
+#[allow(unsafe_code)]
+fn is_root() -> bool {
+    // SAFETY: geteuid(2) cannot fail and touches no memory.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// The archives images/build.sh exported: name → (reference, archive path).
+fn manifest() -> BTreeMap<String, (String, PathBuf)> {
+    let path = cache_dir().join("images/images.tsv");
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split('\t');
+            let (name, reference, archive) = (f.next()?, f.next()?, f.next()?);
+            Some((
+                name.to_owned(),
+                (reference.to_owned(), PathBuf::from(archive)),
+            ))
+        })
+        .filter(|(_, (_, a))| a.is_file())
+        .collect()
+}
+
+/// Whether to (re)build the images before testing them: `SIDETRACE_BUILD_IMAGES=1|0`, by
+/// default 1 under `CI=true` — CI must test the images of the commit it checks, not archives
+/// left by an earlier run, and a missing image would fail it anyway. images/build.sh is
+/// incremental: warm, it re-links nothing and re-packs the images in seconds.
+fn should_build() -> bool {
+    match std::env::var("SIDETRACE_BUILD_IMAGES").as_deref() {
+        Ok("1") => true,
+        Ok("0") => false,
+        _ => std::env::var("CI").is_ok_and(|v| v == "true"),
+    }
+}
+
+/// `images/build.sh` once per test process when [`should_build`].
+fn build_once() -> &'static std::result::Result<(), String> {
+    static BUILT: OnceLock<std::result::Result<(), String>> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        if !should_build() {
+            return Ok(());
+        }
+        eprintln!("building the images first: images/build.sh");
+        match Command::new(root().join("images/build.sh")).status() {
+            Ok(s) if s.success() => Ok(()),
+            Ok(s) => Err(format!("images/build.sh failed ({s})")),
+            Err(e) => Err(format!("images/build.sh: {e}")),
+        }
+    })
+}
+
+/// The archives the test needs, or `None` after applying the skip-or-fail rule.
+fn images_or_skip(test: &str, names: &[&str]) -> Option<BTreeMap<String, (String, PathBuf)>> {
+    if std::env::var("SIDETRACE_SKIP_E2E").is_ok_and(|v| v == "1") {
+        skip_or_fail(test, "SIDETRACE_SKIP_E2E=1");
+        return None;
+    }
+    if !is_root() {
+        skip_or_fail(
+            test,
+            "needs root (chroot into the image, network namespaces)",
+        );
+        return None;
+    }
+    if let Err(e) = build_once() {
+        panic!("{test}: {e}");
+    }
+    let m = manifest();
+    let missing: Vec<&str> = names
+        .iter()
+        .copied()
+        .filter(|n| !m.contains_key(*n))
+        .collect();
+    if !missing.is_empty() {
+        skip_or_fail(
+            test,
+            &format!(
+                "images not built: {} (run `make images`, or set SIDETRACE_BUILD_IMAGES=1)",
+                missing.join(", ")
+            ),
+        );
+        return None;
+    }
+    Some(m)
+}
+
+/// A docker archive unpacked into `rootfs`, with the image's config; removed on drop.
+struct Unpacked {
+    dir: PathBuf,
+    config: Value,
+    repo_tags: Vec<String>,
+}
+
+impl Unpacked {
+    fn new(name: &str, archive: &Path) -> Result<Self> {
+        let dir = std::env::temp_dir().join(format!("st-{}-img-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let raw = dir.join("archive");
+        let rootfs = dir.join("rootfs");
+        std::fs::create_dir_all(&raw)?;
+        std::fs::create_dir_all(&rootfs)?;
+        // Built first so that Drop removes the directory whatever fails below.
+        let mut me = Self {
+            dir,
+            config: Value::Null,
+            repo_tags: Vec::new(),
+        };
+        tar_x(archive, &raw)?;
+        let manifest: Value = serde_json::from_slice(&std::fs::read(raw.join("manifest.json"))?)
+            .context("manifest.json of the archive")?;
+        let entry = &manifest[0];
+        let config: Value = serde_json::from_slice(&std::fs::read(
+            raw.join(entry["Config"].as_str().context("manifest Config")?),
+        )?)?;
+        for layer in entry["Layers"].as_array().context("manifest Layers")? {
+            tar_x(&raw.join(layer.as_str().context("layer name")?), &rootfs)?;
+        }
+        me.repo_tags = entry["RepoTags"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|t| t.as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default();
+        me.config = config;
+        // A container runtime gives every container a /dev; chroot does not. Without
+        // /dev/null, `Command::stdin(Stdio::null())` fails with ENOENT — which sidetrace-init
+        // rightly reports as "iptables not installed".
+        let dev = rootfs.join("dev");
+        std::fs::create_dir_all(&dev)?;
+        for (node, minor) in [
+            ("null", "3"),
+            ("zero", "5"),
+            ("random", "8"),
+            ("urandom", "9"),
+        ] {
+            run({
+                let mut c = Command::new("mknod");
+                c.args(["-m", "666"])
+                    .arg(dev.join(node))
+                    .args(["c", "1", minor]);
+                c
+            })?;
+        }
+        Ok(me)
+    }
+
+    fn rootfs(&self) -> PathBuf {
+        self.dir.join("rootfs")
+    }
+
+    fn cfg(&self, key: &str) -> &Value {
+        &self.config["config"][key]
+    }
+
+    fn label(&self, key: &str) -> &str {
+        self.cfg("Labels")[key].as_str().unwrap_or_default()
+    }
+
+    /// The configured `User` as (uid, gid); numeric, as kubelets need for runAsNonRoot.
+    fn user(&self) -> Result<(u32, u32)> {
+        let u = self.cfg("User").as_str().unwrap_or_default();
+        let (uid, gid) = u.split_once(':').unwrap_or((u, u));
+        Ok((
+            uid.parse()
+                .with_context(|| format!("User {u:?} is not numeric"))?,
+            gid.parse()
+                .with_context(|| format!("User {u:?} is not numeric"))?,
+        ))
+    }
+
+    fn entrypoint(&self) -> Vec<String> {
+        self.cfg("Entrypoint")
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|s| s.as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// `chroot` into the rootfs as `user`, with the image's environment only.
+    fn command(&self, user: (u32, u32), argv: &[String]) -> Command {
+        let mut c = Command::new(host_bin("chroot"));
+        c.arg(format!("--userspec={}:{}", user.0, user.1))
+            .arg(self.rootfs())
+            .args(argv)
+            .env_clear();
+        for kv in self.cfg("Env").as_array().into_iter().flatten() {
+            if let Some((k, v)) = kv.as_str().and_then(|s| s.split_once('=')) {
+                c.env(k, v);
+            }
+        }
+        c
+    }
+}
+
+impl Drop for Unpacked {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A host program's absolute path, so that a command whose environment is the image's (its
+/// PATH names the image's directories) still starts it.
+fn host_bin(name: &str) -> PathBuf {
+    std::env::var_os("PATH")
+        .iter()
+        .flat_map(std::env::split_paths)
+        .chain(["/usr/sbin", "/sbin", "/usr/bin", "/bin"].map(PathBuf::from))
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| PathBuf::from(name))
+}
+
+fn tar_x(archive: &Path, into: &Path) -> Result<()> {
+    let out = Command::new("tar")
+        .arg("-xf")
+        .arg(archive)
+        .arg("-C")
+        .arg(into)
+        .output()
+        .context("running tar")?;
+    ensure!(
+        out.status.success(),
+        "tar -xf {}: {}",
+        archive.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
+/// Run to completion; Ok(stdout+stderr) on success, Err with the output otherwise.
+fn run(mut c: Command) -> Result<String> {
+    let what = format!("{c:?}");
+    let out = c.output().with_context(|| format!("running {what}"))?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    ensure!(
+        out.status.success(),
+        "{what} failed ({}):\n{text}",
+        out.status
+    );
+    Ok(text)
+}
+
+/// A named network namespace with only `lo` (up), deleted on drop (with what runs in it).
+struct Netns(String);
+
+impl Netns {
+    fn new(tag: &str) -> Result<Self> {
+        let name = format!("st-{}-{tag}", std::process::id());
+        ns::ip(&["netns", "add", &name])?;
+        let me = Self(name);
+        ns::ip(&["-n", &me.0, "link", "set", "lo", "up"])?;
+        Ok(me)
+    }
+
+    /// `ip netns exec NS` + `inner`'s program and arguments, keeping its environment.
+    fn wrap(&self, inner: &Command) -> Command {
+        let mut c = Command::new(host_bin("ip"));
+        c.args(["netns", "exec", &self.0])
+            .arg(inner.get_program())
+            .args(inner.get_args())
+            .env_clear();
+        for (k, v) in inner.get_envs() {
+            if let Some(v) = v {
+                c.env(k, v);
+            }
+        }
+        c
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        ns::destroy(&self.0);
+    }
+}
+
+/// A child killed on drop.
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn rust_images_run_their_binary_as_a_non_root_user() -> Result<()> {
+    let names: Vec<&str> = RUST_IMAGES.iter().map(|(n, _, _)| *n).collect();
+    let Some(m) = images_or_skip("rust_images_run_their_binary_as_a_non_root_user", &names) else {
+        return Ok(());
+    };
+    let version = app_version()?;
+    for (name, binary, uid) in RUST_IMAGES {
+        let (reference, archive) = &m[*name];
+        let img = Unpacked::new(name, archive)?;
+        // Labels and tag: what `helm install` asks for is what was built.
+        ensure!(
+            reference.ends_with(&format!("/sidetrace/{name}:{version}")),
+            "{reference} is not tagged with the chart's appVersion {version}"
+        );
+        ensure!(
+            img.repo_tags
+                .iter()
+                .any(|t| t.ends_with(&format!("sidetrace/{name}:{version}"))),
+            "{name}: archive RepoTags {:?} do not name sidetrace/{name}:{version}",
+            img.repo_tags
+        );
+        ensure!(
+            img.label("org.opencontainers.image.title") == *binary,
+            "{name}: title label"
+        );
+        ensure!(
+            img.label("org.opencontainers.image.version") == version,
+            "{name}: version label"
+        );
+        for l in [
+            "org.opencontainers.image.source",
+            "org.opencontainers.image.description",
+        ] {
+            ensure!(!img.label(l).is_empty(), "{name}: label {l} missing");
+        }
+        // Non-root by configuration, with the uid the pod specs expect.
+        let user = img.user()?;
+        ensure!(
+            user == (*uid, *uid),
+            "{name}: User is {user:?}, expected {uid}:{uid}"
+        );
+        let entry = img.entrypoint();
+        ensure!(
+            entry == [format!("/usr/local/bin/{binary}")],
+            "{name}: entrypoint {entry:?}"
+        );
+        // The binary starts in the bare image as that user. The demo app has no --version.
+        let flag = if *name == "demo-app" {
+            "--help"
+        } else {
+            "--version"
+        };
+        let mut argv = entry.clone();
+        argv.push(flag.to_owned());
+        let out = run(img.command(user, &argv)).with_context(|| format!("image {name}"))?;
+        ensure!(out.contains(binary), "{name} {flag}: {out}");
+        if flag == "--version" {
+            ensure!(out.contains(&version), "{name} --version: {out}");
+        }
+        let first = out.lines().next().unwrap_or_default();
+        eprintln!(
+            "ok: {reference}: `{flag}` says {first:?} as {}:{}",
+            user.0, user.1
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn jaeger_image_runs_when_built() -> Result<()> {
+    if !manifest().contains_key("jaeger") && !cache_dir().join("bin/jaeger").exists() {
+        // Optional by design: the Jaeger peer is a long Go build (`e2e/peers.sh jaeger`), and
+        // images/build.sh skips its image without it, saying so.
+        eprintln!("SKIP jaeger_image_runs_when_built: no Jaeger binary (e2e/peers.sh jaeger)");
+        return Ok(());
+    }
+    let Some(m) = images_or_skip("jaeger_image_runs_when_built", &["jaeger"]) else {
+        return Ok(());
+    };
+    let (reference, archive) = &m["jaeger"];
+    let img = Unpacked::new("jaeger", archive)?;
+    let user = img.user()?;
+    ensure!(user.0 != 0, "jaeger runs as root");
+    let mut argv = img.entrypoint();
+    argv.push("--help".to_owned());
+    let out = run(img.command(user, &argv))?;
+    ensure!(
+        out.to_lowercase().contains("jaeger"),
+        "jaeger --help: {out}"
+    );
+    eprintln!("ok: {reference} runs as {}:{}", user.0, user.1);
+    Ok(())
+}
+
+#[test]
+fn init_image_iptables_both_backends_in_a_throwaway_netns() -> Result<()> {
+    let Some(m) = images_or_skip(
+        "init_image_iptables_both_backends_in_a_throwaway_netns",
+        &["init"],
+    ) else {
+        return Ok(());
+    };
+    let (reference, archive) = &m["init"];
+    let img = Unpacked::new("init", archive)?;
+    // The init container needs root (NET_ADMIN in the pod's namespace); the image says so.
+    ensure!(img.user()? == (0, 0), "init image User {:?}", img.user());
+    ensure!(
+        img.entrypoint() == ["/usr/local/bin/sidetrace-init"],
+        "entrypoint {:?}",
+        img.entrypoint()
+    );
+    let netns = Netns::new("init")?;
+    let sh = |argv: &[&str]| -> Result<String> {
+        let argv: Vec<String> = argv.iter().map(|s| (*s).to_owned()).collect();
+        run(netns.wrap(&img.command((0, 0), &argv)))
+    };
+    let v = sh(&["iptables", "--version"])?;
+    ensure!(v.starts_with("iptables v"), "iptables --version: {v}");
+    for backend in ["nft", "legacy"] {
+        for family in ["iptables", "ip6tables"] {
+            let out = sh(&[&format!("{family}-{backend}"), "-t", "nat", "-L", "-n"])?;
+            ensure!(
+                out.contains("Chain OUTPUT"),
+                "{family}-{backend} -t nat -L: {out}"
+            );
+        }
+    }
+    // A rule that needs extensions (tcp, owner, REDIRECT) loads them from the image.
+    sh(&[
+        "iptables-legacy",
+        "-t",
+        "nat",
+        "-A",
+        "OUTPUT",
+        "-p",
+        "tcp",
+        "-m",
+        "owner",
+        "!",
+        "--uid-owner",
+        "1337",
+        "-j",
+        "REDIRECT",
+        "--to-ports",
+        "15001",
+    ])?;
+    // The real entrypoint with the injector's arguments programs its chains (SIDETRACE_*,
+    // init-iptables' chain prefix) and exits 0. The legacy rule above makes it pick legacy,
+    // the backend that "holds rules"; either way its chains must appear in that backend.
+    let mut argv = img.entrypoint();
+    argv.extend(
+        [
+            "--proxy-uid",
+            "1337",
+            "--proxy-gid",
+            "1337",
+            "--inbound-port",
+            "15006",
+            "--outbound-port",
+            "15001",
+            "--exclude-inbound-ports",
+            "15021",
+        ]
+        .map(str::to_owned),
+    );
+    let out = run(netns.wrap(&img.command((0, 0), &argv)))?;
+    let saved = format!(
+        "{}{}",
+        sh(&["iptables-legacy-save", "-t", "nat"])?,
+        sh(&["iptables-nft-save", "-t", "nat"])?
+    );
+    ensure!(
+        saved.contains(":SIDETRACE_"),
+        "sidetrace-init ran ({out}) but no SIDETRACE_ chain exists:\n{saved}"
+    );
+    eprintln!(
+        "ok: {reference}: {} nft+legacy, sidetrace-init programmed its chains",
+        v.trim()
+    );
+    Ok(())
+}
+
+/// A one-name DNS responder on 127.0.0.1:53 inside `netns`: A 127.0.0.1 for `name`, an empty
+/// answer for its other types, NXDOMAIN for anything else. Returns the queries it saw.
+fn dns_responder(
+    netns: &str,
+    name: &'static str,
+    stop: Arc<AtomicBool>,
+) -> Result<std::thread::JoinHandle<Vec<String>>> {
+    let sock = ns::run_in(netns, || {
+        let s = UdpSocket::bind((Ipv4Addr::LOCALHOST, 53)).context("binding 127.0.0.1:53")?;
+        s.set_read_timeout(Some(Duration::from_millis(200)))?;
+        Ok(s)
+    })?;
+    Ok(std::thread::spawn(move || {
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 512];
+        while !stop.load(Ordering::Relaxed) {
+            let Ok((n, from)) = sock.recv_from(&mut buf) else {
+                continue;
+            };
+            let Some((qname, qtype, qend)) = parse_question(&buf[..n]) else {
+                continue;
+            };
+            seen.push(format!("{qname} type {qtype}"));
+            let hit = qname.eq_ignore_ascii_case(name);
+            let mut r = Vec::with_capacity(n + 16);
+            r.extend_from_slice(&buf[..2]); // id
+            r.extend_from_slice(&[0x81, if hit { 0x80 } else { 0x83 }]); // response, RD+RA, rcode
+            r.extend_from_slice(&[0, 1, 0, u8::from(hit && qtype == 1), 0, 0, 0, 0]);
+            r.extend_from_slice(&buf[12..qend]);
+            if hit && qtype == 1 {
+                // Name by pointer to the question, A IN, ttl 30, 127.0.0.1.
+                r.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1, 0, 0, 0, 30, 0, 4, 127, 0, 0, 1]);
+            }
+            let _ = sock.send_to(&r, from);
+        }
+        seen
+    }))
+}
+
+/// (name, qtype, end of the question section) of a DNS query.
+fn parse_question(p: &[u8]) -> Option<(String, u16, usize)> {
+    let mut i = 12;
+    let mut labels = Vec::new();
+    loop {
+        let len = usize::from(*p.get(i)?);
+        if len == 0 {
+            break;
+        }
+        labels.push(String::from_utf8_lossy(p.get(i + 1..i + 1 + len)?).into_owned());
+        i += 1 + len;
+    }
+    let qtype = u16::from_be_bytes([*p.get(i + 1)?, *p.get(i + 2)?]);
+    Some((labels.join("."), qtype, i + 5))
+}
+
+/// GET `path` from `addr` inside `netns`; the whole response.
+fn http_get_in(netns: &str, addr: SocketAddr, path: &'static str) -> Result<String> {
+    ns::run_in(netns, move || {
+        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+        s.set_read_timeout(Some(Duration::from_secs(15)))?;
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"
+        )?;
+        let mut out = String::new();
+        s.read_to_string(&mut out)?;
+        Ok(out)
+    })
+}
+
+#[test]
+fn static_binaries_resolve_hosts_and_dns_names_in_a_scratch_image() -> Result<()> {
+    let Some(m) = images_or_skip(
+        "static_binaries_resolve_hosts_and_dns_names_in_a_scratch_image",
+        &["demo-app"],
+    ) else {
+        return Ok(());
+    };
+    let img = Unpacked::new("demo-app-dns", &m["demo-app"].1)?;
+    let rootfs = img.rootfs();
+    // What a kubelet mounts into a pod: hosts, and a resolv.conf with the cluster's search list.
+    std::fs::write(
+        rootfs.join("etc/hosts"),
+        "127.0.0.1 localhost\n127.0.0.1 leaf.sidetrace.test\n",
+    )?;
+    std::fs::write(
+        rootfs.join("etc/resolv.conf"),
+        "search demo.svc.cluster.local svc.cluster.local cluster.local\n\
+         nameserver 127.0.0.1\noptions ndots:5 timeout:1 attempts:2\n",
+    )?;
+    let netns = Netns::new("dns")?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let queries = dns_responder(
+        &netns.0,
+        "jaeger-collector.sidetrace-system.svc.cluster.local",
+        Arc::clone(&stop),
+    )?;
+    let user = img.user()?;
+    let entry = img.entrypoint();
+    let start = |args: &[&str]| -> Result<Running> {
+        let mut argv = entry.clone();
+        argv.extend(args.iter().map(|s| (*s).to_owned()));
+        let mut c = netns.wrap(&img.command(user, &argv));
+        c.stdout(Stdio::null()).stderr(Stdio::null());
+        Ok(Running(
+            c.spawn().context("starting the demo app in its image")?,
+        ))
+    };
+    let _leaf = start(&["--listen", "127.0.0.1:18081", "--name", "leaf"])?;
+    let _caller = start(&[
+        "--listen",
+        "127.0.0.1:18080",
+        "--name",
+        "caller",
+        "--route",
+        "/hosts=http://leaf.sidetrace.test:18081/",
+        "--route",
+        // Resolved like the proxy's collector URL: a short name through the search list.
+        "/dns=http://jaeger-collector.sidetrace-system:18081/",
+    ])?;
+    let caller = SocketAddr::from((Ipv4Addr::LOCALHOST, 18080));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for path in ["/hosts", "/dns"] {
+        let mut last;
+        loop {
+            match http_get_in(&netns.0, caller, path) {
+                Ok(r) if r.contains("(leaf)") => break,
+                Ok(r) => last = r,
+                Err(e) => last = format!("{e:#}"),
+            }
+            if Instant::now() > deadline {
+                bail!("{path}: the static demo app did not reach its peer by name: {last}");
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        eprintln!("ok: {path} resolved and reached the peer");
+    }
+    stop.store(true, Ordering::Relaxed);
+    let seen = queries.join().unwrap_or_default();
+    ensure!(
+        seen.iter()
+            .any(|q| q.starts_with("jaeger-collector.sidetrace-system.svc.cluster.local type 1")),
+        "the name was not resolved through the search list: {seen:?}"
+    );
+    Ok(())
+}
