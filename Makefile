@@ -4,7 +4,7 @@ CARGO ?= cargo
 CACHE ?= $(HOME)/.cache/sidetrace
 export SIDETRACE_CACHE := $(CACHE)
 
-.PHONY: help test unit lint fmt crds demo e2e-local e2e-controlplane e2e-kind bench images peers
+.PHONY: help test unit lint fmt crds demo e2e-local e2e-controlplane e2e-kind bench images peers cluster-up cluster-down e2e-node
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -55,3 +55,18 @@ images: ## container images for the four binaries and the demo app
 
 peers: ## install and cache the real peers (kube-apiserver, etcd, helm, collector) under $(CACHE)
 	e2e/peers.sh all
+
+cluster-up: ## a real one-node Kubernetes cluster in its own network namespace (root; builds node peers when missing)
+	@# Images come from `make images` (archives under $(CACHE)/images); kubeconfig: /var/lib/sidetrace-cluster/kubeconfig.
+	e2e/cluster/cluster-up.sh
+
+cluster-down: ## stop the one-node cluster and remove its processes, mounts, namespace and state
+	e2e/cluster/cluster-down.sh
+
+e2e-node: ## end-to-end suite on the one-node cluster (opt-in: SIDETRACE_NODE_E2E=1; starts the cluster if needed)
+	@if [ "$${SIDETRACE_NODE_E2E:-}" != 1 ]; then \
+		echo "SKIP e2e-node: SIDETRACE_NODE_E2E is not 1 (the node tier is opt-in: a cold node build takes tens of minutes)"; \
+	else \
+		[ -s /var/lib/sidetrace-cluster/env ] || e2e/cluster/cluster-up.sh; \
+		$(CARGO) test -p sidetrace-e2e --test node -- --test-threads=1; \
+	fi

