@@ -46,7 +46,9 @@ e2e-kind: ## the kind-based end-to-end suite (needs Docker and kind)
 bench: ## benchmarks side by side with Envoy; writes bench/RESULTS.md (BENCH_ARGS=--full for the long profile)
 	@[ -x "$(CACHE)/bin/envoy" ] || e2e/peers.sh envoy
 	@[ -s "$(CACHE)/bin/zipkin.jar" ] || e2e/peers.sh zipkin
-	$(CARGO) build --release -p sidetrace-proxy -p sidetrace-injector
+	$(CARGO) build --release -p sidetrace-proxy -p sidetrace-injector -p sidetrace-operator
+	@# Operator vs a real apiserver (root + peers; writes "Not measured: why" otherwise).
+	$(CARGO) run -p sidetrace-bench --features operator --bin sidetrace-bench-operator
 	$(CARGO) run --release -p sidetrace-bench -- all $(BENCH_ARGS)
 
 images: ## container images for the four binaries and the demo app
