@@ -229,7 +229,7 @@ base_rootfs() {
 	rm -rf "$r"
 	mkdir -p "$r/etc/ssl/certs" "$r/usr/local/bin" "$r/home/nonroot" "$r/tmp" "$r/run"
 	chmod 1777 "$r/tmp"
-	cp "$ROOT/images/rootfs/etc/passwd" "$ROOT/images/rootfs/etc/group" \
+	cp "$ROOT/images/rootfs/etc/passwd" "$ROOT/images/rootfs/etc/group" "$ROOT/images/rootfs/etc/hosts" \
 		"$ROOT/images/rootfs/etc/nsswitch.conf" "$r/etc/"
 	if [[ -s /etc/ssl/certs/ca-certificates.crt ]]; then
 		cp /etc/ssl/certs/ca-certificates.crt "$r/etc/ssl/certs/"
@@ -335,7 +335,10 @@ build_binaries() {
 main() {
 	mkdir -p "$OUT"
 	exec {lockfd}>"$OUT/.lock"
-	flock "$lockfd"
+	if ! flock -n "$lockfd"; then
+		log "another images/build.sh is running; waiting for it"
+		flock "$lockfd"
+	fi
 
 	pick_engine
 	[[ $ENGINE == docker ]] || containers_conf
