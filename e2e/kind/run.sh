@@ -16,6 +16,11 @@
 # apiserver system test (e2e/tests/system.rs: injection, opt-out, TracedService rendering,
 # webhook loss, uninstall) and the image test (e2e/tests/images.rs: each image's binary runs).
 #
+#   e2e/kind/run.sh                       kind: create, load, test, delete
+#   e2e/kind/run.sh --kubeconfig FILE     the same suite on an existing cluster whose runtime
+#                                         already holds the images (e.g. the local node cluster);
+#                                         nothing is created or deleted but the suite's objects
+#
 # Env: SIDETRACE_CACHE (peers and images; default ~/.cache/sidetrace), KIND_NODE_IMAGE (kind's
 # node image, e.g. kindest/node:v1.34.0), KEEP_CLUSTER=1, SKIP_IMAGE_BUILD=1 (reuse archives).
 set -euo pipefail
@@ -27,7 +32,17 @@ SYSTEM_NS=sidetrace-system
 DEMO_NS=demo
 WAIT=180s
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/sidetrace-kind.XXXXXX")
-export KUBECONFIG="$WORK/kubeconfig"
+EXISTING=""
+if [[ "${1:-}" == --kubeconfig ]]; then
+	EXISTING=${2:?--kubeconfig needs a file}
+	[[ -r "$EXISTING" ]] || {
+		echo "cannot read kubeconfig $EXISTING" >&2
+		exit 2
+	}
+	export KUBECONFIG="$EXISTING"
+else
+	export KUBECONFIG="$WORK/kubeconfig"
+fi
 PF_PIDS=()
 CREATED=0
 T_START=$SECONDS
@@ -51,12 +66,14 @@ tool() { # name -> path (PATH first, then the peers cache)
 
 preflight() {
 	local missing=()
-	if ! command -v docker >/dev/null 2>&1; then
+	if [[ -n "$EXISTING" ]]; then
+		: # an existing cluster: no Docker or kind needed
+	elif ! command -v docker >/dev/null 2>&1; then
 		missing+=("docker: not installed (kind runs its nodes as Docker containers)")
 	elif ! docker info >/dev/null 2>&1; then
 		missing+=("docker: installed, but 'docker info' fails (no running Docker engine or no access to its socket)")
 	fi
-	command -v kind >/dev/null 2>&1 ||
+	[[ -n "$EXISTING" ]] || command -v kind >/dev/null 2>&1 ||
 		missing+=("kind: not installed (go install sigs.k8s.io/kind@latest, or your package manager)")
 	KUBECTL=$(tool kubectl)
 	HELM=$(tool helm)
@@ -79,6 +96,13 @@ cleanup() {
 	local rc=$?
 	set +e
 	for p in "${PF_PIDS[@]}"; do kill "$p" 2>/dev/null; done
+	if [[ -n "$EXISTING" ]]; then
+		# Leave the cluster as found: the release (if the suite stopped before uninstalling
+		# it) and the demo namespace go.
+		[[ $rc -eq 0 ]] || "$KUBECTL" get pods -A -o wide >&2
+		"$HELM" uninstall sidetrace --namespace "$SYSTEM_NS" >/dev/null 2>&1
+		"$KUBECTL" delete namespace "$DEMO_NS" --wait=false >/dev/null 2>&1
+	fi
 	if [[ $CREATED == 1 ]]; then
 		if [[ $rc -ne 0 ]]; then
 			log "diagnostics (exit $rc):"
@@ -291,11 +315,11 @@ PY
 )
 
 SEEN_TRACES=""
-# assert_trace NAME — send requests until Jaeger holds a new, complete trace whose service1
-# CLIENT span is named NAME.
+# assert_trace NAME [SECONDS] — send requests until Jaeger holds a new, complete trace whose
+# service1 CLIENT span is named NAME.
 assert_trace() {
-	local want=$1 t0=$SECONDS body id
-	while ((SECONDS - t0 < 120)); do
+	local want=$1 limit=${2:-120} t0=$SECONDS body id
+	while ((SECONDS - t0 < limit)); do
 		body=$(curl -fsS --max-time 15 http://127.0.0.1:18080/go) || fail "request through the client failed"
 		[[ "$body" == *"front-proxy"* && "$body" == *"service2"* ]] || fail "unexpected answer: $body"
 		sleep 3
@@ -320,7 +344,9 @@ trace_and_update() {
 	before=$(k -n "$DEMO_NS" get pod -l app=service1 -o jsonpath='{.items[*].metadata.uid}/{.items[*].status.containerStatuses[*].restartCount}')
 	k -n "$DEMO_NS" patch tsvc service1 --type json \
 		-p '[{"op":"replace","path":"/spec/operations/0/name","value":"checkInventory"}]'
-	assert_trace checkInventory
+	# The operator re-renders the ConfigMap at once; the kubelet refreshes the mounted file
+	# within its sync period (up to about a minute), then the proxy hot-reloads it.
+	assert_trace checkInventory 240
 	after=$(k -n "$DEMO_NS" get pod -l app=service1 -o jsonpath='{.items[*].metadata.uid}/{.items[*].status.containerStatuses[*].restartCount}')
 	[[ "$before" == "$after" ]] || fail "service1 was redeployed or restarted ($before → $after)"
 }
@@ -376,7 +402,7 @@ uninstall() {
 	k get mutatingwebhookconfiguration sidetrace-injector >/dev/null 2>&1 && left+=" mutatingwebhookconfiguration/sidetrace-injector"
 	left+=" $(k get clusterrole,clusterrolebinding -l app.kubernetes.io/part-of=sidetrace -o name | tr '\n' ' ')"
 	left+=" $(k -n "$SYSTEM_NS" get deploy,svc,sa,secret,configmap,pdb,role,rolebinding -o name |
-		grep -v -E '^(serviceaccount/default|configmap/kube-root-ca.crt)$' | tr '\n' ' ')"
+		{ grep -v -E '^(serviceaccount/default|configmap/kube-root-ca.crt)$' || true; } | tr '\n' ' ')"
 	left=$(xargs <<<"$left")
 	[[ -z "$left" ]] || fail "left after helm uninstall: $left"
 	log "ok: nothing left (the CRD stays, as Helm keeps crds/; leases: $(k -n "$SYSTEM_NS" get lease -o name | xargs))"
@@ -386,9 +412,13 @@ main() {
 	preflight
 	trap cleanup EXIT
 	APP_VERSION=$(sed -n 's/^appVersion:[[:space:]]*"\{0,1\}\([^"]*\)"\{0,1\}[[:space:]]*$/\1/p' "$ROOT/helm/sidetrace/Chart.yaml")
-	log "cluster $CLUSTER, images tag $APP_VERSION, kubectl $KUBECTL, helm $HELM, work dir $WORK"
-	create_cluster
-	load_images
+	log "cluster ${EXISTING:-$CLUSTER}, images tag $APP_VERSION, kubectl $KUBECTL, helm $HELM, work dir $WORK"
+	if [[ -z "$EXISTING" ]]; then
+		create_cluster
+		load_images
+	else
+		log "existing cluster ($KUBECONFIG): its runtime must already hold the images (make images)"
+	fi
 	install_chart
 	deploy_demo
 	trace_and_update
