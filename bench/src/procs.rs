@@ -189,7 +189,11 @@ pub fn machine() -> String {
         .unwrap_or("unknown")
         .trim()
         .to_owned();
-    let nproc = std::thread::available_parallelism().map_or(0, |n| n.get());
+    // Count CPUs from /proc/cpuinfo: available_parallelism reflects this process's pinning.
+    let nproc = cpuinfo
+        .lines()
+        .filter(|l| l.starts_with("processor"))
+        .count();
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
         .unwrap_or_default()
         .trim()
@@ -202,8 +206,13 @@ pub fn machine() -> String {
         .unwrap_or_default()
         .trim()
         .to_owned();
+    let date = std::process::Command::new("date")
+        .args(["-u", "+%Y-%m-%d %H:%M:%S UTC"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default();
     format!(
-        "- nproc: {nproc}; CPU: {model}\n- kernel: {kernel}; memory: {mem} MiB\n- load average at start: {load}\n"
+        "- date: {date}\n- nproc: {nproc}; CPU: {model}\n- kernel: {kernel}; memory: {mem} MiB\n- load average at start: {load}\n"
     )
 }
 
