@@ -155,6 +155,17 @@ pick_engine() {
 		die "no image engine: need docker (with a running engine), podman or buildah" \
 			"(apt-get install buildah podman runc, as root)"
 	fi
+	# podman is run with runc (crun refuses cgroups v1 in hybrid mode); Debian's podman does
+	# not pull runc in.
+	if [[ $ENGINE == podman ]] && ! command -v runc >/dev/null 2>&1; then
+		if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null 2>&1; then
+			log "installing runc for podman"
+			apt-get update -qq >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq runc >&2
+		elif command -v buildah >/dev/null 2>&1; then
+			log "podman without runc: using buildah"
+			ENGINE=buildah
+		fi
+	fi
 	if command -v docker >/dev/null 2>&1 && [[ $ENGINE != docker ]]; then
 		log "docker is installed but 'docker info' fails (no running engine): using $ENGINE"
 	fi
