@@ -207,6 +207,22 @@ engine_build() { # name ctx
 	esac
 }
 
+engine_id() { # name -> image id, empty when absent
+	local ref
+	ref=$(ref_of "$1")
+	case "$ENGINE" in
+	docker | podman) engine image inspect -f '{{.Id}}' "$ref" 2>/dev/null || true ;;
+	buildah) engine inspect -t image -f '{{.FromImageID}}' "$ref" 2>/dev/null || true ;;
+	esac
+}
+
+# The image a rebuild replaced is left untagged; with vfs storage every one is a full copy, so
+# remove it (only that one: other users' untagged images are none of our business).
+engine_drop_old() { # old-id new-id
+	[[ -n "$1" && "$1" != "$2" ]] || return 0
+	engine rmi "$1" >/dev/null 2>&1 || true
+}
+
 engine_export() { # name archive
 	local ref
 	ref=$(ref_of "$1")
@@ -357,7 +373,7 @@ main() {
 
 	[[ $DO_CARGO == 0 ]] || build_binaries
 
-	local n t0 ref archive size asize summary=() manifest="$OUT/images.tsv" tmp
+	local n t0 ref archive size asize old_id summary=() manifest="$OUT/images.tsv" tmp
 	tmp=$(mktemp "$OUT/images.tsv.XXXX")
 	# Keep the lines of images not rebuilt this time.
 	if [[ -f "$manifest" ]]; then
@@ -371,7 +387,9 @@ main() {
 		ref=$(ref_of "$n")
 		log "==> $ref"
 		assemble "$n"
+		old_id=$(engine_id "$n")
 		engine_build "$n" "$OUT/ctx/$n" >/dev/null || die "building $ref with $ENGINE failed"
+		engine_drop_old "$old_id" "$(engine_id "$n")"
 		size=$(engine_size "$n")
 		archive=""
 		asize="-"
