@@ -144,7 +144,8 @@ poll() {
 # port_forward RESOURCE LOCAL:REMOTE NS — background kubectl port-forward, waits until it listens.
 port_forward() {
 	local res=$1 ports=$2 ns=$3 local_port=${2%%:*}
-	k -n "$ns" port-forward "$res" "$ports" >"$WORK/pf-$local_port.log" 2>&1 &
+	# kubectl itself in the background (not the k wrapper), so that $! is kubectl's pid.
+	"$KUBECTL" -n "$ns" port-forward "$res" "$ports" >"$WORK/pf-$local_port.log" 2>&1 &
 	PF_PIDS+=($!)
 	poll 30 "port-forward $ns/$res on 127.0.0.1:$local_port" \
 		bash -c "exec 3<>/dev/tcp/127.0.0.1/$local_port"
