@@ -68,7 +68,7 @@ for arg in "$@"; do
 	--no-cargo) DO_CARGO=0 ;;
 	--no-export) DO_EXPORT=0 ;;
 	-h | --help)
-		sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'
+		sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//'
 		exit 0
 		;;
 	-*) die "unknown option $arg" ;;
