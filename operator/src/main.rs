@@ -15,7 +15,14 @@ const EXIT_CONFIG: i32 = 64;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
+    let args = match Args::try_parse() {
+        Ok(args) => args,
+        Err(e) => {
+            let _ = e.print();
+            // --help and --version are not errors.
+            std::process::exit(if e.use_stderr() { EXIT_CONFIG } else { 0 });
+        }
+    };
     if let Err(e) = args.validate() {
         eprintln!("sidetrace-operator: {e}");
         std::process::exit(EXIT_CONFIG);
