@@ -13,6 +13,8 @@ test: ## every test tier this machine can run (unit, component, netns data plane
 	@# Tests of one crate run other crates' binaries (chart flags, system tests): build them all first.
 	$(CARGO) build --workspace --bins
 	$(CARGO) test --workspace --all-targets --no-fail-fast
+	@if [ -x "$(CACHE)/bin/jaeger" ]; then SIDETRACE_E2E_COLLECTOR=jaeger $(CARGO) test -p sidetrace-e2e --test dataplane; \
+	else echo "SKIP jaeger tier: $(CACHE)/bin/jaeger is not built (e2e/peers.sh jaeger)"; fi
 
 unit: ## unit and component tests only (no root, no peers)
 	SIDETRACE_SKIP_E2E=1 $(CARGO) test --workspace --all-targets
