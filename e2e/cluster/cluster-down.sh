@@ -104,9 +104,17 @@ main() {
 	if [[ -n "$HOST_IF" ]] && ip link show "$HOST_IF" >/dev/null 2>&1; then ip link del "$HOST_IF"; fi
 
 	if [[ $KEEP_LOGS == 1 && -d "$LOGDIR" ]]; then
-		local keep="$CACHE/cluster-logs/$(date -u +%Y%m%dT%H%M%SZ)"
-		mkdir -p "$keep" && cp -a "$LOGDIR/." "$keep/" && log "    logs kept in $keep"
+		local keep
+		keep="$CACHE/cluster-logs/$(date -u +%Y%m%dT%H%M%SZ)"
+		mkdir -p "$keep/pods" && cp -a "$LOGDIR/." "$keep/" && log "    logs kept in $keep"
+		cp -a /var/log/pods/. "$keep/pods/" 2>/dev/null || true
 	fi
+	# Paths the kubelet and libcni hard-code outside our directories: container logs (only a
+	# kubelet writes /var/log/pods and /var/log/containers, and this machine runs no other) and
+	# libcni's result cache for our network and containerd's loopback ("<network>-<container>-<if>").
+	find /var/log/containers -maxdepth 1 -type l -lname '/var/log/pods/*' -delete 2>/dev/null
+	rm -rf /var/log/pods/* 2>/dev/null
+	rm -f /var/lib/cni/results/sidetrace-* /var/lib/cni/results/cni-loopback-* 2>/dev/null
 	rm -rf "$CLUSTER_RUN" "$CLUSTER_DIR"
 	log "cluster down in $((SECONDS - T_START))s"
 }

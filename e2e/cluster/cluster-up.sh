@@ -297,6 +297,8 @@ imageGCLowThresholdPercent: 99
 evictionHard: {memory.available: "100Mi", nodefs.available: "1%", imagefs.available: "1%"}
 serializeImagePulls: false
 maxPods: 60
+# ConfigMap volumes (the TracedService config the proxy reloads) refresh within ~10s, not ~1m.
+syncFrequency: 10s
 EOF
 }
 
@@ -319,6 +321,7 @@ control_plane() {
 		--service-account-key-file="$pki/sa.pub" --service-account-signing-key-file="$pki/sa.key" \
 		--service-account-issuer=https://kubernetes.default.svc.cluster.local \
 		--cert-dir="$CLUSTER_DIR/apiserver-certs" --authorization-mode=Node,RBAC \
+		--kubelet-preferred-address-types=InternalIP,Hostname \
 		--allow-privileged=true --profiling=false --v=1
 	wait_for "kube-apiserver /readyz" kube-apiserver 120 kubectl_local get --raw /readyz
 	start kube-controller-manager "$BIN/kube-controller-manager" \

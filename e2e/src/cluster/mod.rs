@@ -1,0 +1,289 @@
+//! The one-node cluster harness: a real kubelet, containerd, CNI and kube-proxy next to the
+//! control plane, all inside one network namespace with no default route.
+//!
+//! `e2e/cluster/cluster-up.sh` (`make cluster-up`) starts the cluster and writes an env file
+//! (`/var/lib/sidetrace-cluster/env`: `NETNS=`, `KUBECONFIG=`, ...); this module reads it and
+//! gives the tests `kubectl`/`helm` commands bound to that kubeconfig (the host reaches the
+//! apiserver over the cluster's veth) and a way to run a program inside the node's namespace,
+//! the only place from which pod IPs and Service ClusterIPs are reachable.
+//!
+//! The tier is opt-in: [`Cluster::connect_or_skip`] skips, loudly naming
+//! [`ENABLE_VAR`], unless `SIDETRACE_NODE_E2E=1` — even under `CI=true`, because a cold node
+//! build (kubelet, containerd, images) does not fit CI's time budget. Once opted in, a missing
+//! prerequisite (root, a cluster that is not up) skips, or fails under `CI=true`.
+
+use std::collections::BTreeMap;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+use crate::controlplane::peers::{bin, is_root, skip_or_fail};
+
+/// The variable that opts into the node tier.
+pub const ENABLE_VAR: &str = "SIDETRACE_NODE_E2E";
+
+/// Where cluster-up.sh keeps its state unless `SIDETRACE_CLUSTER_DIR` says otherwise.
+pub const DEFAULT_CLUSTER_DIR: &str = "/var/lib/sidetrace-cluster";
+
+/// The cluster's directory (state, logs, kubeconfig, env file).
+pub fn cluster_dir() -> PathBuf {
+    std::env::var_os("SIDETRACE_CLUSTER_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_CLUSTER_DIR))
+}
+
+/// What cluster-up.sh wrote to its env file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterEnv {
+    /// The node's network namespace (`st-<pid>-node`).
+    pub netns: String,
+    /// Admin kubeconfig (server on the node address, reachable from the host).
+    pub kubeconfig: PathBuf,
+    /// The node's name.
+    pub node_name: String,
+}
+
+/// Parse the env file (`KEY=VALUE` lines); `None` names the first missing key.
+pub fn parse_env(text: &str) -> std::result::Result<ClusterEnv, String> {
+    let map: BTreeMap<&str, &str> = text
+        .lines()
+        .filter_map(|l| l.trim().split_once('='))
+        .collect();
+    let get = |k: &str| {
+        map.get(k)
+            .filter(|v| !v.is_empty())
+            .map(|v| (*v).to_owned())
+            .ok_or_else(|| format!("env file lacks {k}"))
+    };
+    Ok(ClusterEnv {
+        netns: get("NETNS")?,
+        kubeconfig: PathBuf::from(get("KUBECONFIG")?),
+        node_name: get("NODE_NAME")?,
+    })
+}
+
+/// A running one-node cluster.
+#[derive(Debug, Clone)]
+pub struct Cluster {
+    env: ClusterEnv,
+    dir: PathBuf,
+}
+
+impl Cluster {
+    /// The cluster, or `None` after printing why the test is skipped (see the module docs).
+    pub fn connect_or_skip(test: &str) -> Option<Self> {
+        if std::env::var(ENABLE_VAR).ok().as_deref() != Some("1") {
+            // Not skip_or_fail: the tier is opt-in even under CI, and says so loudly.
+            let _ = writeln!(
+                std::io::stderr(),
+                "SKIP {test}: the one-node cluster tier is opt-in: set {ENABLE_VAR}=1 \
+                 (and run `make cluster-up`, root) to run it"
+            );
+            return None;
+        }
+        match Self::connect() {
+            Ok(c) => Some(c),
+            Err(reason) => {
+                skip_or_fail(test, &reason);
+                None
+            }
+        }
+    }
+
+    /// The cluster described by the env file, if it is up.
+    pub fn connect() -> std::result::Result<Self, String> {
+        if !is_root() {
+            return Err("needs root (the cluster's namespace, kubelet, containerd)".into());
+        }
+        let dir = cluster_dir();
+        let path = dir.join("env");
+        let text = std::fs::read_to_string(&path).map_err(|e| {
+            format!(
+                "no cluster: {} unreadable ({e}); run `make cluster-up`",
+                path.display()
+            )
+        })?;
+        let env = parse_env(&text)?;
+        let c = Self { env, dir };
+        let out = c
+            .kubectl()
+            .args(["get", "--raw", "/readyz"])
+            .output()
+            .map_err(|e| format!("running kubectl: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "cluster in {} is not answering (make cluster-down && make cluster-up): {}",
+                c.dir.display(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+        Ok(c)
+    }
+
+    /// The env file's contents.
+    pub fn env(&self) -> &ClusterEnv {
+        &self.env
+    }
+
+    /// `kubectl` bound to the cluster's admin kubeconfig.
+    pub fn kubectl(&self) -> Command {
+        let mut c = Command::new(bin("kubectl"));
+        c.arg("--kubeconfig").arg(&self.env.kubeconfig);
+        c
+    }
+
+    /// `helm` bound to the cluster's admin kubeconfig.
+    pub fn helm(&self) -> Command {
+        let mut c = Command::new(bin("helm"));
+        c.arg("--kubeconfig").arg(&self.env.kubeconfig);
+        c
+    }
+
+    /// `program` run inside the node's network namespace (reaches pod IPs and ClusterIPs).
+    pub fn in_node(&self, program: &str) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.env.netns, program]);
+        c
+    }
+
+    /// Run kubectl with `args`; its stdout, or an error with its stderr.
+    pub fn kc(&self, args: &[&str]) -> Result<String> {
+        run(self.kubectl().args(args))
+    }
+
+    /// `kubectl apply -f -` of `yaml`.
+    pub fn apply(&self, yaml: &str) -> Result<()> {
+        let mut child = self
+            .kubectl()
+            .args(["apply", "-f", "-"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("kubectl apply")?;
+        child
+            .stdin
+            .take()
+            .context("kubectl stdin")?
+            .write_all(yaml.as_bytes())?;
+        check(child.wait_with_output()?, "kubectl apply").map(|_| ())
+    }
+
+    /// An HTTP GET from inside the node's namespace: (status, body).
+    pub fn http_get(&self, url: &str) -> Result<(u16, String)> {
+        let out = self
+            .in_node("curl")
+            .args(["-sS", "-m", "10", "-w", "\n%{http_code}", url])
+            .output()
+            .context("curl in the node namespace")?;
+        let text = check(out, &format!("curl {url}"))?;
+        let (body, code) = text.rsplit_once('\n').unwrap_or(("", text.as_str()));
+        Ok((code.trim().parse().unwrap_or(0), body.to_owned()))
+    }
+
+    /// The last `lines` of a cluster component's log (kubelet, containerd, kube-apiserver, ...).
+    pub fn log_tail(&self, component: &str, lines: usize) -> String {
+        let text = std::fs::read_to_string(self.dir.join("logs").join(format!("{component}.log")))
+            .unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
+    /// What a human needs when a wait fails: pods, events and the kubelet's last lines.
+    pub fn diagnostics(&self, namespace: &str) -> String {
+        let pods = self
+            .kc(&["get", "pods", "-o", "wide", "-n", namespace])
+            .unwrap_or_else(|e| format!("{e:#}"));
+        let events = self
+            .kc(&["get", "events", "-n", namespace, "--sort-by=.lastTimestamp"])
+            .unwrap_or_else(|e| format!("{e:#}"));
+        format!(
+            "pods in {namespace}:\n{pods}\nevents:\n{events}\nkubelet:\n{}",
+            self.log_tail("kubelet", 15)
+        )
+    }
+
+    /// Poll `check` until it returns true; on timeout fail with [`Self::diagnostics`].
+    pub fn wait(
+        &self,
+        what: &str,
+        namespace: &str,
+        timeout: Duration,
+        mut check: impl FnMut() -> Result<bool>,
+    ) -> Result<()> {
+        let t0 = Instant::now();
+        let mut last = String::new();
+        loop {
+            match check() {
+                Ok(true) => {
+                    let _ = writeln!(
+                        std::io::stderr(),
+                        "  {what}: ok after {:.1}s",
+                        t0.elapsed().as_secs_f64()
+                    );
+                    return Ok(());
+                }
+                Ok(false) => {}
+                Err(e) => last = format!("{e:#}"),
+            }
+            if t0.elapsed() > timeout {
+                bail!(
+                    "{what}: not true after {timeout:?} (last error: {last})\n{}",
+                    self.diagnostics(namespace)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+
+    /// The cluster's directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+fn check(out: Output, what: &str) -> Result<String> {
+    if !out.status.success() {
+        bail!(
+            "{what} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn run(cmd: &mut Command) -> Result<String> {
+    let what = format!("{cmd:?}");
+    let out = cmd.output().with_context(|| format!("running {what}"))?;
+    check(out, &what)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_file_round_trip() {
+        let env = parse_env(
+            "NETNS=st-42-node\nHOST_IF=st42h\nKUBECONFIG=/var/lib/sidetrace-cluster/kubeconfig\n\
+             NODE_NAME=sidetrace-node\nDNS=none\n",
+        )
+        .expect("parses");
+        assert_eq!(env.netns, "st-42-node");
+        assert_eq!(
+            env.kubeconfig,
+            PathBuf::from("/var/lib/sidetrace-cluster/kubeconfig")
+        );
+        assert_eq!(env.node_name, "sidetrace-node");
+    }
+
+    #[test]
+    fn env_file_missing_key_is_named() {
+        let err = parse_env("NETNS=st-1-node\nKUBECONFIG=\n").expect_err("incomplete");
+        assert_eq!(err, "env file lacks KUBECONFIG");
+    }
+}

@@ -1,0 +1,653 @@
+//! The end-to-end suite on a real one-node cluster (`make cluster-up`, then `make e2e-node`):
+//! a real kubelet creates the pods from Deployments, containerd + runc run our images (imported,
+//! never pulled), sidetrace-init programs iptables in each pod's own network namespace, the
+//! sidecar proxies through real Service ClusterIPs (kube-proxy, iptables mode), and the spans
+//! land in the chart's in-cluster Jaeger pod, read back through its query API.
+//!
+//! Opt-in: without `SIDETRACE_NODE_E2E=1` every test prints a SKIP line naming that variable
+//! (even under `CI=true`: a cold node build does not fit CI's budget). Opted in, a missing
+//! cluster or root skips — or fails under `CI=true`.
+//!
+//! No DNS add-on runs on this cluster: the demo apps find each other through the Service
+//! environment variables (`$(SERVICE1_SERVICE_HOST)` expanded by the kubelet in the args), and
+//! the collector endpoint is set to the Jaeger Service's ClusterIP with a `helm upgrade`.
+//! Everything is reached from inside the node's network namespace (pod IPs and ClusterIPs have
+//! no route anywhere else).
+
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail, ensure};
+use serde_json::Value;
+use sidetrace_e2e::cluster::Cluster;
+use sidetrace_e2e::collector::{Span, jaeger_spans, render_tree};
+
+const RELEASE: &str = "sidetrace";
+const SYSTEM_NS: &str = "sidetrace-system";
+const WAIT: Duration = Duration::from_secs(120);
+
+fn chart_dir() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../helm/sidetrace")
+}
+
+fn say(msg: &str) {
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stderr(), "[node-e2e] {msg}");
+}
+
+/// Deletes a namespace when the test ends, pass or fail.
+struct NamespaceGuard<'a> {
+    cluster: &'a Cluster,
+    name: String,
+}
+
+impl Drop for NamespaceGuard<'_> {
+    fn drop(&mut self) {
+        let _ = self
+            .cluster
+            .kc(&["delete", "namespace", &self.name, "--wait=false"]);
+    }
+}
+
+fn json(cluster: &Cluster, args: &[&str]) -> Result<Value> {
+    let mut a = args.to_vec();
+    a.extend(["-o", "json"]);
+    Ok(serde_json::from_str(&cluster.kc(&a)?)?)
+}
+
+/// The pods of `ns` matching `selector`.
+fn pods(cluster: &Cluster, ns: &str, selector: &str) -> Result<Vec<Value>> {
+    let v = json(cluster, &["get", "pods", "-n", ns, "-l", selector])?;
+    Ok(v["items"].as_array().cloned().unwrap_or_default())
+}
+
+fn is_ready(pod: &Value) -> bool {
+    pod["status"]["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|c| c["type"] == "Ready" && c["status"] == "True")
+        && pod["metadata"]["deletionTimestamp"].is_null()
+}
+
+fn all_ready(cluster: &Cluster, ns: &str, selector: &str, n: usize) -> Result<bool> {
+    let p = pods(cluster, ns, selector)?;
+    Ok(p.len() == n && p.iter().all(is_ready))
+}
+
+fn container_names(pod: &Value, field: &str) -> Vec<String> {
+    pod["spec"][field]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|c| c["name"].as_str().map(str::to_owned))
+        .collect()
+}
+
+fn pod_ip(pod: &Value) -> Result<String> {
+    pod["status"]["podIP"]
+        .as_str()
+        .map(str::to_owned)
+        .context("pod has no IP")
+}
+
+fn cluster_ip(cluster: &Cluster, ns: &str, svc: &str) -> Result<String> {
+    let ip = cluster.kc(&[
+        "get",
+        "svc",
+        "-n",
+        ns,
+        svc,
+        "-o",
+        "jsonpath={.spec.clusterIP}",
+    ])?;
+    ensure!(!ip.is_empty(), "Service {ns}/{svc} has no ClusterIP");
+    Ok(ip)
+}
+
+/// A demo-app Deployment; `args` may reference Service env vars as `$(NAME_SERVICE_HOST)`.
+fn deployment(ns: &str, name: &str, args: &[&str]) -> String {
+    let mut all: Vec<String> = args.iter().map(|a| format!("{a:?}")).collect();
+    all.push(format!("\"--name={name}\""));
+    format!(
+        r#"---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: {name}, namespace: {ns}}}
+spec:
+  replicas: 1
+  selector: {{matchLabels: {{app: {name}}}}}
+  template:
+    metadata: {{labels: {{app: {name}}}}}
+    spec:
+      containers:
+      - name: app
+        image: sidetrace/demo-app:0.1.0
+        imagePullPolicy: Never
+        args: [{args}]
+        ports: [{{containerPort: 8080}}]
+        readinessProbe: {{httpGet: {{path: /healthz, port: 8080}}, periodSeconds: 2}}
+"#,
+        args = all.join(", ")
+    )
+}
+
+fn service(ns: &str, name: &str) -> String {
+    format!(
+        "---\napiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: {ns}}}\n\
+         spec: {{selector: {{app: {name}}}, ports: [{{name: http, port: 8080}}]}}\n"
+    )
+}
+
+fn namespace(name: &str, inject: bool) -> String {
+    let labels = if inject {
+        "{sidetrace.dev/inject: enabled}"
+    } else {
+        "{}"
+    };
+    format!("---\napiVersion: v1\nkind: Namespace\nmetadata: {{name: {name}, labels: {labels}}}\n")
+}
+
+// ---------------------------------------------------------------------------------------------
+
+/// A pod runs: the kubelet creates a sandbox from our pause image and starts the demo app in
+/// it; the app answers on its pod IP and through its Service's ClusterIP (kube-proxy).
+#[test]
+fn pod_with_pause_sandbox_and_demo_app_runs_and_serves_through_its_service() -> Result<()> {
+    let Some(cluster) = Cluster::connect_or_skip("node::pod_runs") else {
+        return Ok(());
+    };
+    let ns = format!("st-{}-smoke", std::process::id());
+    let _guard = NamespaceGuard {
+        cluster: &cluster,
+        name: ns.clone(),
+    };
+    cluster.apply(&format!(
+        "{}{}{}",
+        namespace(&ns, false),
+        service(&ns, "hello"),
+        deployment(&ns, "hello", &[])
+    ))?;
+    cluster.wait("hello pod Ready", &ns, WAIT, || {
+        all_ready(&cluster, &ns, "app=hello", 1)
+    })?;
+    let pod = pods(&cluster, &ns, "app=hello")?.remove(0);
+    let (code, body) = cluster.http_get(&format!("http://{}:8080/", pod_ip(&pod)?))?;
+    ensure!(
+        code == 200 && body.contains("(hello)"),
+        "pod IP: {code} {body}"
+    );
+    let svc = cluster_ip(&cluster, &ns, "hello")?;
+    let (code, body) = cluster.http_get(&format!("http://{svc}:8080/"))?;
+    ensure!(
+        code == 200 && body.contains("(hello)"),
+        "ClusterIP: {code} {body}"
+    );
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+
+/// Uninstalls the chart if the scenario stops half-way.
+struct ReleaseGuard<'a> {
+    cluster: &'a Cluster,
+    done: bool,
+}
+
+impl Drop for ReleaseGuard<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            let _ = self
+                .cluster
+                .helm()
+                .args(["uninstall", RELEASE, "-n", SYSTEM_NS, "--wait"])
+                .output();
+        }
+    }
+}
+
+fn helm(cluster: &Cluster, args: &[&str]) -> Result<String> {
+    let out = cluster.helm().args(args).output().context("running helm")?;
+    ensure!(
+        out.status.success(),
+        "helm {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn deployment_available(cluster: &Cluster, ns: &str, name: &str) -> Result<bool> {
+    let d = json(cluster, &["get", "deployment", "-n", ns, name])?;
+    let want = d["spec"]["replicas"].as_u64().unwrap_or(1);
+    Ok(d["status"]["updatedReplicas"].as_u64() == Some(want)
+        && d["status"]["availableReplicas"].as_u64() == Some(want)
+        && d["status"]["replicas"].as_u64() == Some(want))
+}
+
+/// The traces Jaeger holds for `service`, each as Zipkin-shaped spans.
+fn jaeger_traces(cluster: &Cluster, query: &str, service: &str) -> Result<Vec<Vec<Span>>> {
+    let (code, body) = cluster.http_get(&format!(
+        "http://{query}:16686/api/traces?service={service}&limit=50&lookback=1h"
+    ))?;
+    ensure!(code == 200, "jaeger query: {code} {body}");
+    let v: Value = serde_json::from_str(&body)?;
+    Ok(v["data"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|t| jaeger_spans(&serde_json::json!({"data": [t]})))
+        .collect())
+}
+
+fn find<'a>(spans: &'a [Span], service: &str, kind: &str) -> Result<&'a Span> {
+    spans
+        .iter()
+        .find(|s| s.service() == service && s.kind() == kind)
+        .with_context(|| format!("no {service} {kind} span in\n{}", render_tree(spans)))
+}
+
+/// The data-plane suite's trace shape: front-proxy → service1 → (operation `s1_op`) →
+/// service2, five spans linked SERVER → CLIENT → SERVER → CLIENT → SERVER, one trace id, one
+/// request id, status and method tagged.
+fn assert_demo_trace(spans: &[Span], s1_op: &str) -> Result<()> {
+    let tree = render_tree(spans);
+    ensure!(spans.len() == 5, "five spans expected:\n{tree}");
+    ensure!(
+        spans.iter().all(|s| s.trace_id == spans[0].trace_id),
+        "one trace id:\n{tree}"
+    );
+    let front_server = find(spans, "front-proxy", "SERVER")?;
+    let front_client = find(spans, "front-proxy", "CLIENT")?;
+    let s1_server = find(spans, "service1", "SERVER")?;
+    let s1_client = find(spans, "service1", "CLIENT")?;
+    let s2_server = find(spans, "service2", "SERVER")?;
+    ensure!(
+        front_client.parent_id.as_ref() == Some(&front_server.id),
+        "{tree}"
+    );
+    ensure!(
+        s1_server.parent_id.as_ref() == Some(&front_client.id),
+        "{tree}"
+    );
+    ensure!(
+        s1_client.parent_id.as_ref() == Some(&s1_server.id),
+        "{tree}"
+    );
+    ensure!(
+        s2_server.parent_id.as_ref() == Some(&s1_client.id),
+        "{tree}"
+    );
+    ensure!(
+        front_client.name().eq_ignore_ascii_case("routeToService1"),
+        "front's outbound call named by its TracedService:\n{tree}"
+    );
+    ensure!(
+        s1_client.name().eq_ignore_ascii_case(s1_op),
+        "service1's outbound call named {s1_op}:\n{tree}"
+    );
+    for s in spans {
+        ensure!(
+            s.tag("http.status_code") == Some("200") && s.tag("http.method") == Some("GET"),
+            "{} {} tags:\n{tree}",
+            s.service(),
+            s.kind()
+        );
+    }
+    let rid = front_server.tag("guid:x-request-id");
+    ensure!(
+        rid.is_some_and(|r| !r.is_empty())
+            && spans.iter().all(|s| s.tag("guid:x-request-id") == rid),
+        "one request id on every hop:\n{tree}"
+    );
+    Ok(())
+}
+
+/// Send requests through the client pod until Jaeger returns a complete trace whose service1
+/// outbound span is named `s1_op`; assert its shape.
+fn request_and_read_trace(
+    cluster: &Cluster,
+    ns: &str,
+    client_ip: &str,
+    query: &str,
+    s1_op: &str,
+) -> Result<()> {
+    let mut last = String::new();
+    cluster
+        .wait(
+            &format!("a complete trace with {s1_op} in Jaeger"),
+            ns,
+            WAIT,
+            || {
+                let (code, body) = cluster.http_get(&format!("http://{client_ip}:8080/go"))?;
+                ensure!(
+                    code == 200 && body.contains("(service2)"),
+                    "client → front-proxy → service1 → service2: {code}\n{body}"
+                );
+                std::thread::sleep(Duration::from_secs(2));
+                let traces = jaeger_traces(cluster, query, "front-proxy")?;
+                last = traces.iter().map(|t| render_tree(t)).collect();
+                Ok(traces.iter().any(|t| {
+                    t.len() == 5
+                        && t.iter().any(|s| {
+                            s.service() == "service1"
+                                && s.kind() == "CLIENT"
+                                && s.name().eq_ignore_ascii_case(s1_op)
+                        })
+                }))
+            },
+        )
+        .with_context(|| format!("traces seen:\n{last}"))?;
+    let traces = jaeger_traces(cluster, query, "front-proxy")?;
+    let t = traces
+        .iter()
+        .find(|t| {
+            t.len() == 5
+                && t.iter()
+                    .any(|s| s.kind() == "CLIENT" && s.name().eq_ignore_ascii_case(s1_op))
+        })
+        .context("the trace vanished")?;
+    say(&format!("trace:\n{}", render_tree(t)));
+    assert_demo_trace(t, s1_op)
+}
+
+/// The whole product on a real node, in order, sharing one install:
+/// helm install → demo topology as Deployments, injected (init completed, proxy ready) →
+/// requests from a client pod through the Services → the full trace from the Jaeger pod's
+/// query API → the opted-out client has no sidecar → a TracedService update renames an
+/// operation without restarting a pod → with the injector gone (failurePolicy Ignore) pods
+/// are still created, uninjected → helm uninstall leaves nothing of the release behind.
+#[test]
+fn chart_injects_deployments_and_jaeger_holds_the_full_trace() -> Result<()> {
+    let Some(cluster) = Cluster::connect_or_skip("node::chart_full_flow") else {
+        return Ok(());
+    };
+    let ns = format!("st-{}-shop", std::process::id());
+    let _ns_guard = NamespaceGuard {
+        cluster: &cluster,
+        name: ns.clone(),
+    };
+    // A release left by an interrupted run would make `helm install` fail.
+    let _ = helm(&cluster, &["uninstall", RELEASE, "-n", SYSTEM_NS, "--wait"]);
+    let mut release = ReleaseGuard {
+        cluster: &cluster,
+        done: false,
+    };
+
+    // 1. helm install with the images imported into containerd (never pulled).
+    say("helm install");
+    let chart = chart_dir();
+    let chart = chart.to_string_lossy();
+    helm(
+        &cluster,
+        &[
+            "install",
+            RELEASE,
+            &chart,
+            "-n",
+            SYSTEM_NS,
+            "--create-namespace",
+            "--set",
+            "images.pullPolicy=Never",
+        ],
+    )?;
+    // No DNS add-on: the sidecars get the collector by its ClusterIP.
+    let collector = cluster_ip(&cluster, SYSTEM_NS, "jaeger-collector")?;
+    helm(
+        &cluster,
+        &[
+            "upgrade",
+            RELEASE,
+            &chart,
+            "-n",
+            SYSTEM_NS,
+            "--reuse-values",
+            "--set",
+            &format!("collector.endpoint=http://{collector}:9411/api/v2/spans"),
+        ],
+    )?;
+    // After the upgrade: helm's three-way merge would revert a patched probe.
+    jaeger_workaround(&cluster)?;
+    for d in ["sidetrace-operator", "sidetrace-injector", "jaeger"] {
+        cluster.wait(
+            &format!("deployment {d} available"),
+            SYSTEM_NS,
+            WAIT,
+            || deployment_available(&cluster, SYSTEM_NS, d),
+        )?;
+    }
+    let query = cluster_ip(&cluster, SYSTEM_NS, "jaeger-query")?;
+
+    // 2. The demo topology in a labelled namespace, with its TracedServices.
+    say("demo topology");
+    let mut yaml = namespace(&ns, true);
+    for s in ["service2", "service1", "front-proxy"] {
+        yaml.push_str(&service(&ns, s));
+    }
+    cluster.apply(&yaml)?;
+    let examples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../crds/examples");
+    for s in ["front-proxy", "service1", "service2"] {
+        let text = std::fs::read_to_string(examples.join(format!("demo-{s}.yaml")))?;
+        cluster.apply(&text.replace("namespace: demo", &format!("namespace: {ns}")))?;
+    }
+    // Services exist before the pods, so the kubelet sets their env vars.
+    let yaml = [
+        deployment(&ns, "service2", &[]),
+        deployment(
+            &ns,
+            "service1",
+            &["--route=/trace/1=http://$(SERVICE2_SERVICE_HOST):8080/trace/2"],
+        ),
+        deployment(
+            &ns,
+            "front-proxy",
+            &[
+                "--route=/trace/1=http://$(SERVICE1_SERVICE_HOST):8080/trace/1",
+                "--route=/trace/2=http://$(SERVICE2_SERVICE_HOST):8080/trace/2",
+            ],
+        ),
+    ]
+    .concat();
+    cluster.apply(&yaml)?;
+    for app in ["service2", "service1", "front-proxy"] {
+        cluster.wait(&format!("{app} Ready"), &ns, WAIT, || {
+            all_ready(&cluster, &ns, &format!("app={app}"), 1)
+        })?;
+        let pod = pods(&cluster, &ns, &format!("app={app}"))?.remove(0);
+        let inits = pod["status"]["initContainerStatuses"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        let init = inits
+            .iter()
+            .find(|s| s["name"] == "sidetrace-init")
+            .with_context(|| format!("{app}: no sidetrace-init: {inits:?}"))?;
+        ensure!(
+            init["state"]["terminated"]["reason"] == "Completed"
+                && init["state"]["terminated"]["exitCode"] == 0,
+            "{app}: sidetrace-init did not complete: {init}"
+        );
+        // The proxy is a native sidecar (init container, restartPolicy Always) or a container.
+        let statuses: Vec<&Value> = inits
+            .iter()
+            .chain(
+                pod["status"]["containerStatuses"]
+                    .as_array()
+                    .into_iter()
+                    .flatten(),
+            )
+            .collect();
+        let proxy = statuses
+            .iter()
+            .find(|s| s["name"] == "sidetrace-proxy")
+            .with_context(|| format!("{app}: no sidetrace-proxy"))?;
+        ensure!(proxy["ready"] == true, "{app}: proxy not ready: {proxy}");
+    }
+
+    // 3. A client pod, opted out of injection, calls the front through its Service.
+    say("client pod (opted out) and requests");
+    cluster.apply(&format!(
+        r#"---
+apiVersion: v1
+kind: Pod
+metadata: {{name: client, namespace: {ns}, labels: {{app: client, sidetrace.dev/inject: "false"}}}}
+spec:
+  containers:
+  - name: app
+    image: sidetrace/demo-app:0.1.0
+    imagePullPolicy: Never
+    args: ["--name=client", "--route=/go=http://$(FRONT_PROXY_SERVICE_HOST):8080/trace/1"]
+    readinessProbe: {{httpGet: {{path: /healthz, port: 8080}}, periodSeconds: 2}}
+"#
+    ))?;
+    cluster.wait("client Ready", &ns, WAIT, || {
+        all_ready(&cluster, &ns, "app=client", 1)
+    })?;
+    let client = pods(&cluster, &ns, "app=client")?.remove(0);
+    let names = [
+        container_names(&client, "containers"),
+        container_names(&client, "initContainers"),
+    ]
+    .concat();
+    ensure!(
+        names == ["app"],
+        "opted-out pod must carry no sidetrace container: {names:?}"
+    );
+    let client_ip = pod_ip(&client)?;
+
+    // 4. The full trace from Jaeger's query API.
+    request_and_read_trace(&cluster, &ns, &client_ip, &query, "checkStock")?;
+
+    // 5. A TracedService update renames service1's operation; no pod restarts.
+    say("TracedService update");
+    let before = pods(&cluster, &ns, "app=service1")?.remove(0);
+    let uid = before["metadata"]["uid"].clone();
+    cluster.kc(&[
+        "patch",
+        "tracedservice",
+        "-n",
+        &ns,
+        "service1",
+        "--type=json",
+        "-p",
+        r#"[{"op":"replace","path":"/spec/operations/0/name","value":"checkInventory"}]"#,
+    ])?;
+    request_and_read_trace(&cluster, &ns, &client_ip, &query, "checkInventory")?;
+    let after = pods(&cluster, &ns, "app=service1")?;
+    ensure!(
+        after.len() == 1 && after[0]["metadata"]["uid"] == uid,
+        "service1 was not redeployed"
+    );
+    let restarts: u64 = after[0]["status"]["containerStatuses"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|s| s["restartCount"].as_u64())
+        .sum();
+    ensure!(restarts == 0, "no container restarted: {restarts} restarts");
+
+    // 6. Webhook loss with failurePolicy Ignore: pods are still created, without a sidecar.
+    say("webhook loss");
+    cluster.kc(&[
+        "scale",
+        "deployment",
+        "-n",
+        SYSTEM_NS,
+        "sidetrace-injector",
+        "--replicas=0",
+    ])?;
+    cluster.wait("injector pods gone", SYSTEM_NS, WAIT, || {
+        Ok(pods(
+            &cluster,
+            SYSTEM_NS,
+            "app.kubernetes.io/name=sidetrace-injector",
+        )?
+        .is_empty())
+    })?;
+    cluster.apply(&deployment(&ns, "lonely", &[]))?;
+    cluster.wait("lonely Ready without the injector", &ns, WAIT, || {
+        all_ready(&cluster, &ns, "app=lonely", 1)
+    })?;
+    let lonely = pods(&cluster, &ns, "app=lonely")?.remove(0);
+    let names = [
+        container_names(&lonely, "containers"),
+        container_names(&lonely, "initContainers"),
+    ]
+    .concat();
+    ensure!(
+        names == ["app"],
+        "created uninjected while the webhook is down: {names:?}"
+    );
+
+    // 7. helm uninstall leaves nothing of the release behind.
+    say("helm uninstall");
+    helm(&cluster, &["uninstall", RELEASE, "-n", SYSTEM_NS, "--wait"])?;
+    release.done = true;
+    let selector = format!("app.kubernetes.io/instance={RELEASE}");
+    cluster.wait("release objects gone", SYSTEM_NS, WAIT, || {
+        let left = cluster.kc(&[
+            "get",
+            "all,configmaps,secrets,serviceaccounts,roles,rolebindings,poddisruptionbudgets",
+            "-n",
+            SYSTEM_NS,
+            "-l",
+            &selector,
+            "-o",
+            "name",
+        ])?;
+        let cluster_wide = cluster.kc(&[
+            "get",
+            "clusterroles,clusterrolebindings,mutatingwebhookconfigurations",
+            "-l",
+            &selector,
+            "-o",
+            "name",
+        ])?;
+        let left = format!("{left}{cluster_wide}");
+        if !left.trim().is_empty() {
+            bail!("left behind:\n{left}");
+        }
+        Ok(true)
+    })?;
+    Ok(())
+}
+
+/// WORKAROUND for two chart bugs found here (helm/sidetrace/templates/jaeger.yaml, not this
+/// suite's to fix): the Jaeger v2 all-in-one binds its receivers to localhost unless
+/// `JAEGER_LISTEN_HOST=0.0.0.0` (the chart sets only v1's `COLLECTOR_ZIPKIN_HOST_PORT`), and
+/// the readiness probe asks v1's admin port 14269 (v2: the health check on 13133, `/status`),
+/// so the pod never becomes Ready and the Services have no endpoints. Patched here, loudly.
+fn jaeger_workaround(cluster: &Cluster) -> Result<()> {
+    let d = json(cluster, &["get", "deployment", "-n", SYSTEM_NS, "jaeger"])?;
+    let c = &d["spec"]["template"]["spec"]["containers"][0];
+    let has_listen = c["env"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|e| e["name"] == "JAEGER_LISTEN_HOST");
+    let probe_port = c["readinessProbe"]["httpGet"]["port"].clone();
+    if has_listen && probe_port != 14269 {
+        return Ok(());
+    }
+    say(
+        "WORKAROUND: patching the chart's jaeger Deployment (JAEGER_LISTEN_HOST=0.0.0.0, \
+         readiness on :13133/status): the chart's Jaeger v2 is otherwise never Ready",
+    );
+    let mut ops = vec![serde_json::json!({"op": "replace",
+        "path": "/spec/template/spec/containers/0/readinessProbe",
+        "value": {"httpGet": {"path": "/status", "port": 13133}, "periodSeconds": 2}})];
+    if !has_listen {
+        ops.push(serde_json::json!({"op": "add",
+            "path": "/spec/template/spec/containers/0/env/-",
+            "value": {"name": "JAEGER_LISTEN_HOST", "value": "0.0.0.0"}}));
+    }
+    cluster.kc(&[
+        "patch",
+        "deployment",
+        "-n",
+        SYSTEM_NS,
+        "jaeger",
+        "--type=json",
+        "-p",
+        &serde_json::Value::Array(ops).to_string(),
+    ])?;
+    Ok(())
+}
