@@ -44,6 +44,34 @@ pub struct Context {
     failures: Mutex<HashMap<ObjectRef<TracedService>, u32>>,
 }
 
+impl Context {
+    /// Builds the context from a client and the caches (the tests hand in a mocked client and
+    /// stores they fill themselves).
+    pub fn new(
+        client: Client,
+        pods: Store<PartialObjectMeta<Pod>>,
+        namespaces: Store<PartialObjectMeta<Namespace>>,
+        traced_services: Store<TracedService>,
+        metrics: Arc<Metrics>,
+        check_collector_dns: bool,
+    ) -> Self {
+        let reporter = Reporter {
+            controller: "sidetrace-operator".into(),
+            instance: None,
+        };
+        Self {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            pods,
+            namespaces,
+            traced_services,
+            metrics,
+            check_collector_dns,
+            failures: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
 fn labels_of<K: Resource>(obj: &K) -> BTreeMap<String, String> {
     obj.meta().labels.clone().unwrap_or_default()
 }
@@ -316,22 +344,14 @@ pub async fn run(client: Client, metrics: Arc<Metrics>, check_collector_dns: boo
     let by_namespace = traced_services.clone();
     let managed = format!("{}={}", names::MANAGED_BY_LABEL, names::MANAGED_BY_VALUE);
 
-    let ctx = Arc::new(Context {
-        client: client.clone(),
-        pods: pods.clone(),
-        namespaces: namespaces.clone(),
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        pods.clone(),
+        namespaces.clone(),
         traced_services,
-        recorder: Recorder::new(
-            client.clone(),
-            Reporter {
-                controller: "sidetrace-operator".into(),
-                instance: None,
-            },
-        ),
-        metrics: metrics.clone(),
+        metrics.clone(),
         check_collector_dns,
-        failures: Mutex::new(HashMap::new()),
-    });
+    ));
     let ready = metrics.clone();
     tokio::spawn(async move {
         if pods.wait_until_ready().await.is_ok() && namespaces.wait_until_ready().await.is_ok() {
