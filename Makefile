@@ -49,8 +49,11 @@ bench: ## benchmarks side by side with Envoy; writes bench/RESULTS.md (BENCH_ARG
 	@[ -x "$(CACHE)/bin/envoy" ] || e2e/peers.sh envoy
 	@[ -s "$(CACHE)/bin/zipkin.jar" ] || e2e/peers.sh zipkin
 	$(CARGO) build --release -p sidetrace-proxy -p sidetrace-injector -p sidetrace-operator
-	@# Operator vs a real apiserver (root + peers; writes "Not measured: why" otherwise).
+	@# Root-only tiers (write "Not measured: why" otherwise): operator vs a real apiserver,
+	@# transparent path in netns pods. Debug-built harnesses; the binaries under test are release.
+	$(CARGO) build -p sidetrace-init -p sidetrace-e2e --bins
 	$(CARGO) run -p sidetrace-bench --features operator --bin sidetrace-bench-operator
+	$(CARGO) run -p sidetrace-bench --features operator --bin sidetrace-bench-netns
 	$(CARGO) run --release -p sidetrace-bench -- all $(BENCH_ARGS)
 
 images: ## container images for the four binaries and the demo app

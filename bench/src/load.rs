@@ -7,7 +7,9 @@
 //! stall in the path under test is charged to every request it delayed (corrected for
 //! coordinated omission, like wrk2).
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -57,8 +59,14 @@ pub enum Proto {
     H2,
 }
 
+/// Opens the TCP connection to the target (default: a plain connect from this namespace).
+pub type Connector = Arc<
+    dyn Fn(SocketAddr) -> Pin<Box<dyn Future<Output = Result<TcpStream>> + Send>> + Send + Sync,
+>;
+
 /// A client with a pool of keep-alive connections (HTTP/1.1) or one h2 connection.
 pub struct Client {
+    connector: Option<Connector>,
     addr: SocketAddr,
     proto: Proto,
     idle: Mutex<Vec<http1::SendRequest<Full<Bytes>>>>,
@@ -70,9 +78,22 @@ pub struct Client {
 impl Client {
     /// Connects (h2) or pre-opens `warm` keep-alive connections (HTTP/1.1).
     pub async fn new(addr: SocketAddr, proto: Proto, warm: usize) -> Result<Arc<Self>> {
+        Self::with_connector(None, addr, proto, warm).await
+    }
+
+    /// Like [`Client::new`], opening connections with `connector` (e.g. inside a netns).
+    pub async fn with_connector(
+        connector: Option<Connector>,
+        addr: SocketAddr,
+        proto: Proto,
+        warm: usize,
+    ) -> Result<Arc<Self>> {
         let h2 = match proto {
             Proto::H2 => {
-                let tcp = TcpStream::connect(addr).await?;
+                let tcp = match &connector {
+                    Some(c) => c(addr).await?,
+                    None => TcpStream::connect(addr).await?,
+                };
                 tcp.set_nodelay(true)?;
                 let (sender, conn) =
                     http2::handshake(TokioExecutor::new(), TokioIo::new(tcp)).await?;
@@ -82,6 +103,7 @@ impl Client {
             _ => None,
         };
         let client = Arc::new(Self {
+            connector,
             addr,
             proto,
             idle: Mutex::new(Vec::new()),
@@ -98,9 +120,12 @@ impl Client {
     }
 
     async fn connect(&self) -> Result<http1::SendRequest<Full<Bytes>>> {
-        let tcp = TcpStream::connect(self.addr)
-            .await
-            .with_context(|| format!("connect {}", self.addr))?;
+        let tcp = match &self.connector {
+            Some(c) => c(self.addr).await?,
+            None => TcpStream::connect(self.addr)
+                .await
+                .with_context(|| format!("connect {}", self.addr))?,
+        };
         tcp.set_nodelay(true)?;
         self.opened.fetch_add(1, Ordering::Relaxed);
         let sender = match &self.proto {

@@ -1,28 +1,11 @@
-//! `sidetrace-bench`: the benchmark suite behind `make bench`.
-//!
-//! Model: every system under test is a separate process pinned with `taskset` to the "SUT"
-//! CPU together with the upstream app (so "one vCPU shared with the upstream" is literal),
-//! while this process (load generator, pacer thread) and the span sink run on the other CPU.
-//! Targets are measured side by side in one run, in interleaved rounds (the order rotates every
-//! round), and every table reports the median across rounds with the min–max spread. Timings
-//! are figures for a human to read, never pass/fail checks: the only tests are unit tests of
-//! the pure helpers in [`stats`] and the config generators.
-//!
-//! Subcommands: `all` (quick profile by default, `--full` for the long one), `http`, `memory`,
-//! `export`, `h2`, `webhook`; hidden `upstream`, `relay`, `sink` run the peers.
-
-mod envoy;
-mod load;
-mod procs;
-mod scenarios;
-mod servers;
-mod stats;
+//! `sidetrace-bench`: the benchmark suite behind `make bench` (see the library docs).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
+use sidetrace_bench::{scenarios, servers};
 
 /// Benchmarks of the sidetrace data plane and control plane, side by side with Envoy.
 #[derive(Debug, Parser)]

@@ -511,6 +511,20 @@ pub async fn run(which: Which, opts: Opts) -> Result<String> {
         }
     }
     if which == Which::All {
+        // The transparent path needs root, iptables and netns pods: a separate binary
+        // (`make bench` runs it first); its section is embedded here.
+        let path = procs::workspace_root().join("bench/RESULTS-netns.md");
+        let section = std::fs::read_to_string(&path).unwrap_or_else(|_| {
+            "Not measured: bench/RESULTS-netns.md is missing (run `cargo run -p sidetrace-bench \
+             --features operator --bin sidetrace-bench-netns` as root, or `make bench`).\n"
+                .to_owned()
+        });
+        let _ = writeln!(
+            md,
+            "## Transparent path in network namespaces (from `sidetrace-bench-netns`, bench/RESULTS-netns.md)\n\n{section}"
+        );
+    }
+    if which == Which::All {
         // The operator scenario needs root and the control-plane peers, so it is a separate
         // binary (`make bench` runs it first); its section is embedded here.
         let path = procs::workspace_root().join("bench/RESULTS-operator.md");
