@@ -52,9 +52,9 @@ bench: ## benchmarks side by side with Envoy; writes bench/RESULTS.md (BENCH_ARG
 	@# Root-only tiers (write "Not measured: why" otherwise): operator vs a real apiserver,
 	@# transparent path in netns pods. Debug-built harnesses; the binaries under test are release.
 	$(CARGO) build -p sidetrace-init -p sidetrace-e2e --bins
-	$(CARGO) run -p sidetrace-bench --features operator --bin sidetrace-bench-operator
-	$(CARGO) run -p sidetrace-bench --features operator --bin sidetrace-bench-netns
-	$(CARGO) run --release -p sidetrace-bench -- all $(BENCH_ARGS)
+	-$(CARGO) run -p sidetrace-bench --features operator --bin sidetrace-bench-operator
+	-$(CARGO) run -p sidetrace-bench --features operator --bin sidetrace-bench-netns
+	$(CARGO) run --release -p sidetrace-bench --bin sidetrace-bench -- all $(BENCH_ARGS)
 
 images: ## container images for the four binaries and the demo app
 	@# docker, podman or buildah; archives under $(CACHE)/images; jaeger when e2e/peers.sh jaeger built it.

@@ -77,8 +77,14 @@ async fn main() -> Result<()> {
         }
         None => "debug (no release build found; it is the same in both topologies)",
     };
-    let text = run(&cli, &bins, app_note).await?;
+    let result = run(&cli, &bins, app_note).await;
+    // Never leave a stale section behind: a failed run says so in the file too.
+    let text = match &result {
+        Ok(t) => t.clone(),
+        Err(e) => format!("Not measured: {e:#}\n"),
+    };
     std::fs::write(&cli.out, &text)?;
+    result?;
     eprintln!("wrote {}", cli.out.display());
     Ok(())
 }

@@ -104,14 +104,24 @@ async fn main() -> Result<()> {
         eprintln!("operator bench: {text}");
         return Ok(());
     }
-    let cp = ControlPlane::start().await?;
-    let result = run(&cp, &cli, &operator).await;
-    if result.is_err() {
-        cp.keep_logs();
-        eprintln!("logs kept in {}", cp.dir().display());
-    }
-    let text = result?;
+    let result = match ControlPlane::start().await {
+        Ok(cp) => {
+            let r = run(&cp, &cli, &operator).await;
+            if r.is_err() {
+                cp.keep_logs();
+                eprintln!("logs kept in {}", cp.dir().display());
+            }
+            r
+        }
+        Err(e) => Err(e),
+    };
+    // Never leave a stale section behind: a failed run says so in the file too.
+    let text = match &result {
+        Ok(t) => t.clone(),
+        Err(e) => format!("Not measured: {e:#}\n"),
+    };
     std::fs::write(&cli.out, &text)?;
+    result?;
     eprintln!("wrote {}", cli.out.display());
     Ok(())
 }
