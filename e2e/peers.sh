@@ -556,7 +556,7 @@ check() {
 	for name in etcd kube-apiserver kube-controller-manager kubectl helm zipkin.jar envoy jaeger \
 		kube-scheduler kubelet kube-proxy containerd ctr containerd-shim-runc-v2 pause; do
 		if [[ -e "$BIN/$name" ]]; then
-			printf '  %-24s %s\n' "$name" "$(readlink "$BIN/$name")"
+			printf '  %-24s %s\n' "$name" "$(readlink "$BIN/$name" || echo "$name (built here)")"
 		else
 			printf '  %-24s missing\n' "$name"
 		fi

@@ -404,8 +404,6 @@ fn chart_injects_deployments_and_jaeger_holds_the_full_trace() -> Result<()> {
             &format!("collector.endpoint=http://{collector}:9411/api/v2/spans"),
         ],
     )?;
-    // After the upgrade: helm's three-way merge would revert a patched probe.
-    jaeger_workaround(&cluster)?;
     for d in ["sidetrace-operator", "sidetrace-injector", "jaeger"] {
         cluster.wait(
             &format!("deployment {d} available"),
@@ -607,47 +605,5 @@ spec:
         }
         Ok(true)
     })?;
-    Ok(())
-}
-
-/// WORKAROUND for two chart bugs found here (helm/sidetrace/templates/jaeger.yaml, not this
-/// suite's to fix): the Jaeger v2 all-in-one binds its receivers to localhost unless
-/// `JAEGER_LISTEN_HOST=0.0.0.0` (the chart sets only v1's `COLLECTOR_ZIPKIN_HOST_PORT`), and
-/// the readiness probe asks v1's admin port 14269 (v2: the health check on 13133, `/status`),
-/// so the pod never becomes Ready and the Services have no endpoints. Patched here, loudly.
-fn jaeger_workaround(cluster: &Cluster) -> Result<()> {
-    let d = json(cluster, &["get", "deployment", "-n", SYSTEM_NS, "jaeger"])?;
-    let c = &d["spec"]["template"]["spec"]["containers"][0];
-    let has_listen = c["env"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .any(|e| e["name"] == "JAEGER_LISTEN_HOST");
-    let probe_port = c["readinessProbe"]["httpGet"]["port"].clone();
-    if has_listen && probe_port != 14269 {
-        return Ok(());
-    }
-    say(
-        "WORKAROUND: patching the chart's jaeger Deployment (JAEGER_LISTEN_HOST=0.0.0.0, \
-         readiness on :13133/status): the chart's Jaeger v2 is otherwise never Ready",
-    );
-    let mut ops = vec![serde_json::json!({"op": "replace",
-        "path": "/spec/template/spec/containers/0/readinessProbe",
-        "value": {"httpGet": {"path": "/status", "port": 13133}, "periodSeconds": 2}})];
-    if !has_listen {
-        ops.push(serde_json::json!({"op": "add",
-            "path": "/spec/template/spec/containers/0/env/-",
-            "value": {"name": "JAEGER_LISTEN_HOST", "value": "0.0.0.0"}}));
-    }
-    cluster.kc(&[
-        "patch",
-        "deployment",
-        "-n",
-        SYSTEM_NS,
-        "jaeger",
-        "--type=json",
-        "-p",
-        &serde_json::Value::Array(ops).to_string(),
-    ])?;
     Ok(())
 }
