@@ -177,11 +177,11 @@ fn pod_with_pause_sandbox_and_demo_app_runs_and_serves_through_its_service() -> 
         "pod IP: {code} {body}"
     );
     let svc = cluster_ip(&cluster, &ns, "hello")?;
-    let (code, body) = cluster.http_get(&format!("http://{svc}:8080/"))?;
-    ensure!(
-        code == 200 && body.contains("(hello)"),
-        "ClusterIP: {code} {body}"
-    );
+    // kube-proxy programs the new endpoint asynchronously (within its sync period): poll.
+    cluster.wait("hello through its ClusterIP", &ns, WAIT, || {
+        let (code, body) = cluster.http_get(&format!("http://{svc}:8080/"))?;
+        Ok(code == 200 && body.contains("(hello)"))
+    })?;
     Ok(())
 }
 
@@ -389,6 +389,11 @@ fn chart_injects_deployments_and_jaeger_holds_the_full_trace() -> Result<()> {
             "images.pullPolicy=Never",
         ],
     )?;
+    // The injector exits while the chart's placeholder Secret is still empty, and the kubelet's
+    // restart back-off grows; upgrading only once it serves keeps a fresh install quick.
+    cluster.wait("injector available", SYSTEM_NS, WAIT, || {
+        deployment_available(&cluster, SYSTEM_NS, "sidetrace-injector")
+    })?;
     // No DNS add-on: the sidecars get the collector by its ClusterIP.
     let collector = cluster_ip(&cluster, SYSTEM_NS, "jaeger-collector")?;
     helm(
