@@ -60,6 +60,9 @@ struct Args {
           value_parser = clap::value_parser!(u64).range(10..))]
     tls_reload_interval_ms: u64,
     /// Serve plain HTTP instead of HTTPS (local testing only: the apiserver requires HTTPS).
+    /// How long to wait at start for usable --tls-cert/--tls-key files (0: fail at once).
+    #[arg(long, env = "SIDETRACE_INJECTOR_TLS_WAIT_SECS", default_value_t = 120)]
+    tls_wait_secs: u64,
     #[arg(long, conflicts_with_all = ["tls_cert", "tls_key"])]
     plain_http: bool,
     /// Inject the proxy as a native sidecar: auto, true or false.
@@ -222,7 +225,26 @@ async fn run(args: Args) -> anyhow::Result<()> {
     // TLS material is loaded before anything else so that a bad file fails fast (exit 64).
     let tls = match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => {
-            let (ck, bytes) = tls::load(cert, key).context("loading --tls-cert/--tls-key")?;
+            // In a cluster the chart creates the Secret empty and the operator fills it a few
+            // seconds later: wait for it rather than crash-loop into the kubelet's back-off.
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(args.tls_wait_secs);
+            let (ck, bytes) = loop {
+                match tls::load(cert, key) {
+                    Ok(loaded) => break loaded,
+                    // Only "not written yet" (missing or empty files) is waited for; a file
+                    // with bad content is a configuration error and fails at once.
+                    Err(e)
+                        if tokio::time::Instant::now() < deadline
+                            && [cert, key]
+                                .iter()
+                                .any(|p| std::fs::metadata(p).map_or(true, |m| m.len() == 0)) =>
+                    {
+                        tracing::info!(error = %e, "waiting for the webhook certificate");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                    Err(e) => return Err(e).context("loading --tls-cert/--tls-key"),
+                }
+            };
             let resolver = Arc::new(tls::ReloadingResolver::new(ck));
             let config = tls::server_config(Arc::clone(&resolver))?;
             let watch = tls::Watch {

@@ -442,6 +442,8 @@ fn bad_configuration_exits_64_before_binding() {
                     .iter()
                     .filter(|_| !args.contains(&"--native-sidecars".to_owned())),
             )
+            // Missing files are otherwise waited for (the operator writes them after start).
+            .arg("--tls-wait-secs=0")
             .env("KUBECONFIG", dir.0.join("none"))
             .output()
             .expect("run");
@@ -510,4 +512,67 @@ async fn secret_volume_symlink_swap_is_picked_up() {
             }
         }
     }
+}
+
+/// In a cluster the chart's Secret is empty until the operator fills it: the injector waits
+/// for the files instead of exiting into the kubelet's restart back-off.
+#[tokio::test]
+async fn empty_certificate_files_are_waited_for() {
+    use std::io::BufRead as _;
+    let cert = self_signed();
+    let dir = TempDir::new("wait");
+    let (cert_path, key_path) = (dir.0.join("tls.crt"), dir.0.join("tls.key"));
+    std::fs::write(&cert_path, "").expect("empty cert");
+    std::fs::write(&key_path, "").expect("empty key");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_sidetrace-injector"))
+        .args(["--listen", "127.0.0.1:0", "--tls-cert"])
+        .arg(&cert_path)
+        .arg("--tls-key")
+        .arg(&key_path)
+        .args([
+            "--tls-wait-secs",
+            "30",
+            "--watch-traced-services=false",
+            "--native-sidecars=false",
+        ])
+        .env("KUBECONFIG", dir.0.join("none"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(
+        matches!(child.try_wait(), Ok(None)),
+        "exited instead of waiting for the certificate"
+    );
+    std::fs::write(&key_path, &cert.key_pem).expect("key");
+    std::fs::write(&cert_path, &cert.cert_pem).expect("cert");
+    let stdout = child.stdout.take().expect("stdout");
+    let line = tokio::task::spawn_blocking(move || {
+        let mut line = String::new();
+        std::io::BufReader::new(stdout)
+            .read_line(&mut line)
+            .map(|_| line)
+    })
+    .await
+    .expect("join")
+    .expect("listening line");
+    let addr: std::net::SocketAddr = line
+        .trim()
+        .rsplit("://")
+        .next()
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"));
+    let reply = request(
+        addr,
+        client_config(&cert.der, false),
+        "GET",
+        "/healthz",
+        vec![],
+    )
+    .await
+    .expect("healthz over the late certificate");
+    assert_eq!(reply.status, 200);
+    let _ = child.kill();
+    let _ = child.wait();
 }
