@@ -7,7 +7,7 @@ export SIDETRACE_CACHE := $(CACHE)
 .PHONY: help test unit lint fmt crds demo e2e-local e2e-controlplane e2e-kind bench images peers cluster-up cluster-down e2e-node
 
 help: ## list targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
 
 test: ## every test tier this machine can run (unit, component, netns data plane, control plane)
 	@# Tests of one crate run other crates' binaries (chart flags, system tests): build them all first.
