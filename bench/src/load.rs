@@ -112,7 +112,16 @@ impl Client {
         });
         if client.h2.is_none() {
             for _ in 0..warm {
-                let c = client.connect().await?;
+                let mut c = client.connect().await?;
+                // Speak at once: a connection that stays silent past the proxy's protocol
+                // detection timeout (server-speaks-first support) is relayed as opaque TCP,
+                // so a pre-opened idle connection would never be parsed or traced.
+                if matches!(client.proto, Proto::H1) {
+                    let resp = c
+                        .send_request(build(&Req::get("/small"), "/small")?)
+                        .await?;
+                    let _ = resp.into_body().collect().await;
+                }
                 client.put(c);
             }
         }
