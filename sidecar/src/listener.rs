@@ -190,10 +190,17 @@ async fn handle_connection(
         Direction::Outbound => Protocol::Auto,
     };
     let mut stream = stream;
+    // A port declared HTTP/HTTP2/gRPC has no server-speaks-first risk: wait for the client's
+    // first bytes as long as a header read may take, so a pre-connected pooled client that
+    // sends later is still traced. Only undeclared ports use the short detection timeout.
+    let sniff_timeout = match declared {
+        Protocol::Http | Protocol::Http2 | Protocol::Grpc => args.header_read_timeout,
+        Protocol::Auto | Protocol::Tcp => args.detect_timeout,
+    };
     let (detected, prefix) = if declared == Protocol::Tcp {
         (Detected::Opaque, bytes::Bytes::new())
     } else {
-        match sniff(&mut stream, args.detect_timeout).await {
+        match sniff(&mut stream, sniff_timeout).await {
             Ok(d) => d,
             Err(e) => {
                 tracing::debug!(%peer, error = %e, "connection failed before detection");

@@ -548,6 +548,47 @@ async fn a_port_declared_tcp_skips_detection_and_is_not_parsed() {
     );
 }
 
+/// A pooled client connects first and sends later. On a port declared `http` that must still
+/// be traced; on an undeclared port the short detection timeout relays it as opaque TCP (the
+/// documented trade-off that keeps server-speaks-first protocols working).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_first_request_is_traced_on_a_declared_http_port() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let app = App::http1().await;
+    let collector = Collector::start().await;
+    let config = write_config(
+        "late-http",
+        &format!("ports: [{{port: {}, protocol: http}}]\n", app.addr.port()),
+    );
+    let proxy = Proxy::start(ProxyOpts {
+        inbound_to: Some(app.addr),
+        collector: Some(collector.endpoint()),
+        config: Some(config),
+        ..Default::default()
+    })
+    .await;
+    let mut conn = tokio::net::TcpStream::connect(proxy.inbound)
+        .await
+        .expect("connect");
+    // Well past the 100 ms detection timeout.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    conn.write_all(b"GET /late HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("send");
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), conn.read_to_end(&mut out))
+        .await
+        .expect("answered in time")
+        .expect("read");
+    assert!(String::from_utf8_lossy(&out).starts_with("HTTP/1.1 200"));
+    assert!(
+        app.seen()[0].headers.get("x-b3-traceid").is_some(),
+        "the late request was relayed untraced"
+    );
+    let spans = collector.wait_spans(1).await;
+    assert_eq!(spans[0]["name"], "GET /late");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pipelined_http1_requests_are_answered_in_order() {
     let app = App::http1().await;
