@@ -6,7 +6,8 @@
 //! Targets are measured side by side in one run, in interleaved rounds (the order rotates every
 //! round), and every table reports the median across rounds with the min–max spread. Timings
 //! are figures for a human to read, never pass/fail checks: the only tests are unit tests of
-//! the pure helpers in [`stats`] and the config generators.
+//! the pure helpers in [`stats`] and the config generators. [`published`] holds linkerd2-proxy's
+//! published figures (cited) and puts this run's ratios to Envoy next to theirs.
 //!
 //! Subcommands: `all` (quick profile by default, `--full` for the long one), `http`, `memory`,
 //! `export`, `h2`, `webhook`; hidden `upstream`, `relay`, `sink` run the peers. Two more
@@ -17,6 +18,7 @@
 pub mod envoy;
 pub mod load;
 pub mod procs;
+pub mod published;
 pub mod scenarios;
 pub mod servers;
 pub mod stats;

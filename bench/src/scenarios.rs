@@ -13,6 +13,7 @@ use bytes::Bytes;
 use crate::envoy::{self, EnvoyPorts};
 use crate::load::{self, Client, Proto, Req, Run};
 use crate::procs::{self, Proc, lo};
+use crate::published::{self, Measure};
 use crate::stats::{self, Percentiles, Spread, cell, ratio, spread_cell, us};
 
 /// Options shared by every scenario subcommand.
@@ -88,9 +89,22 @@ struct Env {
     idle_conns: usize,
     nofile: u64,
     commands: Mutex<Vec<String>>,
+    /// Ratios to Envoy+Zipkin that go next to linkerd2-proxy's published ones.
+    ours: Mutex<Vec<published::Ours>>,
 }
 
 impl Env {
+    /// Keeps a ratio for the published-reference table.
+    fn compare(&self, measure: Measure, label: &str, ratio: f64) {
+        if let Ok(mut o) = self.ours.lock() {
+            o.push(published::Ours {
+                measure,
+                label: label.to_owned(),
+                ratio,
+            });
+        }
+    }
+
     fn record(&self, p: &Proc) {
         if let Ok(mut c) = self.commands.lock() {
             // Ports differ between starts; keep the first command line of each kind.
@@ -437,6 +451,7 @@ pub async fn run(which: Which, opts: Opts) -> Result<String> {
         idle_conns: opts.idle_conns,
         nofile,
         commands: Mutex::new(Vec::new()),
+        ours: Mutex::new(Vec::new()),
     };
     let started = Instant::now();
     let mut md = String::new();
@@ -536,6 +551,14 @@ pub async fn run(which: Which, opts: Opts) -> Result<String> {
         let _ = writeln!(
             md,
             "## Operator (from `sidetrace-bench-operator`, bench/RESULTS-operator.md)\n\n{section}"
+        );
+    }
+    if matches!(which, Which::All | Which::Http | Which::Memory) {
+        let ours = env.ours.lock().map(|o| o.clone()).unwrap_or_default();
+        let _ = writeln!(
+            md,
+            "## Published reference: linkerd2-proxy\n\n{}",
+            published::render(&ours)
         );
     }
     let _ = writeln!(
@@ -660,6 +683,12 @@ async fn http(env: &Env) -> Result<String> {
                 });
                 let scpu = Spread::of(&sc.cpu_per_1k_ms).median;
                 let ecpu = Spread::of(&ec.cpu_per_1k_ms).median;
+                if bi == 0 {
+                    let label = format!("{bname}, {rate} rps");
+                    env.compare(Measure::MedianAdded, &label, ratio(s50, e50));
+                    env.compare(Measure::TailAdded, &label, ratio(s99, e99));
+                    env.compare(Measure::Cpu, &label, ratio(scpu, ecpu));
+                }
                 let _ = writeln!(
                     summary,
                     "| {bname} | {rate} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
@@ -809,7 +838,8 @@ async fn memory(env: &Env) -> Result<String> {
         let with_conns = s.rss_anon();
         let opened = held.len();
         drop(held);
-        tokio::time::sleep(Duration::from_secs(2)).await;
+        // Long enough for the proxy's periodic reclaim check (5 s) to see the drop.
+        tokio::time::sleep(Duration::from_secs(7)).await;
         let after = s.rss_anon();
         s.check()?;
         rows.push((
@@ -829,7 +859,8 @@ async fn memory(env: &Env) -> Result<String> {
         out,
         "Anonymous memory (RssAnon) of the proxy process. Idle: after 10 requests and 1.5 s quiet. \
          Loaded: at the end of {} s at 1,000 rps (`GET /small`, tracing 100%), and the peak sampled \
-         each second. Idle conns: N keep-alive connections, each after one request, held open.\n\n\
+         each second. Idle conns: N keep-alive connections, each after one request, held open; after closing: 7 s \
+         after they all closed.\n\n\
          | target | idle MiB | 1,000 rps MiB (peak) | idle conns N | with N conns MiB | per conn KiB | after closing MiB |\n|---|---|---|---|---|---|---|",
         (env.secs * 2.0).max(3.0) as u64
     );
@@ -854,6 +885,9 @@ async fn memory(env: &Env) -> Result<String> {
     }
     if rows.len() >= 2 {
         let (s, e) = (&rows[0], &rows[1]);
+        if e.0 == "envoy-zipkin" {
+            env.compare(Measure::Memory, "1,000 rps", ratio(s.2 as f64, e.2 as f64));
+        }
         let _ = writeln!(
             out,
             "\nRatios sidetrace / {}: idle {}, 1,000 rps {}, with N conns {}. Targets: < 10 MiB idle, ≤ 0.5 of Envoy's under load.\n",

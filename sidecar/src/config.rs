@@ -118,7 +118,8 @@ pub struct Args {
     /// How often the config file is checked for changes.
     #[arg(long, env = "SIDETRACE_RELOAD_INTERVAL", default_value = "2s", value_parser = parse_duration)]
     pub reload_interval: Duration,
-    /// Tokio worker threads (a sidecar should not take every core of the node).
+    /// Tokio worker threads (a sidecar should not take every core of the node); 1 runs
+    /// everything on a single thread.
     #[arg(long, env = "SIDETRACE_WORKER_THREADS", default_value_t = 2)]
     pub worker_threads: usize,
 }

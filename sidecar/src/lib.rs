@@ -18,7 +18,8 @@
 //!
 //! Around that: an admin server ([`admin`]: /healthz, /ready, /metrics, /config,
 //! POST /shutdown), config-file hot reload ([`reload`]) swapping an `Arc` in [`state`], and
-//! graceful drain on SIGTERM ([`run`]). Tracing logic (header formats, span building, Zipkin
+//! graceful drain on SIGTERM ([`run`]), and giving heap memory back after a
+//! connection burst ([`reclaim`]). Tracing logic (header formats, span building, Zipkin
 //! JSON, the batched exporter) lives in the `sidetrace-trace` crate.
 
 pub mod admin;
@@ -29,6 +30,7 @@ pub mod http;
 pub mod listener;
 pub mod metrics;
 pub mod orig_dst;
+pub mod reclaim;
 pub mod reload;
 pub mod run;
 pub mod state;

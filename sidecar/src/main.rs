@@ -63,11 +63,17 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(settings.args.worker_threads)
-        .enable_all()
-        .build()
-    {
+    // One worker: a current-thread runtime (as linkerd2-proxy does for one core). Same work,
+    // but no cross-thread hand-offs, no idle worker to wake and one allocator arena: measured
+    // in bench/ as less CPU per request at moderate rates and less memory.
+    let mut builder = if settings.args.worker_threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(settings.args.worker_threads);
+        b
+    };
+    let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("sidetrace-proxy: cannot start the runtime: {e}");

@@ -58,6 +58,8 @@ struct PerDirection {
 #[derive(Default)]
 pub struct Metrics {
     dirs: [PerDirection; 2],
+    /// Highest open-connection count (both directions) since [`Metrics::take_peak_open`].
+    peak_open: AtomicI64,
     reloads_ok: AtomicU64,
     reloads_failed: AtomicU64,
 }
@@ -102,6 +104,7 @@ impl Metrics {
         let p = &self.dirs[idx(d)];
         p.connections_total.fetch_add(1, Relaxed);
         p.connections_open.fetch_add(1, Relaxed);
+        self.peak_open.fetch_max(self.open_connections(), Relaxed);
         ConnGuard {
             gauge: &p.connections_open,
         }
@@ -113,6 +116,14 @@ impl Metrics {
             .iter()
             .map(|p| p.connections_open.load(Relaxed))
             .sum()
+    }
+
+    /// The highest open-connection count since the previous call (at least the count now),
+    /// restarting the high-water mark from the count now. A burst that opened and closed
+    /// between two calls still shows.
+    pub fn take_peak_open(&self) -> i64 {
+        let now = self.open_connections();
+        self.peak_open.swap(now, Relaxed).max(now)
     }
 
     /// Counts a protocol detection result.
@@ -368,5 +379,21 @@ mod tests {
         }
         drop(g);
         assert_eq!(m.open_connections(), 0);
+    }
+
+    #[test]
+    fn the_peak_sees_a_burst_that_closed_between_two_looks() {
+        let m = Metrics::default();
+        assert_eq!(m.take_peak_open(), 0);
+        let burst: Vec<_> = (0..300).map(|_| m.connection(Direction::Inbound)).collect();
+        let kept = m.connection(Direction::Outbound);
+        drop(burst);
+        assert_eq!(m.open_connections(), 1);
+        assert_eq!(m.take_peak_open(), 301);
+        // The mark restarts from the count at the look.
+        assert_eq!(m.take_peak_open(), 1);
+        drop(kept);
+        assert_eq!(m.take_peak_open(), 1);
+        assert_eq!(m.take_peak_open(), 0);
     }
 }

@@ -1,6 +1,6 @@
 //! The original destination of a connection redirected by iptables `REDIRECT`, read with
 //! `getsockopt(SO_ORIGINAL_DST)` (IPv4) or `getsockopt(IP6T_SO_ORIGINAL_DST)` (IPv6) from the
-//! conntrack entry the NAT table created. The one place in the crate that needs `unsafe`.
+//! conntrack entry the NAT table created. One of the two places in the crate that need `unsafe` (the other is [`crate::reclaim`]).
 #![allow(unsafe_code)]
 
 use std::io;

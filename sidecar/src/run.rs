@@ -58,6 +58,7 @@ pub async fn run(settings: Settings) -> Result<()> {
         }
         tokio::spawn(crate::reload::watch(Arc::clone(&shared), path, file_text));
     }
+    tokio::spawn(crate::reclaim::watch(Arc::clone(&shared)));
     shared.set_ready();
     tracing::info!(
         inbound = %shared.settings.inbound_addr(),

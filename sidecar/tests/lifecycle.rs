@@ -218,16 +218,41 @@ async fn config_reload_changes_span_names_and_rejects_invalid_files() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_an_in_flight_request_flushes_spans_and_exits_zero() {
+    drain_on_sigterm("2").await;
+}
+
+/// `--worker-threads 1` runs a current-thread runtime (everything on the main thread): the
+/// same proxying, tracing and drain must work there, and the process really has one thread.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_worker_thread_serves_traces_and_drains_on_a_single_thread() {
+    drain_on_sigterm("1").await;
+}
+
+async fn drain_on_sigterm(worker_threads: &str) {
     let app = App::http1().await;
     let collector = Collector::start().await;
     let mut proxy = Proxy::start(ProxyOpts {
         inbound_to: Some(app.addr),
         collector: Some(collector.endpoint()),
         // A long interval: only the shutdown flush can deliver the span in time.
-        extra: vec!["--export-interval".into(), "60s".into()],
+        extra: vec![
+            "--export-interval".into(),
+            "60s".into(),
+            "--worker-threads".into(),
+            worker_threads.into(),
+        ],
         ..Default::default()
     })
     .await;
+    let pid = proxy.child.id().expect("running");
+    let threads = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .expect("/proc/PID/task")
+        .count();
+    let expected = if worker_threads == "1" { 1 } else { 3 };
+    assert_eq!(
+        threads, expected,
+        "--worker-threads {worker_threads}: threads of the proxy process"
+    );
     let inbound = proxy.inbound;
     let slow = tokio::spawn(async move { get(inbound, "/slow", &[]).await });
     tokio::time::timeout(WAIT, app.slow_arrived.notified())
