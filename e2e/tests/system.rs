@@ -471,6 +471,24 @@ async fn scenario(cp: &ControlPlane) -> Result<()> {
     })
     .await
     .with_context(|| op_a.tail())?;
+    // A pod relabelled out of the selector leaves the count at once (not at the 5-minute
+    // resync): the opted-out pod moves to another app.
+    pods.patch(
+        "opted-out",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"labels": {"app": "elsewhere"}}})),
+    )
+    .await?;
+    poll(WAIT, "status drops the relabelled pod", || async {
+        ts_status_matches(&tss, "service1", |t| {
+            t.status
+                .as_ref()
+                .is_some_and(|s| s.selected_pods == 1 && s.injected_pods == 1)
+        })
+        .await
+    })
+    .await
+    .with_context(|| op_a.tail())?;
 
     // 6. An update re-renders and advances observedGeneration.
     tss.patch(
@@ -657,5 +675,10 @@ async fn scenario(cp: &ControlPlane) -> Result<()> {
         secrets.get_opt("sidetrace-injector-tls").await?.is_none(),
         "webhook Secret left after uninstall"
     );
+    // The leader Lease is owned by that Secret, so the garbage collector removes it too.
+    poll(WAIT, "leader Lease garbage-collected", || async {
+        Ok(leases.get_opt("sidetrace-operator").await?.is_none())
+    })
+    .await?;
     Ok(())
 }

@@ -19,6 +19,7 @@ use sidetrace_contract::names;
 use sidetrace_crds::TracedService;
 use sidetrace_crds::selection::{matching, selector_matches};
 
+use crate::pod_matches::PodMatches;
 use crate::render::{desired_config_map, is_up_to_date};
 use crate::status::{Observed, PodFacts, desired_status, transitions};
 use crate::telemetry::Metrics;
@@ -342,6 +343,8 @@ pub async fn run(client: Client, metrics: Arc<Metrics>, check_collector_dns: boo
     let traced_services = controller.store();
     let by_pod = traced_services.clone();
     let by_namespace = traced_services.clone();
+    let pod_matches = PodMatches::default();
+    let pod_cache = pods.clone();
     let managed = format!("{}={}", names::MANAGED_BY_LABEL, names::MANAGED_BY_VALUE);
 
     let ctx = Arc::new(Context::new(
@@ -369,13 +372,19 @@ pub async fn run(client: Client, metrics: Arc<Metrics>, check_collector_dns: boo
         .watches_stream(pod_stream, move |pod: PartialObjectMeta<Pod>| {
             let ns = pod.namespace().unwrap_or_default();
             let labels = labels_of(&pod);
-            by_pod
+            let now = by_pod
                 .state()
                 .iter()
                 .filter(|ts| ts.namespace().as_deref() == Some(ns.as_str()))
                 .filter(|ts| selector_matches(&ts.spec.selector, &labels))
                 .map(|ts| ObjectRef::from_obj(ts.as_ref()))
-                .collect::<Vec<_>>()
+                .collect::<Vec<_>>();
+            // Plus the TracedServices it matched before (a relabelled pod leaves one).
+            let all = pod_matches.update(&ns, &pod.name_any(), now);
+            pod_matches.prune(pod_cache.state().len(), |ns, name| {
+                pod_cache.get(&ObjectRef::new(name).within(ns)).is_some()
+            });
+            all
         })
         .watches_stream(ns_stream, move |ns: PartialObjectMeta<Namespace>| {
             let name = ns.name_any();

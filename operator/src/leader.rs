@@ -6,7 +6,8 @@
 use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, OwnerReference};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, PostParams};
 
@@ -19,6 +20,10 @@ pub struct LeaderSettings {
     pub lease_name: String,
     pub identity: String,
     pub lease_duration: Duration,
+    /// A Secret in the same namespace that owns the Lease (the chart-owned webhook Secret), so
+    /// that `helm uninstall`, which deletes the Secret, also garbage-collects the Lease. Absent
+    /// or missing: the Lease has no owner.
+    pub owner_secret: Option<String>,
 }
 
 impl LeaderSettings {
@@ -77,6 +82,42 @@ fn spec_for(s: &LeaderSettings, previous: Option<&LeaseSpec>, now: Timestamp) ->
     }
 }
 
+/// The owner reference naming `secret`; None while it has no uid (not stored yet).
+pub fn owner_reference(secret: &Secret) -> Option<OwnerReference> {
+    Some(OwnerReference {
+        api_version: "v1".to_owned(),
+        kind: "Secret".to_owned(),
+        name: secret.metadata.name.clone()?,
+        uid: secret.metadata.uid.clone()?,
+        ..OwnerReference::default()
+    })
+}
+
+/// Looks up the owning Secret when the Lease lacks an owner. Best effort: leadership never
+/// waits on it, and a missing Secret (operator run outside the chart) means no owner.
+async fn missing_owner(
+    api: &Api<Lease>,
+    s: &LeaderSettings,
+    meta: &ObjectMeta,
+) -> Option<OwnerReference> {
+    let name = s.owner_secret.as_deref()?;
+    if meta
+        .owner_references
+        .as_ref()
+        .is_some_and(|o| !o.is_empty())
+    {
+        return None;
+    }
+    let secrets: Api<Secret> = Api::namespaced(api.clone().into_client(), &s.namespace);
+    match secrets.get_opt(name).await {
+        Ok(secret) => secret.as_ref().and_then(owner_reference),
+        Err(e) => {
+            tracing::debug!(error = %e, secret = name, "cannot read the Lease's owner Secret");
+            None
+        }
+    }
+}
+
 /// One attempt: returns whether we hold the Lease afterwards.
 pub async fn try_acquire_or_renew(api: &Api<Lease>, s: &LeaderSettings) -> Result<bool> {
     let now = Timestamp::now();
@@ -89,17 +130,22 @@ pub async fn try_acquire_or_renew(api: &Api<Lease>, s: &LeaderSettings) -> Resul
     let result = match (decision, existing) {
         (Decision::Wait, _) => return Ok(false),
         (Decision::Create, _) => {
+            let mut metadata = ObjectMeta {
+                name: Some(s.lease_name.clone()),
+                ..ObjectMeta::default()
+            };
+            metadata.owner_references = missing_owner(api, s, &metadata).await.map(|o| vec![o]);
             let lease = Lease {
-                metadata: ObjectMeta {
-                    name: Some(s.lease_name.clone()),
-                    ..ObjectMeta::default()
-                },
+                metadata,
                 spec: Some(spec_for(s, None, now)),
             };
             api.create(&PostParams::default(), &lease).await.map(|_| ())
         }
         (Decision::Take, Some(mut lease)) => {
             lease.spec = Some(spec_for(s, lease.spec.as_ref(), now));
+            if let Some(owner) = missing_owner(api, s, &lease.metadata).await {
+                lease.metadata.owner_references = Some(vec![owner]);
+            }
             api.replace(&s.lease_name, &PostParams::default(), &lease)
                 .await
                 .map(|_| ())
@@ -193,6 +239,7 @@ mod tests {
             lease_name: "l".into(),
             identity: "a".into(),
             lease_duration: Duration::from_secs(15),
+            owner_secret: None,
         };
         let first = spec_for(&s, None, at(0));
         assert_eq!(first.lease_transitions, Some(1));
@@ -202,5 +249,30 @@ mod tests {
         let stolen = spec_for(&s, Some(&held_by("b", 0)), at(20));
         assert_eq!(stolen.lease_transitions, Some(1));
         assert_eq!(stolen.acquire_time, Some(MicroTime(at(20))));
+    }
+
+    #[test]
+    fn the_owner_reference_names_a_stored_secret_only() {
+        let mut secret = Secret {
+            metadata: ObjectMeta {
+                name: Some("sidetrace-injector-tls".into()),
+                ..ObjectMeta::default()
+            },
+            ..Secret::default()
+        };
+        assert_eq!(owner_reference(&secret), None, "no uid yet");
+        secret.metadata.uid = Some("1234".into());
+        let o = owner_reference(&secret).expect("owner");
+        assert_eq!(
+            (
+                o.api_version.as_str(),
+                o.kind.as_str(),
+                o.name.as_str(),
+                o.uid.as_str()
+            ),
+            ("v1", "Secret", "sidetrace-injector-tls", "1234")
+        );
+        // Not a controller reference: the Secret does not manage the Lease, it only scopes it.
+        assert_eq!(o.controller, None);
     }
 }

@@ -4,7 +4,8 @@
 //! the namespaces' inject labels. For each TracedService, [`render`] turns the spec into the
 //! sidecar config ConfigMap (the [`sidetrace_contract::ProxyConfig`] file the proxy reads) and
 //! [`status`] decides the status and conditions from what the caches show. The controller only
-//! reads caches and writes with server-side apply under one field manager.
+//! reads caches and writes with server-side apply under one field manager; [`pod_matches`]
+//! makes a pod relabelled out of a selector wake the TracedService it left.
 //!
 //! Beside it, [`certs`] keeps the injector webhook's TLS (a CA, a serving certificate in a
 //! Secret, the caBundle of the MutatingWebhookConfiguration) valid and rotated, and [`leader`]
@@ -15,6 +16,7 @@ pub mod config;
 pub mod controller;
 pub mod error;
 pub mod leader;
+pub mod pod_matches;
 pub mod render;
 pub mod status;
 pub mod telemetry;

@@ -55,6 +55,7 @@ async fn main() -> anyhow::Result<()> {
             lease_name: args.lease_name.clone(),
             identity,
             lease_duration: args.lease_duration,
+            owner_secret: Some(args.webhook_secret.clone()),
         };
         leader::acquire(client.clone(), &settings).await?;
         let hold_client = client.clone();

@@ -227,6 +227,10 @@ pub fn proxy_env(pod: Pod, collector_url: &str, config: Option<&Path>) -> Vec<(S
     if let Some(path) = config {
         env.push((names::env::CONFIG, path.display().to_string()));
     }
+    // For benchmarks comparing runtime sizes; unset, the proxy's own default applies.
+    if let Ok(n) = std::env::var("SIDETRACE_E2E_PROXY_WORKER_THREADS") {
+        env.push(("SIDETRACE_WORKER_THREADS", n));
+    }
     env.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()
 }
 
