@@ -109,10 +109,17 @@ pub fn render(ours: &[Ours]) -> String {
         (MEDIAN_ADDED, Measure::MedianAdded),
         (MAX_ADDED, Measure::TailAdded),
     ] {
+        // A ratio that means nothing (no reference, saturated reference) keeps its label.
         let mine: Vec<String> = ours
             .iter()
-            .filter(|o| o.measure == measure && o.ratio.is_finite())
-            .map(|o| format!("{:.2} ({})", o.ratio, o.label))
+            .filter(|o| o.measure == measure)
+            .map(|o| {
+                if o.ratio.is_finite() {
+                    format!("{:.2} ({})", o.ratio, o.label)
+                } else {
+                    format!("n/a ({})", o.label)
+                }
+            })
             .collect();
         let mine = if mine.is_empty() {
             "not measured in this run".to_owned()
@@ -199,7 +206,15 @@ mod tests {
             .lines()
             .find(|l| l.starts_with("| max data-plane memory"))
             .expect("memory row");
-        assert!(mem_row.ends_with("not measured in this run |"), "{mem_row}");
+        assert!(mem_row.ends_with("| n/a (1,000 rps) |"), "{mem_row}");
+        let median_row = text
+            .lines()
+            .find(|l| l.starts_with("| added median latency"))
+            .expect("median row");
+        assert!(
+            median_row.ends_with("not measured in this run |"),
+            "{median_row}"
+        );
         assert!(text.contains("linkerd.io/2021/11/29"));
     }
 }

@@ -683,25 +683,41 @@ async fn http(env: &Env) -> Result<String> {
                 });
                 let scpu = Spread::of(&sc.cpu_per_1k_ms).median;
                 let ecpu = Spread::of(&ec.cpu_per_1k_ms).median;
+                // A saturated Envoy queues: its latency is queueing time and its CPU per
+                // request is a floor, so a ratio to it says nothing. Show why instead.
+                let e_rps = Spread::of(&ec.achieved_rps).median;
+                let saturated = e_rps < 0.95 * rate;
+                let r = |a: f64, b: f64| if saturated { f64::NAN } else { ratio(a, b) };
+                let shown = |a: f64, b: f64| {
+                    if saturated {
+                        format!("— (Envoy+Zipkin saturated: {e_rps:.0} rps)")
+                    } else {
+                        cell(ratio(a, b), 2)
+                    }
+                };
                 if bi == 0 {
-                    let label = format!("{bname}, {rate} rps");
-                    env.compare(Measure::MedianAdded, &label, ratio(s50, e50));
-                    env.compare(Measure::TailAdded, &label, ratio(s99, e99));
-                    env.compare(Measure::Cpu, &label, ratio(scpu, ecpu));
+                    let label = if saturated {
+                        format!("{bname}, {rate} rps: Envoy+Zipkin saturated at {e_rps:.0} rps")
+                    } else {
+                        format!("{bname}, {rate} rps")
+                    };
+                    env.compare(Measure::MedianAdded, &label, r(s50, e50));
+                    env.compare(Measure::TailAdded, &label, r(s99, e99));
+                    env.compare(Measure::Cpu, &label, r(scpu, ecpu));
                 }
                 let _ = writeln!(
                     summary,
                     "| {bname} | {rate} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                     cell(s50, 1),
                     cell(e50, 1),
-                    cell(ratio(s50, e50), 2),
+                    shown(s50, e50),
                     cell(s99, 1),
                     cell(e99, 1),
-                    cell(ratio(s99, e99), 2),
+                    shown(s99, e99),
                     cell(r50, 1),
                     cell(scpu, 1),
                     cell(ecpu, 1),
-                    cell(ratio(scpu, ecpu), 2)
+                    shown(scpu, ecpu)
                 );
             }
         }
