@@ -381,9 +381,7 @@ pub async fn run(client: Client, metrics: Arc<Metrics>, check_collector_dns: boo
                 .collect::<Vec<_>>();
             // Plus the TracedServices it matched before (a relabelled pod leaves one).
             let all = pod_matches.update(&ns, &pod.name_any(), now);
-            pod_matches.prune(pod_cache.state().len(), |ns, name| {
-                pod_cache.get(&ObjectRef::new(name).within(ns)).is_some()
-            });
+            pod_matches.prune(|ns, name| pod_cache.get(&ObjectRef::new(name).within(ns)).is_some());
             all
         })
         .watches_stream(ns_stream, move |ns: PartialObjectMeta<Namespace>| {

@@ -63,9 +63,9 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    // One worker: a current-thread runtime (as linkerd2-proxy does for one core). Same work,
-    // but no cross-thread hand-offs, no idle worker to wake and one allocator arena: measured
-    // in bench/ as less CPU per request at moderate rates and less memory.
+    // One worker: a current-thread runtime (as linkerd2-proxy does for one core): one OS
+    // thread, no hand-off between the thread that blocks on `run` and a worker, one allocator
+    // arena.
     let mut builder = if settings.args.worker_threads == 1 {
         tokio::runtime::Builder::new_current_thread()
     } else {
