@@ -4,20 +4,18 @@ CARGO ?= cargo
 CACHE ?= $(HOME)/.cache/sidetrace
 export SIDETRACE_CACHE := $(CACHE)
 
-.PHONY: help test unit lint fmt crds demo e2e-local e2e-controlplane e2e-kind bench images peers cluster-up cluster-down e2e-node
+.PHONY: help test unit lint fmt crds demo e2e-local e2e-controlplane e2e-kind bench images peers cluster-up cluster-down e2e-node ci-cold
 
 help: ## list targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
 
-test: ## every test tier this machine can run (unit, component, netns data plane, control plane)
-	@# Tests of one crate run other crates' binaries (chart flags, system tests): build them all first.
-	$(CARGO) build --workspace --bins
-	$(CARGO) test --workspace --all-targets --no-fail-fast
-	@if [ -x "$(CACHE)/bin/jaeger" ]; then SIDETRACE_E2E_COLLECTOR=jaeger $(CARGO) test -p sidetrace-e2e --test dataplane; \
-	else echo "SKIP jaeger tier: $(CACHE)/bin/jaeger is not built (e2e/peers.sh jaeger)"; fi
+test: ## every test tier: installs the peers, builds, images, one-node cluster, runs all, lists what did not run
+	@# e2e/test.sh prints each step with its timing and a summary; under CI=true a skip fails.
+	CARGO=$(CARGO) e2e/test.sh
 
-unit: ## unit and component tests only (no root, no peers)
-	SIDETRACE_SKIP_E2E=1 $(CARGO) test --workspace --all-targets
+unit: ## unit and component tests only (no root, no peers; the end-to-end tiers print SKIP)
+	@# Asked-for skips: CI is unset here so that the one skip policy lets them through.
+	CI= SIDETRACE_SKIP_E2E=1 $(CARGO) test --workspace --all-targets
 
 lint: ## rustfmt and clippy, as CI runs them
 	$(CARGO) fmt --all -- --check
@@ -30,15 +28,16 @@ crds: ## regenerate the CRD YAML from crds/src (checked for drift by a test)
 	$(CARGO) run -q -p sidetrace-crds --bin crdgen -- crds/tracedservices.sidetrace.dev.yaml helm/sidetrace/crds/tracedservices.sidetrace.dev.yaml
 
 demo: ## the local end-to-end demo: front -> service1 -> service2 in netns pods, traces printed
+	@# Installs what it needs first (iptables, iproute2, a JRE, the Zipkin jar), saying so.
+	@if [ -x "$(CACHE)/bin/jaeger" ]; then e2e/peers.sh system; else e2e/peers.sh system zipkin; fi
 	$(CARGO) build -p sidetrace-init -p sidetrace-proxy -p sidetrace-e2e --bins
-	@[ -x "$(CACHE)/bin/jaeger" ] || [ -s "$(CACHE)/bin/zipkin.jar" ] || e2e/peers.sh zipkin
 	$(CARGO) run -q -p sidetrace-e2e --bin sidetrace-demo
 
 e2e-local: ## local end-to-end data plane tests (root, iptables, network namespaces)
+	e2e/peers.sh system zipkin
 	$(CARGO) build -p sidetrace-init -p sidetrace-proxy -p sidetrace-e2e --bins
-	@[ -s "$(CACHE)/bin/zipkin.jar" ] || e2e/peers.sh zipkin
 	$(CARGO) test -p sidetrace-e2e --test dataplane
-	@if [ -x "$(CACHE)/bin/jaeger" ]; then SIDETRACE_E2E_COLLECTOR=jaeger $(CARGO) test -p sidetrace-e2e --test dataplane; \
+	@if [ -x "$(CACHE)/bin/jaeger" ]; then SIDETRACE_E2E_COLLECTOR=jaeger $(CARGO) test -p sidetrace-e2e --test dataplane -- --skip span_endpoints_name_the_right_pods; \
 	else echo "e2e-local: Jaeger tier not run: $(CACHE)/bin/jaeger is not built (e2e/peers.sh jaeger)"; fi
 
 e2e-kind: ## the kind-based end-to-end suite (needs Docker and kind)
@@ -70,10 +69,9 @@ cluster-up: ## a real one-node Kubernetes cluster in its own network namespace (
 cluster-down: ## stop the one-node cluster and remove its processes, mounts, namespace and state
 	e2e/cluster/cluster-down.sh
 
-e2e-node: ## end-to-end suite on the one-node cluster (opt-in: SIDETRACE_NODE_E2E=1; starts the cluster if needed)
-	@if [ "$${SIDETRACE_NODE_E2E:-}" != 1 ]; then \
-		echo "SKIP e2e-node: SIDETRACE_NODE_E2E is not 1 (the node tier is opt-in: a cold node build takes tens of minutes)"; \
-	else \
-		[ -s /var/lib/sidetrace-cluster/env ] || e2e/cluster/cluster-up.sh; \
-		$(CARGO) test -p sidetrace-e2e --test node -- --test-threads=1; \
-	fi
+e2e-node: ## end-to-end suite on the one-node cluster alone (starts the cluster if needed; make test runs it too)
+	@[ -s /var/lib/sidetrace-cluster/env ] || e2e/cluster/cluster-up.sh
+	$(CARGO) test -p sidetrace-e2e --test node -- --test-threads=1
+
+ci-cold: ## run .ci/run as a brand-new machine would: fresh clone, empty HOME and caches (PURGE_DEBS=1: remove the Debian packages the project installs first)
+	e2e/ci-cold.sh

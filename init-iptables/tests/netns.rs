@@ -106,14 +106,13 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     if let Err(reason) = prerequisites() {
-        if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
-            eprintln!(
-                "FAIL netns: {reason} (CI=true: missing prerequisites fail instead of skipping)"
-            );
-            return ExitCode::FAILURE;
-        }
-        eprintln!("SKIP netns: {reason}");
-        return ExitCode::SUCCESS;
+        return match sidetrace_testkit::skip_or_ci_failure("netns", &reason) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(message) => {
+                eprintln!("FAIL {message}");
+                ExitCode::FAILURE
+            }
+        };
     }
     println!("\nrunning {} tests", selected.len());
     let mut failed = Vec::new();
@@ -142,9 +141,7 @@ fn main() -> ExitCode {
 }
 
 fn prerequisites() -> Result<(), String> {
-    if std::env::var("SIDETRACE_SKIP_E2E").is_ok_and(|v| v == "1") {
-        return Err("SIDETRACE_SKIP_E2E=1".into());
-    }
+    sidetrace_testkit::e2e_allowed()?;
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     let euid = status
         .lines()

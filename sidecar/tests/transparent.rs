@@ -66,8 +66,8 @@ S(("::", port), H).serve_forever()
 
 /// Returns why the test cannot run here, if it cannot.
 fn missing_prerequisite() -> Option<String> {
-    if std::env::var("SIDETRACE_SKIP_E2E").is_ok_and(|v| v == "1") {
-        return Some("SIDETRACE_SKIP_E2E=1".into());
+    if let Err(reason) = sidetrace_testkit::e2e_allowed() {
+        return Some(reason);
     }
     let uid = std::fs::read_to_string("/proc/self/status")
         .ok()
@@ -96,16 +96,7 @@ fn missing_prerequisite() -> Option<String> {
 }
 
 fn skip_or_fail(test: &str) -> bool {
-    match missing_prerequisite() {
-        None => false,
-        Some(reason) if std::env::var("CI").is_ok_and(|v| v == "true") => {
-            panic!("{test}: prerequisite missing under CI=true: {reason}")
-        }
-        Some(reason) => {
-            eprintln!("SKIP {test}: {reason}");
-            true
-        }
-    }
+    sidetrace_testkit::skipped(test, missing_prerequisite().map_or(Ok(()), Err))
 }
 
 fn run(args: &[&str]) -> Output {

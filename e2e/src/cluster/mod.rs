@@ -7,10 +7,9 @@
 //! apiserver over the cluster's veth) and a way to run a program inside the node's namespace,
 //! the only place from which pod IPs and Service ClusterIPs are reachable.
 //!
-//! The tier is opt-in: [`Cluster::connect_or_skip`] skips, loudly naming
-//! [`ENABLE_VAR`], unless `SIDETRACE_NODE_E2E=1` — even under `CI=true`, because a cold node
-//! build (kubelet, containerd, images) does not fit CI's time budget. Once opted in, a missing
-//! prerequisite (root, a cluster that is not up) skips, or fails under `CI=true`.
+//! `make test` brings the cluster up (and down again) around the test run; without a running
+//! cluster, or without root, [`Cluster::connect_or_skip`] follows the one skip policy
+//! (sidetrace-testkit): a SKIP line outside CI, a failure under `CI=true`.
 
 use std::collections::BTreeMap;
 use std::io::Write as _;
@@ -21,9 +20,6 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 
 use crate::controlplane::peers::{bin, is_root, skip_or_fail};
-
-/// The variable that opts into the node tier.
-pub const ENABLE_VAR: &str = "SIDETRACE_NODE_E2E";
 
 /// Where cluster-up.sh keeps its state unless `SIDETRACE_CLUSTER_DIR` says otherwise.
 pub const DEFAULT_CLUSTER_DIR: &str = "/var/lib/sidetrace-cluster";
@@ -75,15 +71,6 @@ pub struct Cluster {
 impl Cluster {
     /// The cluster, or `None` after printing why the test is skipped (see the module docs).
     pub fn connect_or_skip(test: &str) -> Option<Self> {
-        if std::env::var(ENABLE_VAR).ok().as_deref() != Some("1") {
-            // Not skip_or_fail: the tier is opt-in even under CI, and says so loudly.
-            let _ = writeln!(
-                std::io::stderr(),
-                "SKIP {test}: the one-node cluster tier is opt-in: set {ENABLE_VAR}=1 \
-                 (and run `make cluster-up`, root) to run it"
-            );
-            return None;
-        }
         match Self::connect() {
             Ok(c) => Some(c),
             Err(reason) => {
@@ -102,7 +89,7 @@ impl Cluster {
         let path = dir.join("env");
         let text = std::fs::read_to_string(&path).map_err(|e| {
             format!(
-                "no cluster: {} unreadable ({e}); run `make cluster-up`",
+                "no cluster: {} unreadable ({e}); run `make cluster-up` (or `make test`, which starts it)",
                 path.display()
             )
         })?;

@@ -98,11 +98,6 @@ impl ControlPlane {
     /// missing (peer binaries, root, or `SIDETRACE_SKIP_E2E=1`): `None` means "skipped".
     /// A start-up failure with every prerequisite present panics: that is a real failure.
     pub async fn start_or_skip(test: &str) -> Option<Self> {
-        // An explicit opt-out (`make unit`) is a skip even under CI.
-        if skip_requested() {
-            eprintln!("SKIP {test}: SIDETRACE_SKIP_E2E=1");
-            return None;
-        }
         if let Err(reason) = Self::prerequisites() {
             skip_or_fail(test, &reason);
             return None;
@@ -115,9 +110,7 @@ impl ControlPlane {
 
     /// Why a control plane cannot run here, if it cannot.
     pub fn prerequisites() -> Result<ControlPlaneBins, String> {
-        if skip_requested() {
-            return Err("SIDETRACE_SKIP_E2E=1".into());
-        }
+        sidetrace_testkit::e2e_allowed()?;
         if !peers::is_root() {
             return Err("network namespaces need root (run the tests as root)".into());
         }
@@ -396,11 +389,6 @@ impl Drop for HostProcess {
     fn drop(&mut self) {
         self.kill();
     }
-}
-
-/// `SIDETRACE_SKIP_E2E=1`: the caller asked for no end-to-end tiers (e.g. `make unit`).
-fn skip_requested() -> bool {
-    std::env::var("SIDETRACE_SKIP_E2E").is_ok_and(|v| v == "1")
 }
 
 /// Poll `check` every 250 ms until it returns `Ok(true)`; fail after `timeout` with `what`.

@@ -78,20 +78,5 @@ pub fn is_root() -> bool {
         .unwrap_or(false)
 }
 
-/// Whether we run under CI (`CI=true`), where a missing prerequisite is a failure.
-pub fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
-}
-
-/// The skip-or-fail rule: outside CI print `SKIP <test>: <reason>` and return; under
-/// `CI=true` panic so that a missing peer can never pass as a green run.
-pub fn skip_or_fail(test: &str, reason: &str) {
-    assert!(
-        !in_ci(),
-        "{test}: {reason} (CI=true: missing prerequisites fail instead of skipping)"
-    );
-    // Straight to the stderr handle: libtest captures eprintln! of passing tests, and a skip
-    // must always be visible.
-    use std::io::Write as _;
-    let _ = writeln!(std::io::stderr(), "SKIP {test}: {reason}");
-}
+// The skip policy is written once, in sidetrace-testkit; re-exported for the harnesses here.
+pub use sidetrace_testkit::{in_ci, skip as skip_or_fail};

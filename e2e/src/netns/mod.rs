@@ -306,9 +306,7 @@ impl CollectorChoice {
 impl Binaries {
     /// Find every binary and check root, iptables and java; `Err` is the reason to skip.
     pub fn find(choice: CollectorChoice) -> Result<Self, String> {
-        if std::env::var("SIDETRACE_SKIP_E2E").is_ok_and(|v| v == "1") {
-            return Err("SIDETRACE_SKIP_E2E=1".into());
-        }
+        sidetrace_testkit::e2e_allowed()?;
         if !peers::is_root() {
             return Err(
                 "network namespaces and iptables need root (run as root, e.g. sudo -E make ...)"
