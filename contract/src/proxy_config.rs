@@ -187,6 +187,11 @@ pub struct ProxyConfig {
     /// Request paths (exact, or prefix when ending in `*`) proxied but never traced.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub exclude_paths: Vec<String>,
+    /// Keep the query string in the `http.url` span tag. Off by default: query strings carry
+    /// tokens and personal data that must not reach the tracing backend. Omitted from the
+    /// rendered file when false, so configs written before the field existed stay byte-equal.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub record_query_string: bool,
 }
 
 /// Formats written when the config names none: B3 multi-header (what the Envoy demo's apps
@@ -325,6 +330,7 @@ collector: http://jaeger-collector:9411/api/v2/spans
 tags:
   team: shop
 excludePaths: [/healthz, "/debug/*"]
+recordQueryString: true
 "#;
 
     #[test]
@@ -337,8 +343,25 @@ excludePaths: [/healthz, "/debug/*"]
             c.propagation_formats(),
             &[PropagationFormat::B3Multi, PropagationFormat::B3Single]
         );
+        assert!(c.record_query_string);
         let again = ProxyConfig::from_yaml(&c.to_yaml()).expect("round trip");
         assert_eq!(again, c);
+    }
+
+    #[test]
+    fn query_strings_are_dropped_unless_the_file_opts_in() {
+        let c = ProxyConfig::from_yaml("serviceName: a\n").expect("valid");
+        assert!(!c.record_query_string, "off by default");
+        assert!(
+            !c.to_yaml().contains("recordQueryString"),
+            "the default is not written, so existing ConfigMaps do not churn"
+        );
+        let c = ProxyConfig::from_yaml("recordQueryString: true\n").expect("valid");
+        assert!(c.record_query_string);
+        assert!(c.to_yaml().contains("recordQueryString: true"));
+        let err = ProxyConfig::from_yaml("recordQueryString: sometimes\n").expect_err("not a bool");
+        assert_eq!(err.metric_label(), "parse");
+        assert!(err.to_string().contains("line 1"), "{err}");
     }
 
     #[test]

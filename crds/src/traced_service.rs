@@ -65,6 +65,11 @@ pub struct TracedServiceSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 64))]
     pub exclude_paths: Vec<String>,
+    /// Keep the query string in the `http.url` span tag. Off by default, because query
+    /// strings often carry tokens and personal data; turn it on only for services whose
+    /// query strings are known to be safe to store in the tracing backend.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub record_query_string: bool,
 }
 
 /// Head sampling settings.
@@ -191,6 +196,7 @@ impl TracedServiceSpec {
             collector: self.collector.as_ref().map(|c| c.endpoint.clone()),
             tags: self.tags.clone(),
             exclude_paths: self.exclude_paths.clone(),
+            record_query_string: self.record_query_string,
         }
     }
 }
@@ -224,7 +230,26 @@ mod tests {
         assert_eq!(c.sampling_rate, Some(0.25));
         assert_eq!(c.collector.as_deref(), Some("http://c:9411/api/v2/spans"));
         assert_eq!(c.operations[0].name, "checkStock");
+        assert!(
+            !c.record_query_string,
+            "query strings are dropped by default"
+        );
         assert!(s.validate().is_ok());
+    }
+
+    #[test]
+    fn record_query_string_is_carried_into_the_proxy_config() {
+        let s = spec("selector: {matchLabels: {app: a}}\nrecordQueryString: true");
+        assert!(s.record_query_string);
+        let c = s.to_proxy_config(None);
+        assert!(c.record_query_string);
+        assert!(
+            c.to_yaml().contains("recordQueryString: true"),
+            "{}",
+            c.to_yaml()
+        );
+        let off = spec("selector: {matchLabels: {app: a}}").to_proxy_config(None);
+        assert!(!off.to_yaml().contains("recordQueryString"));
     }
 
     #[test]

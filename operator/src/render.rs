@@ -91,6 +91,20 @@ mod tests {
         assert_eq!(parsed.sampling_rate, Some(0.5));
         assert_eq!(parsed.operations[0].name, "checkStock");
         assert_eq!(parsed.service_name, None);
+        assert!(
+            !parsed.record_query_string,
+            "query strings dropped by default"
+        );
+    }
+
+    #[test]
+    fn renders_record_query_string_when_the_spec_opts_in() {
+        let mut t = ts();
+        t.spec.record_query_string = true;
+        let cm = desired_config_map(&t).expect("renders");
+        let yaml = &cm.data.as_ref().expect("data")[names::CONFIG_FILE_NAME];
+        let parsed = sidetrace_contract::ProxyConfig::from_yaml(yaml).expect("proxy reads it");
+        assert!(parsed.record_query_string, "{yaml}");
     }
 
     #[test]

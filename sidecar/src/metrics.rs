@@ -2,10 +2,12 @@
 //! does relaxed increments, `/metrics` reads a snapshot.
 
 use std::fmt::Write as _;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
 use sidetrace_contract::Direction;
+use sidetrace_trace::NameBudget;
 
 use crate::detect::Detected;
 
@@ -62,6 +64,8 @@ pub struct Metrics {
     peak_open: AtomicI64,
     reloads_ok: AtomicU64,
     reloads_failed: AtomicU64,
+    /// The tracer's default span-name budget, whose overflow counter is reported here.
+    span_names: Arc<NameBudget>,
 }
 
 fn idx(d: Direction) -> usize {
@@ -99,6 +103,14 @@ impl Drop for ConnGuard<'_> {
 }
 
 impl Metrics {
+    /// Counters that report the overflow of the tracer's default span-name budget `names`.
+    pub fn with_name_budget(names: Arc<NameBudget>) -> Self {
+        Self {
+            span_names: names,
+            ..Self::default()
+        }
+    }
+
     /// Counts an accepted connection; the gauge goes down when the guard drops.
     pub fn connection(&self, d: Direction) -> ConnGuard<'_> {
         let p = &self.dirs[idx(d)];
@@ -334,6 +346,17 @@ impl Metrics {
             self.reloads_ok.load(Relaxed),
             self.reloads_failed.load(Relaxed)
         );
+        head(
+            out,
+            "sidetrace_span_names_overflow_total",
+            "counter",
+            "Spans named `<METHOD> {other}` because the proxy had already given out its cap of distinct default span names.",
+        );
+        let _ = writeln!(
+            out,
+            "sidetrace_span_names_overflow_total {}",
+            self.span_names.overflow_total()
+        );
     }
 }
 
@@ -379,6 +402,24 @@ mod tests {
         }
         drop(g);
         assert_eq!(m.open_connections(), 0);
+    }
+
+    #[test]
+    fn renders_the_span_name_overflow_counter() {
+        let budget = Arc::new(NameBudget::new(1));
+        let m = Metrics::with_name_budget(Arc::clone(&budget));
+        assert!(budget.admit("GET /a"));
+        assert!(!budget.admit("GET /b"));
+        assert!(!budget.admit("GET /c"));
+        let mut out = String::new();
+        m.render(&mut out);
+        for line in [
+            "# TYPE sidetrace_span_names_overflow_total counter",
+            "sidetrace_span_names_overflow_total 2",
+        ] {
+            assert!(out.lines().any(|l| l == line), "missing {line}\n{out}");
+        }
+        assert!(out.contains("# HELP sidetrace_span_names_overflow_total "));
     }
 
     #[test]

@@ -71,6 +71,9 @@ impl Live {
                 Some(std::net::IpAddr::V4(ip)) => Some(ip),
                 _ => None,
             },
+            record_query_string: file.record_query_string,
+            // A fresh budget; `Shared` keeps the first one for the life of the process.
+            name_budget: Arc::default(),
         };
         Ok(Self {
             file,
@@ -105,7 +108,7 @@ impl Shared {
         );
         Arc::new(Self {
             settings,
-            metrics: Metrics::default(),
+            metrics: Metrics::with_name_budget(Arc::clone(&live.tracer.name_budget)),
             upstream,
             export,
             live: RwLock::new(Arc::new(live)),
@@ -125,12 +128,15 @@ impl Shared {
         )
     }
 
-    /// Swaps in a new reloadable configuration.
-    pub fn set_live(&self, live: Live) {
-        *self
+    /// Swaps in a new reloadable configuration. The default span-name budget is carried over:
+    /// it bounds the names one proxy process gives out, and a reload must not reopen it.
+    pub fn set_live(&self, mut live: Live) {
+        let mut current = self
             .live
             .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(live);
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        live.tracer.name_budget = Arc::clone(&current.tracer.name_budget);
+        *current = Arc::new(live);
     }
 
     /// Marks both listeners bound.
@@ -239,5 +245,50 @@ mod tests {
         let live = Live::build(&s, file).expect("live");
         assert_eq!(live.tracer.service_name, "from-annotation");
         assert_eq!(live.tracer.sampling_rate, 0.1);
+    }
+
+    #[test]
+    fn record_query_string_comes_from_the_file() {
+        let s = settings(&[]);
+        let live = Live::build(&s, ProxyConfig::default()).expect("live");
+        assert!(!live.tracer.record_query_string);
+        let file = ProxyConfig::from_yaml("recordQueryString: true\n").expect("file");
+        assert!(
+            Live::build(&s, file)
+                .expect("live")
+                .tracer
+                .record_query_string
+        );
+    }
+
+    #[tokio::test]
+    async fn a_reload_keeps_the_span_name_budget_and_metrics_count_it() {
+        let s = settings(&[]);
+        let live = Live::build(&s, ProxyConfig::default()).expect("live");
+        let (export, _task) = sidetrace_trace::Exporter::spawn(
+            sidetrace_trace::ExporterConfig::new(live.collector.clone()),
+        );
+        let shared = Shared::new(s.clone(), live, export);
+        let budget = Arc::clone(&shared.live().tracer.name_budget);
+        let file = ProxyConfig::from_yaml("serviceName: reloaded\n").expect("file");
+        shared.set_live(Live::build(&s, file).expect("live"));
+        let live = shared.live();
+        assert_eq!(live.tracer.service_name, "reloaded");
+        assert!(Arc::ptr_eq(&live.tracer.name_budget, &budget));
+        for i in 0..=sidetrace_trace::MAX_DEFAULT_NAMES {
+            live.tracer.operation_name(
+                sidetrace_contract::Direction::Inbound,
+                "GET",
+                &format!("/p{i}"),
+                "h",
+            );
+        }
+        let mut out = String::new();
+        shared.metrics.render(&mut out);
+        assert!(
+            out.lines()
+                .any(|l| l == "sidetrace_span_names_overflow_total 1"),
+            "{out}"
+        );
     }
 }

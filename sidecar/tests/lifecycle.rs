@@ -104,6 +104,7 @@ async fn admin_endpoints_report_health_readiness_config_and_metrics() {
         "sidetrace_proxy_request_duration_seconds_bucket{direction=\"inbound\",le=\"+Inf\"} 1",
         "sidetrace_proxy_detected_protocol_total{direction=\"inbound\",protocol=\"http1\"} 1",
         "sidetrace_span_queue_capacity 2048",
+        "sidetrace_span_names_overflow_total 0",
     ] {
         assert!(m.lines().any(|l| l == series), "missing {series}:\n{m}");
     }

@@ -15,6 +15,7 @@
 
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use http::{HeaderMap, HeaderValue};
@@ -22,6 +23,7 @@ use sidetrace_contract::proxy_config::DEFAULT_PROPAGATION;
 use sidetrace_contract::{Direction, OperationRule, PropagationFormat, ProxyConfig};
 
 use crate::id::{SpanContext, SpanId, TraceId, random_request_id};
+use crate::naming::{NameBudget, overflow_name, route_template};
 use crate::propagation::{self, Formats, X_REQUEST_ID};
 use crate::span::{Endpoint, Span, SpanKind};
 
@@ -51,6 +53,13 @@ pub struct TracerConfig {
     pub tags: BTreeMap<String, String>,
     /// The pod's IPv4, for `localEndpoint` when the socket address is loopback/unspecified.
     pub local_ipv4: Option<Ipv4Addr>,
+    /// Keep the query string in `http.url` (a TracedService's `recordQueryString`). Off by
+    /// default: query strings carry tokens.
+    pub record_query_string: bool,
+    /// The distinct default span names this proxy has given out (see
+    /// [`TracerConfig::operation_name`]). Runtime state shared by every clone: the proxy
+    /// carries it over config reloads so the bound holds for the life of the process.
+    pub name_budget: Arc<NameBudget>,
 }
 
 impl TracerConfig {
@@ -64,6 +73,8 @@ impl TracerConfig {
             exclude_paths: Vec::new(),
             tags: BTreeMap::new(),
             local_ipv4: None,
+            record_query_string: false,
+            name_budget: Arc::default(),
         }
     }
 
@@ -85,6 +96,8 @@ impl TracerConfig {
             exclude_paths: cfg.exclude_paths.clone(),
             tags: cfg.tags.clone(),
             local_ipv4: None,
+            record_query_string: cfg.record_query_string,
+            name_budget: Arc::default(),
         }
     }
 
@@ -103,15 +116,19 @@ impl TracerConfig {
             })
     }
 
-    /// The span name: the first matching [`OperationRule`], else a readable default,
-    /// `"<METHOD> <path>"` inbound (`GET /trace/1`) and `"<METHOD> <host><path>"` outbound
-    /// (`GET service2:8000/trace/2`), query string excluded, at most [`MAX_NAME_LEN`] bytes.
+    /// The span name: the first matching [`OperationRule`], else a readable default built
+    /// from the path's route template ([`route_template`]: ids become `{id}`),
+    /// `"<METHOD> <route>"` inbound (`GET /orders/{id}`) and `"<METHOD> <host><route>"`
+    /// outbound (`GET service2:8000/trace/{id}`), query string excluded, at most
+    /// [`MAX_NAME_LEN`] bytes.
     ///
-    /// Envoy names spans after the route or host; the path reads better in Jaeger's
-    /// operation list for the Envoy-demo shape of service. Services with ids in their paths
-    /// should add a rule (or `pathPrefix` rules) to keep the operation list small.
-    /// Outbound names carry the host so a pod's CLIENT spans do not share names with its own
-    /// SERVER operations.
+    /// Default names are bounded per proxy by [`TracerConfig::name_budget`]: once it holds
+    /// [`crate::naming::MAX_DEFAULT_NAMES`] distinct names, a new one becomes
+    /// `"<METHOD> {other}"` and is counted. Rule names are never capped: the config bounds them.
+    ///
+    /// Envoy names spans after the route or host; the route reads better in Jaeger's
+    /// operation list for the Envoy-demo shape of service. Outbound names carry the host so a
+    /// pod's CLIENT spans do not share names with its own SERVER operations.
     pub fn operation_name(
         &self,
         direction: Direction,
@@ -126,12 +143,17 @@ impl TracerConfig {
         {
             return rule.name.clone();
         }
-        let path = path_only(path);
+        let route = route_template(path_only(path));
         let name = match direction {
-            Direction::Inbound => format!("{method} {path}"),
-            Direction::Outbound => format!("{method} {host}{path}"),
+            Direction::Inbound => format!("{method} {route}"),
+            Direction::Outbound => format!("{method} {host}{route}"),
         };
-        truncate(name, MAX_NAME_LEN)
+        let name = truncate(name, MAX_NAME_LEN);
+        if self.name_budget.admit(&name) {
+            name
+        } else {
+            overflow_name(method).to_owned()
+        }
     }
 
     /// Whether a trace with no sampling decision is sampled: the lower 64 bits of the trace
@@ -423,7 +445,12 @@ fn build_pending(cfg: &TracerConfig, req: &RequestInfo<'_>, headers: &HeaderMap)
     tag("component", "proxy".into());
     tag("http.method", req.method.to_string());
     tag("http.path", path_only(req.path).to_string());
-    tag("http.url", format!("{}://{host}{}", req.scheme, req.path));
+    let url_path = if cfg.record_query_string {
+        req.path
+    } else {
+        path_only(req.path)
+    };
+    tag("http.url", format!("{}://{host}{url_path}", req.scheme));
     tag("http.protocol", req.protocol.to_string());
     tag("peer.address", remote_addr.to_string());
     tag("upstream_address", upstream.clone());
@@ -525,7 +552,14 @@ mod tests {
             .to_string();
         let span = hop.finish_after(&ok(), Duration::ZERO).expect("sampled");
         assert_eq!(span.kind, SpanKind::Server);
-        assert_eq!(span.name, "GET /trace/1");
+        assert_eq!(
+            span.name, "GET /trace/{id}",
+            "ids in the path collapse to {{id}}"
+        );
+        assert_eq!(
+            span.tags["http.path"], "/trace/1",
+            "the tag keeps the real path"
+        );
         assert_eq!(span.duration, 1, "at least 1 µs");
         assert_eq!(span.tags.get("guid:x-request-id"), Some(&rid));
     }
@@ -602,7 +636,7 @@ mod tests {
             .finish_after(&ok(), Duration::from_micros(7))
             .expect("sampled");
         assert_eq!(client.kind, SpanKind::Client);
-        assert_eq!(client.name, "GET service2:8000/trace/2");
+        assert_eq!(client.name, "GET service2:8000/trace/{id}");
         assert_eq!(client.local_endpoint.port, None);
         assert_eq!(
             client.remote_endpoint.as_ref().and_then(|e| e.port),
@@ -830,7 +864,7 @@ mod tests {
         };
         let name = |d, p| cfg.operation_name(d, "GET", p, "inventory:80");
         assert_eq!(name(Direction::Outbound, "/stock/1?x=y"), "checkStock");
-        assert_eq!(name(Direction::Inbound, "/stock/1?x=y"), "GET /stock/1");
+        assert_eq!(name(Direction::Inbound, "/stock/1?x=y"), "GET /stock/{id}");
         assert_eq!(
             name(Direction::Outbound, "/other"),
             "GET inventory:80/other"
@@ -868,7 +902,11 @@ mod tests {
             .expect("sampled");
         let json = String::from_utf8(encode_zipkin_v2(std::slice::from_ref(&span))).expect("utf8");
         assert!(!json.contains("SECRET"), "{json}");
-        assert_eq!(span.tags["http.url"], "http://shop:8080/orders?page=2");
+        assert_eq!(
+            span.tags["http.url"], "http://shop:8080/orders",
+            "query strings are dropped by default"
+        );
+        assert!(!json.contains("page=2"), "{json}");
         assert_eq!(span.tags["http.path"], "/orders");
         assert_eq!(span.tags["error"], "true");
         assert_eq!(span.tags["team"], "shop");
@@ -903,11 +941,143 @@ mod tests {
         assert_eq!(
             json,
             format!(
-                r#"[{{"traceId":"{T128}","parentId":"{S1}","id":"{id}","kind":"SERVER","name":"GET /trace/2","timestamp":1700000000000001,"duration":250,"localEndpoint":{{"serviceName":"service2","ipv4":"10.1.0.5","port":8000}},"remoteEndpoint":{{"ipv4":"10.1.0.9","port":40000}},"tags":{{"component":"proxy","error":"true","grpc.status_code":"14","guid:x-request-id":"r-1","http.method":"GET","http.path":"/trace/2","http.protocol":"HTTP/1.1","http.status_code":"200","http.url":"http://service2:8000/trace/2?q=1","peer.address":"10.1.0.9:40000","response_size":"42","upstream_address":"127.0.0.1:8000","upstream_cluster":"inbound|8000","user_agent":"curl/8"}}}}]"#
+                r#"[{{"traceId":"{T128}","parentId":"{S1}","id":"{id}","kind":"SERVER","name":"GET /trace/{{id}}","timestamp":1700000000000001,"duration":250,"localEndpoint":{{"serviceName":"service2","ipv4":"10.1.0.5","port":8000}},"remoteEndpoint":{{"ipv4":"10.1.0.9","port":40000}},"tags":{{"component":"proxy","error":"true","grpc.status_code":"14","guid:x-request-id":"r-1","http.method":"GET","http.path":"/trace/2","http.protocol":"HTTP/1.1","http.status_code":"200","http.url":"http://service2:8000/trace/2","peer.address":"10.1.0.9:40000","response_size":"42","upstream_address":"127.0.0.1:8000","upstream_cluster":"inbound|8000","user_agent":"curl/8"}}}}]"#
             )
         );
         // The `b3` single header that arrived is rewritten, not forwarded stale.
         assert_eq!(get(&h, "b3"), Some(format!("{T128}-{id}-1-{S1}").as_str()));
+    }
+
+    fn finished(cfg: &TracerConfig, r: &RequestInfo<'_>) -> Span {
+        let mut h = HeaderMap::new();
+        start_hop(cfg, r, &mut h, SystemTime::now())
+            .expect("traced")
+            .finish_after(&ok(), Duration::from_micros(5))
+            .expect("sampled")
+    }
+
+    #[test]
+    fn query_strings_are_dropped_from_http_url_by_default() {
+        let cfg = TracerConfig::new("s");
+        for d in [Direction::Inbound, Direction::Outbound] {
+            let span = finished(&cfg, &req(d, "/search?token=SECRET&q=shoes"));
+            assert_eq!(
+                span.tags["http.url"], "http://service2:8000/search",
+                "{d:?}"
+            );
+            assert_eq!(span.tags["http.path"], "/search");
+            assert!(!span.name.contains('?'), "{}", span.name);
+            let json = String::from_utf8(encode_zipkin_v2(&[span])).expect("utf8");
+            assert!(!json.contains("SECRET"), "{json}");
+        }
+        let proxy = ProxyConfig::from_yaml("serviceName: s\n").expect("valid");
+        assert!(!TracerConfig::from_proxy_config(&proxy, "s", 1.0).record_query_string);
+    }
+
+    #[test]
+    fn query_strings_are_kept_when_the_config_opts_in() {
+        let proxy = ProxyConfig::from_yaml("recordQueryString: true\n").expect("valid");
+        let cfg = TracerConfig::from_proxy_config(&proxy, "s", 1.0);
+        assert!(cfg.record_query_string);
+        let span = finished(&cfg, &req(Direction::Inbound, "/search?q=shoes&page=2"));
+        assert_eq!(
+            span.tags["http.url"],
+            "http://service2:8000/search?q=shoes&page=2"
+        );
+        assert_eq!(span.tags["http.path"], "/search", "http.path never has one");
+        assert_eq!(span.name, "GET /search", "nor does the span name");
+    }
+
+    #[test]
+    fn default_names_use_the_route_template() {
+        let cfg = TracerConfig::new("s");
+        let name = |d, p| cfg.operation_name(d, "GET", p, "orders:8080");
+        assert_eq!(
+            name(Direction::Inbound, "/orders/81723"),
+            "GET /orders/{id}"
+        );
+        assert_eq!(
+            name(Direction::Outbound, "/orders/81723?x=1"),
+            "GET orders:8080/orders/{id}"
+        );
+        assert_eq!(
+            name(
+                Direction::Inbound,
+                "/carts/123e4567-e89b-12d3-a456-426614174000/items/507f1f77bcf86cd799439011"
+            ),
+            "GET /carts/{id}/items/{id}"
+        );
+        assert_eq!(
+            name(Direction::Inbound, "/api/v2/orders"),
+            "GET /api/v2/orders"
+        );
+        // Many ids, one operation; the span keeps the real path in its tag.
+        for id in ["1", "81723", "99999999"] {
+            let path = format!("/orders/{id}");
+            let span = finished(&cfg, &req(Direction::Inbound, &path));
+            assert_eq!(span.name, "GET /orders/{id}");
+            assert_eq!(span.tags["http.path"], path);
+        }
+        assert_eq!(cfg.name_budget.len(), 4, "one name per route, not per id");
+    }
+
+    #[test]
+    fn default_names_past_the_cap_become_other_and_are_counted() {
+        let cfg = TracerConfig {
+            name_budget: Arc::new(NameBudget::new(3)),
+            ..TracerConfig::new("s")
+        };
+        let name = |d, m, p| cfg.operation_name(d, m, p, "h:80");
+        assert_eq!(name(Direction::Inbound, "GET", "/a"), "GET /a");
+        assert_eq!(name(Direction::Inbound, "GET", "/b"), "GET /b");
+        assert_eq!(name(Direction::Outbound, "GET", "/a"), "GET h:80/a");
+        assert_eq!(cfg.name_budget.overflow_total(), 0);
+        assert_eq!(name(Direction::Inbound, "GET", "/c"), "GET {other}");
+        assert_eq!(name(Direction::Outbound, "POST", "/a"), "POST {other}");
+        assert_eq!(name(Direction::Inbound, "BREW", "/pot"), "HTTP {other}");
+        assert_eq!(cfg.name_budget.overflow_total(), 3);
+        // Names admitted before the cap keep working, ids still collapse into them.
+        assert_eq!(name(Direction::Inbound, "GET", "/b"), "GET /b");
+        assert_eq!(cfg.name_budget.overflow_total(), 3);
+        // The budget is shared by clones (the config is cloned per reload and per request).
+        let clone = cfg.clone();
+        assert_eq!(
+            clone.operation_name(Direction::Inbound, "GET", "/d", "h"),
+            "GET {other}"
+        );
+        assert_eq!(cfg.name_budget.overflow_total(), 4);
+        // And by the spans themselves.
+        let span = finished(&cfg, &req(Direction::Inbound, "/e"));
+        assert_eq!(span.name, "GET {other}");
+        assert_eq!(span.tags["http.path"], "/e");
+        assert_eq!(cfg.name_budget.overflow_total(), 5);
+        // Each tracer config built from scratch has its own budget: no global state.
+        assert_eq!(TracerConfig::new("s").name_budget.overflow_total(), 0);
+    }
+
+    #[test]
+    fn operation_rules_are_not_templated_or_capped() {
+        let cfg = TracerConfig {
+            operations: vec![OperationRule {
+                name: "getOrder".into(),
+                path_prefix: Some("/orders/".into()),
+                ..OperationRule::default()
+            }],
+            name_budget: Arc::new(NameBudget::new(1)),
+            ..TracerConfig::new("s")
+        };
+        let name = |p: &str| cfg.operation_name(Direction::Inbound, "GET", p, "h");
+        assert_eq!(name("/x"), "GET /x", "fills the budget");
+        for i in 0..10 {
+            assert_eq!(name(&format!("/orders/{i}")), "getOrder");
+        }
+        assert_eq!(
+            cfg.name_budget.overflow_total(),
+            0,
+            "rule names never count"
+        );
+        assert_eq!(cfg.name_budget.len(), 1);
+        assert_eq!(name("/y"), "GET {other}");
     }
 }
 

@@ -10,6 +10,9 @@
 //!    decision (incoming decision, debug, else the rate applied to the trace id).
 //!    [`propagation::inject`] rewrites the headers for the next hop in the configured formats
 //!    plus every format that arrived. Excluded paths and kubelet probes return `None`.
+//!    A sampled hop is named by the first matching operation rule, else by a default built
+//!    from the path's route template ([`naming::route_template`], ids become `{id}`) within
+//!    the proxy's [`NameBudget`]; `http.url` drops the query string unless the config opts in.
 //! 2. The proxy forwards the request and, when the exchange ends, calls [`Hop::finish`] (or
 //!    [`Hop::finish_after`]) with a [`ResponseInfo`]; a sampled hop yields a Zipkin v2 [`Span`].
 //! 3. The proxy hands the span to [`ExportHandle::record`], which never blocks; the
@@ -29,6 +32,7 @@ pub mod error;
 pub mod export;
 pub mod hop;
 pub mod id;
+pub mod naming;
 pub mod propagation;
 pub mod span;
 
@@ -36,6 +40,7 @@ pub use error::{Error, Result};
 pub use export::{ExportHandle, ExportStats, Exporter, ExporterConfig, render_metrics};
 pub use hop::{Hop, RequestInfo, ResponseInfo, TracerConfig, start_hop};
 pub use id::{SpanContext, SpanId, TraceId};
+pub use naming::{MAX_DEFAULT_NAMES, NameBudget, route_template};
 pub use propagation::{Extracted, Formats, malformed_context_total};
 pub use sidetrace_contract::{Direction, OperationRule, PropagationFormat};
 pub use span::{Endpoint, Span, SpanKind, encode_zipkin_v2};
