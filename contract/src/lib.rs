@@ -7,13 +7,16 @@
 //!
 //! - [`names`]: labels, annotations, container names, env var names.
 //! - [`defaults`]: ports, uid/gid and other well-known values (Istio's, so rules read familiar).
+//! - [`capture`]: capture choices the webhook passes to the init container (IPv6).
 //! - [`proxy_config`]: the YAML file the operator renders into a ConfigMap and
 //!   `sidetrace-proxy --config` reads.
 
+pub mod capture;
 pub mod defaults;
 pub mod names;
 pub mod proxy_config;
 
+pub use capture::Ipv6Capture;
 pub use proxy_config::{
     Direction, OperationRule, PortSpec, PropagationFormat, Protocol, ProxyConfig, ProxyConfigError,
 };

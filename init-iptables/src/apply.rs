@@ -116,6 +116,11 @@ fn save_nat(exec: &dyn Exec, flavour: Flavour, family: Family) -> Result<String>
     run_checked(exec, &flavour.save(family), &["-t", "nat"], None)
 }
 
+/// Whether `family`'s nat table can be read with `flavour` (what programming it needs first).
+pub fn family_usable(exec: &dyn Exec, flavour: Flavour, family: Family) -> Result<()> {
+    save_nat(exec, flavour, family).map(drop)
+}
+
 /// Programs every family of `config` with `flavour`.
 pub fn apply(exec: &dyn Exec, flavour: Flavour, config: &Config) -> Result<()> {
     for family in families(config) {

@@ -12,16 +12,9 @@ use std::str::FromStr;
 use clap::builder::BoolishValueParser;
 use clap::{ArgAction, Parser, ValueEnum};
 use ipnet::IpNet;
-use sidetrace_contract::defaults;
+use sidetrace_contract::{Ipv6Capture, defaults};
 
 use crate::{Error, Result};
-
-/// Port a DNS-capturing proxy listens on. Istio's agent value; nothing in sidetrace serves DNS
-/// yet, so this only matters with `--capture-dns`, which is off by default.
-pub const DEFAULT_DNS_PORT: u16 = 15053;
-
-/// The DNS port, whose traffic `--capture-dns` redirects.
-pub const DNS_PORT: u16 = 53;
 
 /// Which iptables flavour to drive.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -90,19 +83,16 @@ pub struct Args {
         default_value = "*"
     )]
     pub include_outbound_cidrs: String,
-    /// Also redirect DNS (UDP and TCP port 53) from the app to `--dns-port`.
-    #[arg(long, env = "SIDETRACE_INIT_CAPTURE_DNS", action = ArgAction::SetTrue, value_parser = BoolishValueParser::new())]
-    pub capture_dns: bool,
-    /// Port a DNS-capturing proxy listens on (only used with `--capture-dns`).
-    #[arg(long, env = "SIDETRACE_INIT_DNS_PORT", default_value_t = DEFAULT_DNS_PORT.to_string())]
-    pub dns_port: String,
-    /// Program IPv6 (ip6tables) as well as IPv4.
-    #[arg(long, env = "SIDETRACE_INIT_IPV6", action = ArgAction::SetTrue, value_parser = BoolishValueParser::new())]
-    pub ipv6: bool,
+    /// IPv6 capture (ip6tables as well as iptables): `auto` when the pod has a global IPv6
+    /// address, `on` always (a bare `--ipv6` means on), `off` never.
+    #[arg(long, env = "SIDETRACE_INIT_IPV6", default_value = "auto", num_args = 0..=1,
+          default_missing_value = "on", value_parser = Ipv6Capture::from_str)]
+    pub ipv6: Ipv6Capture,
     /// iptables flavour to use.
     #[arg(long, env = "SIDETRACE_INIT_BACKEND", value_enum, default_value_t = BackendChoice::Auto)]
     pub backend: BackendChoice,
-    /// Print the exact iptables-restore input and change nothing.
+    /// Print the exact iptables-restore input and change nothing (from the flags alone: IPv6
+    /// appears with `--ipv6=on`, since `auto` is decided from the pod's addresses on apply).
     #[arg(long, env = "SIDETRACE_INIT_DRY_RUN", action = ArgAction::SetTrue, value_parser = BoolishValueParser::new())]
     pub dry_run: bool,
     /// Remove every jump and chain this program added, instead of adding them (IPv4, and IPv6
@@ -194,9 +184,8 @@ pub struct Config {
     pub exclude_outbound_cidrs: Vec<IpNet>,
     /// Outbound CIDRs captured.
     pub include_outbound_cidrs: IncludeCidrs,
-    /// Redirect target for DNS when DNS capture is on; `None` when it is off.
-    pub dns_port: Option<Port>,
-    /// Program IPv6 too.
+    /// Program IPv6 too. [`Config::from_args`] sets it for `--ipv6 on`; `auto` is resolved by
+    /// the binary from the pod's addresses ([`has_global_ipv6`]).
     pub ipv6: bool,
 }
 
@@ -213,7 +202,6 @@ impl Default for Config {
             exclude_outbound_ports: Vec::new(),
             exclude_outbound_cidrs: Vec::new(),
             include_outbound_cidrs: IncludeCidrs::All,
-            dns_port: None,
             ipv6: false,
         }
     }
@@ -370,20 +358,6 @@ impl Config {
             }
         };
 
-        let dns_port = if args.capture_dns {
-            let port = parse_port("--dns-port", &args.dns_port)?;
-            if exclude_outbound_ports.iter().any(|p| p.get() == DNS_PORT) {
-                return Err(invalid(
-                    "--exclude-outbound-ports",
-                    &DNS_PORT.to_string(),
-                    "port 53 cannot be excluded while --capture-dns is on",
-                ));
-            }
-            Some(port)
-        } else {
-            None
-        };
-
         Ok(Config {
             proxy_uid,
             proxy_gid,
@@ -394,10 +368,25 @@ impl Config {
             exclude_outbound_ports,
             exclude_outbound_cidrs,
             include_outbound_cidrs,
-            dns_port,
-            ipv6: args.ipv6,
+            ipv6: args.ipv6 == Ipv6Capture::On,
         })
     }
+}
+
+/// Whether `/proc/net/if_inet6` (one address a line: 32 hex digits, interface index, prefix
+/// length, scope, flags, interface name) lists a global address: scope 0x00, not loopback.
+/// Link-local (0x20) and host (0x10) scopes do not make a pod reachable over IPv6.
+pub fn has_global_ipv6(if_inet6: &str) -> bool {
+    if_inet6.lines().any(|line| {
+        let mut f = line.split_whitespace();
+        let (Some(addr), Some(_), Some(_), Some(scope)) = (f.next(), f.next(), f.next(), f.next())
+        else {
+            return false;
+        };
+        addr.len() == 32
+            && addr != "00000000000000000000000000000001"
+            && u8::from_str_radix(scope, 16) == Ok(0)
+    })
 }
 
 #[cfg(test)]
@@ -502,11 +491,28 @@ mod tests {
     }
 
     #[test]
-    fn dns_capture_is_off_by_default_and_conflicts_with_excluding_53() {
-        assert_eq!(Config::default().dns_port, None);
-        let c = Config::from_args(&args(&["--capture-dns"])).unwrap();
-        assert_eq!(c.dns_port, Some(Port(DEFAULT_DNS_PORT)));
-        let e = err(&["--capture-dns", "--exclude-outbound-ports", "53"]);
-        assert!(e.contains("port 53"), "{e}");
+    fn ipv6_is_auto_by_default_and_a_bare_flag_means_on() {
+        assert_eq!(args(&[]).ipv6, Ipv6Capture::Auto);
+        assert!(
+            !Config::from_args(&args(&[])).unwrap().ipv6,
+            "auto is resolved by the binary"
+        );
+        assert_eq!(args(&["--ipv6"]).ipv6, Ipv6Capture::On);
+        assert!(Config::from_args(&args(&["--ipv6"])).unwrap().ipv6);
+        assert_eq!(args(&["--ipv6", "off"]).ipv6, Ipv6Capture::Off);
+        assert_eq!(args(&["--ipv6=true"]).ipv6, Ipv6Capture::On);
+        assert!(Args::try_parse_from(["sidetrace-init", "--ipv6", "maybe"]).is_err());
+    }
+
+    #[test]
+    fn only_global_addresses_count() {
+        let lo = "00000000000000000000000000000001 01 80 10 80       lo\n";
+        let link_local = "fe80000000000000a8c0fffe00000002 02 40 20 80     eth0\n";
+        let global = "fd000250000000000000000000000002 02 40 00 80     eth0\n";
+        assert!(!has_global_ipv6(""));
+        assert!(!has_global_ipv6(lo));
+        assert!(!has_global_ipv6(&format!("{lo}{link_local}")));
+        assert!(has_global_ipv6(&format!("{lo}{link_local}{global}")));
+        assert!(!has_global_ipv6("garbage\n12 34\n"));
     }
 }

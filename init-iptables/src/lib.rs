@@ -21,7 +21,6 @@
 //!   -o lo, not the proxy          ──► RETURN   app → itself, app → proxy ports
 //!   proxy uid/gid                 ──► RETURN   the proxy's own traffic: no loop
 //!   -d 127.0.0.0/8                ──► RETURN   anything else bound for loopback
-//!   [dport 53 with DNS capture    ──► SIDETRACE_DNS ──► REDIRECT :15053]
 //!   excluded ports, excluded CIDRs──► RETURN
 //!   included CIDRs (default all)  ──► SIDETRACE_REDIRECT ──► REDIRECT :15001
 //! ```

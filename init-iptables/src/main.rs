@@ -5,9 +5,14 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use clap::error::ErrorKind;
+use sidetrace_contract::Ipv6Capture;
 use sidetrace_init::backend::{self, System};
-use sidetrace_init::config::{Args, Config};
+use sidetrace_init::config::{Args, Config, has_global_ipv6};
+use sidetrace_init::rules::Family;
 use sidetrace_init::{EXIT_USAGE, Error, apply, rules};
+
+/// The kernel's list of this network namespace's IPv6 addresses.
+const IF_INET6: &str = "/proc/net/if_inet6";
 
 fn exit(code: i32) -> ExitCode {
     ExitCode::from(u8::try_from(code).unwrap_or(1))
@@ -44,13 +49,29 @@ fn main() -> ExitCode {
 }
 
 fn run(args: &Args) -> Result<(), Error> {
-    let config = Config::from_args(args)?;
+    let mut config = Config::from_args(args)?;
     if args.dry_run && !args.cleanup {
-        // Needs no privileges: the rules depend on the configuration alone.
+        // Needs no privileges: the rules depend on the configuration alone (`auto` is decided
+        // from the pod's addresses when applying, so a dry run shows IPv6 with --ipv6=on).
         print!("{}", rules::dry_run_text(&config));
         return Ok(());
     }
     let flavour = backend::detect(&System, args.backend)?;
+    let pod_has_ipv6 = args.ipv6 == Ipv6Capture::Auto
+        && std::fs::read_to_string(IF_INET6).is_ok_and(|text| has_global_ipv6(&text));
+    if pod_has_ipv6 {
+        // Auto: capture IPv6 because the pod has an IPv6 address. Where ip6tables cannot work
+        // (no ip6table_nat on the node) the pod still starts, IPv4-only, and says so: a pod
+        // that never starts is worse than IPv6 calls that go untraced.
+        match apply::family_usable(&System, flavour, Family::V6) {
+            Ok(()) => config.ipv6 = true,
+            Err(e) => tracing::warn!(
+                error = %e,
+                "the pod has an IPv6 address but ip6tables is unusable: IPv6 traffic is NOT \
+                 captured (set --ipv6=on to make this an error, --ipv6=off to silence it)"
+            ),
+        }
+    }
     tracing::info!(
         flavour = flavour.name(),
         ipv6 = config.ipv6,

@@ -8,7 +8,7 @@ use std::fmt::Write as _;
 
 use ipnet::IpNet;
 
-use crate::config::{Config, DNS_PORT, InboundPorts, IncludeCidrs, Port};
+use crate::config::{Config, InboundPorts, IncludeCidrs, Port};
 
 /// Prefix of every chain this program owns; cleanup removes exactly the chains with it.
 pub const CHAIN_PREFIX: &str = "SIDETRACE_";
@@ -21,8 +21,6 @@ pub const IN_REDIRECT: &str = "SIDETRACE_IN_REDIRECT";
 pub const OUTPUT: &str = "SIDETRACE_OUTPUT";
 /// Outbound redirect to the proxy's outbound port.
 pub const REDIRECT: &str = "SIDETRACE_REDIRECT";
-/// DNS redirect, only with DNS capture.
-pub const DNS: &str = "SIDETRACE_DNS";
 
 /// The address family a ruleset is for: `iptables` or `ip6tables`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -125,7 +123,7 @@ fn dest(net: &IpNet) -> String {
 /// to its own pod IP enter `SIDETRACE_INBOUND` (so excluded inbound ports and the admin port
 /// stay excluded) instead of jumping straight to the redirect.
 pub fn ruleset(config: &Config, family: Family) -> Ruleset {
-    let mut chains = vec![INBOUND, IN_REDIRECT, OUTPUT, REDIRECT];
+    let chains = vec![INBOUND, IN_REDIRECT, OUTPUT, REDIRECT];
     let mut rules = Vec::new();
     let mut jumps = Vec::new();
     let uid = config.proxy_uid;
@@ -185,12 +183,6 @@ pub fn ruleset(config: &Config, family: Family) -> Ruleset {
         ));
     }
     rules.push(Rule::new(OUTPUT, format!("-d {lo} -j RETURN")));
-    if config.dns_port.is_some() {
-        rules.push(Rule::new(
-            OUTPUT,
-            format!("-p tcp -m tcp --dport {DNS_PORT} -j {DNS}"),
-        ));
-    }
     for port in &config.exclude_outbound_ports {
         rules.push(Rule::new(OUTPUT, format!("{} -j RETURN", dport(*port))));
     }
@@ -216,38 +208,10 @@ pub fn ruleset(config: &Config, family: Family) -> Ruleset {
         format!("-p tcp -j REDIRECT --to-ports {}", config.outbound_port),
     ));
 
-    // SIDETRACE_DNS: UDP arrives straight from OUTPUT (the owner exemption is repeated for
-    // it), TCP after SIDETRACE_OUTPUT's exemptions.
-    if let Some(dns_port) = config.dns_port {
-        chains.push(DNS);
-        rules.push(Rule::new(
-            DNS,
-            format!("-m owner --uid-owner {uid} -j RETURN"),
-        ));
-        rules.push(Rule::new(
-            DNS,
-            format!("-m owner --gid-owner {gid} -j RETURN"),
-        ));
-        rules.push(Rule::new(
-            DNS,
-            format!("-p udp -j REDIRECT --to-ports {dns_port}"),
-        ));
-        rules.push(Rule::new(
-            DNS,
-            format!("-p tcp -j REDIRECT --to-ports {dns_port}"),
-        ));
-    }
-
     if capture_inbound {
         jumps.push(Rule::new("PREROUTING", format!("-p tcp -j {INBOUND}")));
     }
     jumps.push(Rule::new("OUTPUT", format!("-p tcp -j {OUTPUT}")));
-    if config.dns_port.is_some() {
-        jumps.push(Rule::new(
-            "OUTPUT",
-            format!("-p udp -m udp --dport {DNS_PORT} -j {DNS}"),
-        ));
-    }
 
     Ruleset {
         family,
@@ -404,18 +368,6 @@ mod tests {
         let rs = ruleset(&c, Family::V4);
         assert!(rs.jumps.iter().all(|j| j.chain != "PREROUTING"));
         assert!(rs.rules.iter().all(|r| !r.spec.ends_with(INBOUND)));
-    }
-
-    #[test]
-    fn dns_capture_adds_its_chain_and_udp_jump() {
-        let mut c = Config::default();
-        assert!(!ruleset(&c, Family::V4).chains.contains(&DNS));
-        c.dns_port = Some(Port::try_from(15053).unwrap());
-        let rs = ruleset(&c, Family::V4);
-        assert!(rs.chains.contains(&DNS));
-        let l = lines(&c, Family::V4);
-        index_of(&l, "-A OUTPUT -p udp -m udp --dport 53 -j SIDETRACE_DNS");
-        index_of(&l, "-A SIDETRACE_DNS -p udp -j REDIRECT --to-ports 15053");
     }
 
     #[test]

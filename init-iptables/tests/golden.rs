@@ -41,7 +41,6 @@ const CASES: &[(&str, &[&str])] = &[
         ],
     ),
     ("inbound_ports", &["--inbound-ports", "8080,9080"]),
-    ("dns_capture", &["--capture-dns"]),
     (
         "custom_ids_and_ports",
         &[

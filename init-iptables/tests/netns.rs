@@ -84,11 +84,11 @@ const TESTS: &[Test] = &[
         "without_privileges_exit_1_naming_net_admin",
         without_privileges_exit_1_naming_net_admin,
     ),
-    (
-        "dns_capture_redirects_udp_and_tcp_53",
-        dns_capture_redirects_udp_and_tcp_53,
-    ),
     ("ipv6_inbound_and_outbound", ipv6_inbound_and_outbound),
+    (
+        "ipv6_is_captured_by_default_exactly_when_the_pod_has_an_ipv6_address",
+        ipv6_is_captured_by_default_exactly_when_the_pod_has_an_ipv6_address,
+    ),
 ];
 
 fn main() -> ExitCode {
@@ -879,14 +879,27 @@ fn rerun_is_idempotent_and_cleanup_restores() {
         1
     );
 
-    // A changed configuration replaces the old one, stale chains included.
-    topo.init_ok(&["--capture-dns"]);
-    assert!(topo.nat("iptables-nft-save").contains(":SIDETRACE_DNS"));
+    // A changed configuration replaces the old one, stale rules and jumps included: without
+    // inbound capture PREROUTING has no jump and SIDETRACE_INBOUND no rule; both come back.
+    topo.init_ok(&["--inbound-ports", ""]);
+    let outbound_only = topo.nat("iptables-nft-save");
+    assert!(
+        !outbound_only.contains("-A PREROUTING -p tcp -j SIDETRACE_INBOUND"),
+        "{outbound_only}"
+    );
+    assert!(
+        !outbound_only.contains("-A SIDETRACE_INBOUND -p tcp -j SIDETRACE_IN_REDIRECT"),
+        "{outbound_only}"
+    );
+    assert!(
+        outbound_only.contains("-A OUTPUT -p tcp -j SIDETRACE_OUTPUT"),
+        "{outbound_only}"
+    );
     topo.init_ok(&[]);
     assert_eq!(
         topo.nat("iptables-nft-save"),
         once,
-        "turning DNS capture off left residue"
+        "turning inbound capture back on left residue or lost a rule"
     );
 
     topo.init_ok(&["--cleanup"]);
@@ -1059,73 +1072,6 @@ fn without_privileges_exit_1_naming_net_admin() {
     assert_eq!(out.status.code(), Some(64));
 }
 
-fn dns_capture_redirects_udp_and_tcp_53() {
-    let topo = Topology::new();
-    topo.init_ok(&["--capture-dns"]);
-    let dns_proxy = in_ns(&topo.pod, || UdpSocket::bind(any4(15053))).expect("bind 15053");
-    let peer_dns = in_ns(&topo.net, || UdpSocket::bind(any4(53))).expect("bind 53");
-    for s in [&dns_proxy, &peer_dns] {
-        s.set_read_timeout(Some(PATIENCE)).unwrap();
-    }
-    let mut buf = [0u8; 16];
-
-    // The app's query goes to the DNS port...
-    let client = in_ns(&topo.pod, || UdpSocket::bind(any4(0))).unwrap();
-    client.send_to(b"app", v4(PEER4, 53)).unwrap();
-    let (n, _) = dns_proxy
-        .recv_from(&mut buf)
-        .expect("the app's query reaches the DNS port");
-    assert_eq!(&buf[..n], b"app");
-
-    // ...the proxy's own query goes to the real resolver.
-    let exe = std::env::current_exe().expect("test binary path");
-    let exe = exe.to_string_lossy();
-    let uid = format!("--reuid={PROXY_UID}");
-    let gid = format!("--regid={PROXY_UID}");
-    let to = v4(PEER4, 53).to_string();
-    must(
-        "ip",
-        &[
-            "netns",
-            "exec",
-            &topo.pod,
-            "setpriv",
-            &uid,
-            &gid,
-            "--clear-groups",
-            "--",
-            &exe,
-            HELPER,
-            "udp",
-            &to,
-            "proxy",
-        ],
-    );
-    let (n, _) = peer_dns
-        .recv_from(&mut buf)
-        .expect("the proxy's query reaches the peer");
-    assert_eq!(&buf[..n], b"proxy");
-    for s in [&dns_proxy, &peer_dns] {
-        s.set_nonblocking(true).unwrap();
-        assert!(s.recv_from(&mut buf).is_err(), "a query arrived twice");
-    }
-
-    // DNS over TCP is captured the same way.
-    let mut l = Listeners::new();
-    l.add(&topo.pod, "dns-proxy", any4(15053));
-    l.add(&topo.pod, "proxy-outbound", any4(OUTBOUND));
-    l.add(&topo.net, "peer-dns", any4(53));
-    l.expect(&topo.pod, v4(PEER4, 53), "dns-proxy", v4(PEER4, 53));
-    l.expect_as(
-        &topo,
-        PROXY_UID,
-        PROXY_UID,
-        v4(PEER4, 53),
-        "peer-dns",
-        v4(PEER4, 53),
-    );
-}
-
 fn ipv6_inbound_and_outbound() {
     let topo = Topology::new();
     let mut l = Listeners::new();
@@ -1171,4 +1117,55 @@ fn ipv6_inbound_and_outbound() {
     topo.init_ok(&["--cleanup"]);
     assert!(!topo.nat("ip6tables-nft-save").contains("SIDETRACE"));
     l.expect(net, v6(POD6, APP_PORT), "app", v6(POD6, APP_PORT));
+}
+
+/// `--ipv6` defaults to auto: a pod with a global IPv6 address gets ip6tables rules without
+/// any flag (a dual-stack pod's IPv6 calls cannot go around the proxy), a pod with only
+/// link-local IPv6 gets none, and `--ipv6=off` leaves ip6tables alone.
+fn ipv6_is_captured_by_default_exactly_when_the_pod_has_an_ipv6_address() {
+    let topo = Topology::new();
+    topo.init_ok(&[]);
+    let v6 = topo.nat("ip6tables-nft-save");
+    assert!(
+        v6.contains("-A OUTPUT -p tcp -j SIDETRACE_OUTPUT"),
+        "auto with fd00:250::2 on eth0 programs ip6tables:\n{v6}"
+    );
+    assert!(
+        topo.nat("iptables-nft-save")
+            .contains("-A OUTPUT -p tcp -j SIDETRACE_OUTPUT")
+    );
+
+    topo.init_ok(&["--cleanup"]);
+    topo.init_ok(&["--ipv6=off"]);
+    let off = topo.nat("ip6tables-nft-save");
+    assert!(
+        !off.contains("SIDETRACE"),
+        "--ipv6=off touched ip6tables:\n{off}"
+    );
+
+    // Without the global address only link-local IPv6 is left: nothing to capture.
+    topo.init_ok(&["--cleanup"]);
+    must(
+        "ip",
+        &[
+            "-n",
+            &topo.pod,
+            "-6",
+            "addr",
+            "del",
+            "fd00:250::2/64",
+            "dev",
+            "eth0",
+        ],
+    );
+    topo.init_ok(&[]);
+    let none = topo.nat("ip6tables-nft-save");
+    assert!(
+        !none.contains("SIDETRACE"),
+        "no global IPv6 address, yet:\n{none}"
+    );
+    assert!(
+        topo.nat("iptables-nft-save")
+            .contains("-A OUTPUT -p tcp -j SIDETRACE_OUTPUT")
+    );
 }

@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::str::FromStr as _;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
@@ -130,10 +131,11 @@ struct Args {
     #[arg(long, env = "SIDETRACE_INJECTOR_PROXY_MEMORY_LIMIT", default_value = defaults::PROXY_MEMORY_LIMIT,
           value_parser = parse_quantity)]
     proxy_memory_limit: String,
-    /// Pass `--ipv6` to sidetrace-init so it programs ip6tables too (dual-stack/IPv6 clusters).
-    #[arg(long, env = "SIDETRACE_INJECTOR_INIT_IPV6", default_value_t = false,
-          action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
-    init_ipv6: bool,
+    /// IPv6 capture by sidetrace-init: `auto` (when the pod has an IPv6 address), `on`
+    /// (always; fail the pod's init when ip6tables cannot be programmed) or `off`.
+    #[arg(long, env = "SIDETRACE_INJECTOR_INIT_IPV6", default_value = "auto", num_args = 0..=1,
+          default_missing_value = "on", value_parser = sidetrace_contract::Ipv6Capture::from_str)]
+    init_ipv6: sidetrace_contract::Ipv6Capture,
     /// The injector's own log filter (a tracing EnvFilter directive such as `info` or
     /// `sidetrace_injector=debug`).
     #[arg(long, env = "SIDETRACE_INJECTOR_LOG_LEVEL", default_value = "info")]

@@ -27,7 +27,7 @@ use json_patch::{AddOperation, PatchOperation};
 use k8s_openapi::api::core::v1::Pod;
 use serde::Serialize;
 use serde_json::{Value, json};
-use sidetrace_contract::names;
+use sidetrace_contract::{Ipv6Capture, names};
 
 use crate::overrides::Overrides;
 use crate::settings::{Settings, SidecarMode};
@@ -128,8 +128,11 @@ pub fn init_container(settings: &Settings, resolved: &Resolved) -> Value {
         args.push("--exclude-outbound-cidrs".to_owned());
         args.push(o.exclude_outbound_cidrs.join(","));
     }
-    if settings.init_ipv6 {
-        args.push("--ipv6".to_owned());
+    // Auto is sidetrace-init's own default: nothing to pass.
+    match settings.init_ipv6 {
+        Ipv6Capture::Auto => {}
+        Ipv6Capture::On => args.push("--ipv6".to_owned()),
+        Ipv6Capture::Off => args.push("--ipv6=off".to_owned()),
     }
     json!({
         "name": names::INIT_CONTAINER_NAME,

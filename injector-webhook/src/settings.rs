@@ -1,6 +1,6 @@
 //! Injector-wide settings: what the command line configures, shared by every admission.
 
-use sidetrace_contract::defaults;
+use sidetrace_contract::{Ipv6Capture, defaults};
 
 /// How the sidecar is placed in the pod.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -56,8 +56,8 @@ pub struct Settings {
     pub proxy_memory_request: String,
     /// Proxy memory limit when no annotation overrides it.
     pub proxy_memory_limit: String,
-    /// Have sidetrace-init program ip6tables too (dual-stack or IPv6 clusters).
-    pub init_ipv6: bool,
+    /// IPv6 capture by sidetrace-init (auto: when the pod has an IPv6 address).
+    pub init_ipv6: Ipv6Capture,
     /// Classic mode: the command of the proxy's postStart hook, which returns once the proxy
     /// is ready so that the kubelet starts the app containers only then. Empty: no hook.
     pub hold_command: Vec<String>,
@@ -86,7 +86,7 @@ impl Default for Settings {
             proxy_cpu_request: defaults::PROXY_CPU_REQUEST.into(),
             proxy_memory_request: defaults::PROXY_MEMORY_REQUEST.into(),
             proxy_memory_limit: defaults::PROXY_MEMORY_LIMIT.into(),
-            init_ipv6: false,
+            init_ipv6: Ipv6Capture::Auto,
             hold_command: DEFAULT_HOLD_COMMAND
                 .iter()
                 .map(|s| (*s).to_owned())

@@ -28,7 +28,7 @@ struct Case {
     /// TracedServices in the cache.
     #[serde(default)]
     traced_services: Vec<TracedService>,
-    /// `--init-ipv6`.
+    /// `--init-ipv6=on` when true (the default is auto).
     #[serde(default)]
     init_ipv6: bool,
 }
@@ -84,7 +84,11 @@ fn run_case(dir: &Path, failures: &mut Vec<String>) -> Outcome {
         Some(other) => panic!("{}: unknown mode {other}", dir.display()),
     };
     let settings = Settings {
-        init_ipv6: case.init_ipv6,
+        init_ipv6: if case.init_ipv6 {
+            sidetrace_contract::Ipv6Capture::On
+        } else {
+            sidetrace_contract::Ipv6Capture::Auto
+        },
         ..settings(mode)
     };
     let namespace = case.namespace.clone().unwrap_or_else(|| "shop".into());
