@@ -7,6 +7,15 @@ pub const OUTBOUND_CAPTURE_PORT: u16 = 15001;
 pub const INBOUND_CAPTURE_PORT: u16 = 15006;
 /// Proxy health, readiness, metrics and admin port; never captured.
 pub const ADMIN_PORT: u16 = 15021;
+/// Source address of the proxy's connection to the app when it forwards an inbound
+/// connection to its original destination (the pod IP): the init rules leave traffic from it
+/// on `lo` alone, so it is not captured again, and the app still sees a connection to the pod
+/// IP, never to 127.0.0.1 (a port bound to loopback stays private to the pod). Istio's value.
+pub const PASSTHROUGH_SOURCE_V4: std::net::Ipv4Addr = std::net::Ipv4Addr::new(127, 0, 0, 6);
+/// The IPv6 passthrough source, `::6`. Unlike 127.0.0.6 it is not on `lo` by itself: the init
+/// container adds it (`::6/128`, host scope) when it programs IPv6.
+pub const PASSTHROUGH_SOURCE_V6: std::net::Ipv6Addr =
+    std::net::Ipv6Addr::new(0, 0, 0, 0, 0, 0, 0, 6);
 /// uid the proxy runs as; its own connections are exempt from capture by this uid.
 pub const PROXY_UID: u32 = 1337;
 /// gid the proxy runs as.

@@ -374,18 +374,18 @@ impl Config {
 }
 
 /// Whether `/proc/net/if_inet6` (one address a line: 32 hex digits, interface index, prefix
-/// length, scope, flags, interface name) lists a global address: scope 0x00, not loopback.
-/// Link-local (0x20) and host (0x10) scopes do not make a pod reachable over IPv6.
+/// length, scope, flags, interface name) lists a global address (scope 0x00) on an interface
+/// other than `lo`. Link-local (0x20) and host (0x10) scopes do not make a pod reachable over
+/// IPv6, and `lo` holds only loopback and the proxy's own `::6` (added by an earlier run).
 pub fn has_global_ipv6(if_inet6: &str) -> bool {
     if_inet6.lines().any(|line| {
         let mut f = line.split_whitespace();
-        let (Some(addr), Some(_), Some(_), Some(scope)) = (f.next(), f.next(), f.next(), f.next())
+        let (Some(addr), Some(_), Some(_), Some(scope), Some(_), Some(name)) =
+            (f.next(), f.next(), f.next(), f.next(), f.next(), f.next())
         else {
             return false;
         };
-        addr.len() == 32
-            && addr != "00000000000000000000000000000001"
-            && u8::from_str_radix(scope, 16) == Ok(0)
+        addr.len() == 32 && name != "lo" && u8::from_str_radix(scope, 16) == Ok(0)
     })
 }
 
@@ -514,5 +514,9 @@ mod tests {
         assert!(!has_global_ipv6(&format!("{lo}{link_local}")));
         assert!(has_global_ipv6(&format!("{lo}{link_local}{global}")));
         assert!(!has_global_ipv6("garbage\n12 34\n"));
+        let passthrough_on_lo = "00000000000000000000000000000006 01 80 00 80       lo\n";
+        assert!(!has_global_ipv6(&format!(
+            "{lo}{passthrough_on_lo}{link_local}"
+        )));
     }
 }

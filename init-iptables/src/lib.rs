@@ -51,6 +51,7 @@
 pub mod apply;
 pub mod backend;
 pub mod config;
+pub mod loopback;
 pub mod rules;
 
 /// Exit code for bad configuration (sysexits' EX_USAGE).
@@ -98,6 +99,14 @@ pub enum Error {
         /// What it printed.
         stderr: String,
     },
+    /// An rtnetlink request failed (the IPv6 passthrough address on `lo`).
+    #[error("{what}: {source}")]
+    Netlink {
+        /// What was attempted.
+        what: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
     /// A command could not be started.
     #[error("could not run `{command}`: {source}")]
     Spawn {
@@ -117,6 +126,7 @@ impl Error {
             Error::PermissionDenied { .. } => "permission_denied",
             Error::Command { .. } => "command_failed",
             Error::Spawn { .. } => "spawn_failed",
+            Error::Netlink { .. } => "netlink_failed",
         }
     }
 

@@ -9,7 +9,7 @@ use sidetrace_contract::Ipv6Capture;
 use sidetrace_init::backend::{self, System};
 use sidetrace_init::config::{Args, Config, has_global_ipv6};
 use sidetrace_init::rules::Family;
-use sidetrace_init::{EXIT_USAGE, Error, apply, rules};
+use sidetrace_init::{EXIT_USAGE, Error, apply, loopback, rules};
 
 /// The kernel's list of this network namespace's IPv6 addresses.
 const IF_INET6: &str = "/proc/net/if_inet6";
@@ -84,6 +84,12 @@ fn run(args: &Args) -> Result<(), Error> {
     } else if args.cleanup {
         apply::cleanup(&System, flavour, &config)
     } else {
-        apply::apply(&System, flavour, &config)
+        apply::apply(&System, flavour, &config)?;
+        if config.ipv6 {
+            // The proxy forwards inbound IPv6 connections from ::6, which must be on lo.
+            loopback::add_passthrough_source_v6()?;
+            tracing::info!("::6/128 on lo (the proxy's IPv6 passthrough source)");
+        }
+        Ok(())
     }
 }

@@ -7,6 +7,7 @@
 use std::fmt::Write as _;
 
 use ipnet::IpNet;
+use sidetrace_contract::defaults;
 
 use crate::config::{Config, InboundPorts, IncludeCidrs, Port};
 
@@ -43,10 +44,10 @@ impl Family {
 
     /// Source address the proxy may bind when it forwards an inbound connection to the app at
     /// the pod IP (Istio's 127.0.0.6 / ::6 convention); such connections are left alone.
-    fn passthrough_source(self) -> &'static str {
+    fn passthrough_source(self) -> String {
         match self {
-            Family::V4 => "127.0.0.6/32",
-            Family::V6 => "::6/128",
+            Family::V4 => format!("{}/32", defaults::PASSTHROUGH_SOURCE_V4),
+            Family::V6 => format!("{}/128", defaults::PASSTHROUGH_SOURCE_V6),
         }
     }
 

@@ -1086,6 +1086,10 @@ fn ipv6_inbound_and_outbound() {
         topo.nat("ip6tables-nft-save")
             .contains("-A SIDETRACE_OUTPUT -d ::1/128 -j RETURN")
     );
+    // The proxy's IPv6 passthrough source is on lo, so it can bind it and the app can answer.
+    let lo = must("ip", &["-n", &topo.pod, "-6", "addr", "show", "dev", "lo"]);
+    assert!(lo.contains("inet6 ::6/128 "), "{lo}");
+    topo.init_ok(&["--ipv6"]);
     let (pod, net) = (&topo.pod, &topo.net);
     l.expect(net, v6(POD6, APP_PORT), "proxy-inbound", v6(POD6, APP_PORT));
     l.expect(net, v6(POD6, ADMIN), "proxy-admin", v6(POD6, ADMIN));

@@ -23,7 +23,7 @@ use sidetrace_contract::Direction;
 use sidetrace_trace::{ExportHandle, Hop, RequestInfo, ResponseInfo};
 
 use crate::state::Shared;
-use crate::upstream::{Body, BoxError, boxed, full};
+use crate::upstream::{Body, BoxError, Dest, boxed, full};
 
 /// What a request's connection knows: where it came from and where it goes.
 #[derive(Debug, Clone)]
@@ -34,8 +34,8 @@ pub struct ConnInfo {
     pub local_addr: SocketAddr,
     /// The client.
     pub peer_addr: SocketAddr,
-    /// Where requests are forwarded.
-    pub upstream: SocketAddr,
+    /// Where requests are forwarded (and from which source address).
+    pub upstream: Dest,
     /// HTTP/2 (prior knowledge) rather than HTTP/1.
     pub h2: bool,
 }
@@ -165,7 +165,7 @@ pub async fn proxy(
             user_agent: user_agent.as_deref(),
             local_addr: conn.local_addr,
             peer_addr: conn.peer_addr,
-            upstream_addr: conn.upstream,
+            upstream_addr: conn.upstream.addr,
             protocol,
         };
         sidetrace_trace::start_hop(&live.tracer, &info, &mut parts.headers, SystemTime::now())
@@ -191,7 +191,7 @@ pub async fn proxy(
                 if switched {
                     if let Some(server) = server_upgrade {
                         let client = hyper::upgrade::on(&mut resp);
-                        tokio::spawn(tunnel(server, client, conn.upstream));
+                        tokio::spawn(tunnel(server, client, conn.upstream.addr));
                     }
                     resp.map(|_| full(Bytes::new()))
                 } else {

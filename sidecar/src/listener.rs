@@ -1,13 +1,13 @@
 //! The two capture listeners: accept, find where the connection was going, detect the protocol,
 //! then serve it as HTTP/1.1, HTTP/2 or an opaque TCP copy.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use sidetrace_contract::{Direction, Protocol};
+use sidetrace_contract::{Direction, Protocol, defaults};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
 use crate::config::ipv4_fallback;
@@ -17,6 +17,7 @@ use crate::http::{ConnInfo, proxy};
 use crate::metrics::{Refusal, direction_label};
 use crate::orig_dst::original_dst;
 use crate::state::Shared;
+use crate::upstream::Dest;
 
 /// Connections waiting to be accepted per listener.
 const BACKLOG: u32 = 1024;
@@ -54,16 +55,18 @@ fn bind_exact(addr: SocketAddr) -> Result<TcpListener> {
 pub struct Route {
     /// The address the client meant to reach (original destination, or the explicit target).
     pub original: SocketAddr,
-    /// Where the proxy connects.
-    pub upstream: SocketAddr,
+    /// Where the proxy connects, and from which source.
+    pub upstream: Dest,
 }
 
 /// Decides where a connection goes, as a pure function of what the socket says.
 ///
 /// - `orig`: `SO_ORIGINAL_DST` (an error when there is no NAT entry).
 /// - A redirected connection has an original destination different from the local address.
-///   Inbound goes to the app over loopback on the original port; outbound to the original
-///   destination itself.
+///   Both directions go to the original destination itself. Inbound connects from the
+///   passthrough source (127.0.0.6 / ::6), which the init rules never capture, so the app
+///   sees a connection to its pod IP: a port bound only to loopback stays private to the pod
+///   and a port bound only to the pod IP works (Istio's behaviour since 1.10).
 /// - Not redirected: the explicit forward address when configured, else refused.
 /// - An original destination that is one of the proxy's own capture ports on a local or
 ///   loopback address would loop back into the proxy: refused.
@@ -85,15 +88,15 @@ pub fn route(
                 return Err(Refusal::Loop);
             }
             let upstream = match direction {
-                Direction::Inbound => {
-                    let lo = if o.is_ipv4() {
-                        IpAddr::V4(Ipv4Addr::LOCALHOST)
+                Direction::Inbound => Dest {
+                    addr: o,
+                    source: Some(if o.is_ipv4() {
+                        IpAddr::V4(defaults::PASSTHROUGH_SOURCE_V4)
                     } else {
-                        IpAddr::V6(Ipv6Addr::LOCALHOST)
-                    };
-                    SocketAddr::new(lo, o.port())
-                }
-                Direction::Outbound => o,
+                        IpAddr::V6(defaults::PASSTHROUGH_SOURCE_V6)
+                    }),
+                },
+                Direction::Outbound => Dest::to(o),
             };
             Ok(Route {
                 original: o,
@@ -107,7 +110,7 @@ pub fn route(
             {
                 Ok(Route {
                     original: f,
-                    upstream: f,
+                    upstream: Dest::to(f),
                 })
             }
             Some(_) => Err(Refusal::Loop),
@@ -290,7 +293,7 @@ async fn serve_http2(io: Rewind<TcpStream>, info: Arc<ConnInfo>, shared: Arc<Sha
 
 async fn copy_opaque(
     mut io: Rewind<TcpStream>,
-    upstream: SocketAddr,
+    upstream: Dest,
     shared: &Shared,
     direction: Direction,
 ) {
@@ -320,7 +323,7 @@ mod tests {
     const OWN: [u16; 2] = [15006, 15001];
 
     #[test]
-    fn inbound_redirect_goes_to_the_app_on_loopback() {
+    fn inbound_redirect_goes_to_the_pod_ip_from_the_passthrough_source() {
         let r = route(
             Direction::Inbound,
             a("10.0.0.5:15006"),
@@ -332,7 +335,10 @@ mod tests {
             r,
             Ok(Route {
                 original: a("10.0.0.5:8080"),
-                upstream: a("127.0.0.1:8080")
+                upstream: Dest {
+                    addr: a("10.0.0.5:8080"),
+                    source: Some("127.0.0.6".parse().unwrap()),
+                }
             })
         );
         let r = route(
@@ -342,7 +348,13 @@ mod tests {
             None,
             OWN,
         );
-        assert_eq!(r.map(|r| r.upstream), Ok(a("[::1]:8080")));
+        assert_eq!(
+            r.map(|r| r.upstream),
+            Ok(Dest {
+                addr: a("[fd00::5]:8080"),
+                source: Some("::6".parse().unwrap()),
+            })
+        );
     }
 
     #[test]
@@ -354,7 +366,7 @@ mod tests {
             None,
             OWN,
         );
-        assert_eq!(r.map(|r| r.upstream), Ok(a("10.96.0.10:80")));
+        assert_eq!(r.map(|r| r.upstream), Ok(Dest::to(a("10.96.0.10:80"))));
     }
 
     #[test]
@@ -371,11 +383,11 @@ mod tests {
         let fwd = a("127.0.0.1:9000");
         assert_eq!(
             route(Direction::Outbound, local, Some(local), Some(fwd), OWN).map(|r| r.upstream),
-            Ok(fwd)
+            Ok(Dest::to(fwd))
         );
         assert_eq!(
             route(Direction::Outbound, local, None, Some(fwd), OWN).map(|r| r.upstream),
-            Ok(fwd)
+            Ok(Dest::to(fwd))
         );
     }
 
@@ -401,7 +413,7 @@ mod tests {
                 OWN
             )
             .map(|r| r.upstream),
-            Ok(a("10.0.0.5:15006"))
+            Ok(Dest::to(a("10.0.0.5:15006")))
         );
         assert_eq!(
             route(

@@ -14,7 +14,8 @@
 //!   `with_upgrades()`.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
@@ -26,7 +27,7 @@ use http_body_util::BodyExt;
 use hyper::body::{Body as _, Frame, Incoming, SizeHint};
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 
 use crate::error::{Error, Result};
 
@@ -57,6 +58,33 @@ pub fn full(bytes: impl Into<Bytes>) -> Body {
     boxed(http_body_util::Full::new(bytes.into()).map_err(|never| match never {}))
 }
 
+/// Where an upstream connection goes and, for inbound connections forwarded to the pod IP,
+/// the passthrough source it is made from (see [`sidetrace_contract::defaults::PASSTHROUGH_SOURCE_V4`]).
+/// Pools are keyed by both: the same pod address is reached with and without that source.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Dest {
+    /// The destination.
+    pub addr: SocketAddr,
+    /// The local address to bind before connecting, if any.
+    pub source: Option<IpAddr>,
+}
+
+impl Dest {
+    /// A destination reached from the default source.
+    pub const fn to(addr: SocketAddr) -> Self {
+        Self { addr, source: None }
+    }
+}
+
+impl fmt::Display for Dest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.source {
+            Some(src) => write!(f, "{} (from {src})", self.addr),
+            None => write!(f, "{}", self.addr),
+        }
+    }
+}
+
 struct Idle {
     tx: http1::SendRequest<Body>,
     since: Instant,
@@ -70,8 +98,8 @@ impl Idle {
 
 #[derive(Default)]
 struct Pools {
-    h1: HashMap<SocketAddr, Vec<Idle>>,
-    h2: HashMap<SocketAddr, http2::SendRequest<Body>>,
+    h1: HashMap<Dest, Vec<Idle>>,
+    h2: HashMap<Dest, http2::SendRequest<Body>>,
 }
 
 /// Shared upstream connection pool.
@@ -98,33 +126,40 @@ impl Upstream {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Opens a TCP connection within the connect timeout.
-    pub async fn connect(&self, addr: SocketAddr) -> Result<TcpStream> {
-        let stream =
-            match tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr)).await {
-                Err(_) => {
-                    return Err(Error::Connect {
-                        addr,
-                        reason: format!("timed out after {:?}", self.connect_timeout),
-                    });
+    /// Opens a TCP connection within the connect timeout, from the destination's source
+    /// address when it has one.
+    pub async fn connect(&self, dest: Dest) -> Result<TcpStream> {
+        let addr = dest.addr;
+        let failed = |reason: String| Error::Connect { addr, reason };
+        let connecting = async {
+            match dest.source {
+                None => TcpStream::connect(addr).await,
+                Some(source) => {
+                    let socket = if addr.is_ipv4() {
+                        TcpSocket::new_v4()?
+                    } else {
+                        TcpSocket::new_v6()?
+                    };
+                    socket.bind(SocketAddr::new(source, 0))?;
+                    socket.connect(addr).await
                 }
-                Ok(Err(e)) => {
-                    return Err(Error::Connect {
-                        addr,
-                        reason: e.to_string(),
-                    });
-                }
-                Ok(Ok(s)) => s,
-            };
+            }
+        };
+        let stream = match tokio::time::timeout(self.connect_timeout, connecting).await {
+            Err(_) => {
+                return Err(failed(format!(
+                    "timed out after {:?}",
+                    self.connect_timeout
+                )));
+            }
+            Ok(Err(e)) => return Err(failed(e.to_string())),
+            Ok(Ok(s)) => s,
+        };
         let _ = stream.set_nodelay(true);
         Ok(stream)
     }
 
-    async fn handshake_h1(
-        &self,
-        addr: SocketAddr,
-        upgrades: bool,
-    ) -> Result<http1::SendRequest<Body>> {
+    async fn handshake_h1(&self, addr: Dest, upgrades: bool) -> Result<http1::SendRequest<Body>> {
         let io = TokioIo::new(self.connect(addr).await?);
         let (tx, conn) = http1::Builder::new()
             .max_buf_size(self.max_header_bytes)
@@ -143,7 +178,7 @@ impl Upstream {
         Ok(tx)
     }
 
-    fn take_idle_h1(&self, addr: SocketAddr) -> Option<http1::SendRequest<Body>> {
+    fn take_idle_h1(&self, addr: Dest) -> Option<http1::SendRequest<Body>> {
         let mut pools = self.pools();
         let idle = pools.h1.get_mut(&addr)?;
         while let Some(entry) = idle.pop() {
@@ -154,7 +189,7 @@ impl Upstream {
         None
     }
 
-    fn put_idle_h1(&self, addr: SocketAddr, tx: http1::SendRequest<Body>) {
+    fn put_idle_h1(&self, addr: Dest, tx: http1::SendRequest<Body>) {
         if tx.is_closed() {
             return;
         }
@@ -181,7 +216,7 @@ impl Upstream {
     /// it) is retried once on a fresh connection.
     pub async fn send_h1(
         self: &Arc<Self>,
-        addr: SocketAddr,
+        addr: Dest,
         req: Request<Body>,
     ) -> Result<Response<Body>> {
         let mut req = req;
@@ -210,7 +245,7 @@ impl Upstream {
 
     fn pooled_response(
         self: &Arc<Self>,
-        addr: SocketAddr,
+        addr: Dest,
         tx: http1::SendRequest<Body>,
         resp: Response<Incoming>,
     ) -> Response<Body> {
@@ -224,21 +259,13 @@ impl Upstream {
 
     /// Sends an HTTP/1.1 request that may switch protocols (WebSocket, CONNECT) over a fresh
     /// connection that is never pooled.
-    pub async fn send_upgrade(
-        &self,
-        addr: SocketAddr,
-        req: Request<Body>,
-    ) -> Result<Response<Incoming>> {
+    pub async fn send_upgrade(&self, addr: Dest, req: Request<Body>) -> Result<Response<Incoming>> {
         let mut tx = self.handshake_h1(addr, true).await?;
         Ok(tx.send_request(req).await?)
     }
 
     /// Sends an HTTP/2 request over the destination's shared connection.
-    pub async fn send_h2(
-        &self,
-        addr: SocketAddr,
-        req: Request<Body>,
-    ) -> Result<Response<Incoming>> {
+    pub async fn send_h2(&self, addr: Dest, req: Request<Body>) -> Result<Response<Incoming>> {
         let existing = {
             let pools = self.pools();
             pools.h2.get(&addr).filter(|tx| !tx.is_closed()).cloned()
@@ -275,7 +302,7 @@ impl Upstream {
 /// Response body that returns its HTTP/1 connection to the pool once read to the end.
 struct PoolReturn {
     inner: Incoming,
-    ret: Option<(Arc<Upstream>, SocketAddr, http1::SendRequest<Body>)>,
+    ret: Option<(Arc<Upstream>, Dest, http1::SendRequest<Body>)>,
 }
 
 impl PoolReturn {

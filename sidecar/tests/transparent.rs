@@ -4,8 +4,10 @@
 //! the default dual-stack `::` listener).
 //!
 //! Rules are written by hand here (the init container's own rule generation is tested in
-//! init-iptables); they are the minimal Istio-style pair: inbound app port → 15006 in
-//! PREROUTING, the app's outbound traffic to the peer → 15001 in OUTPUT except uid 1337.
+//! init-iptables); they are the minimal Istio-style pair: inbound app ports → 15006 in
+//! PREROUTING, the app's outbound traffic to the peer → 15001 in OUTPUT except uid 1337. As
+//! the init container does, `::6/128` is put on the pod's `lo`: the proxy forwards inbound
+//! connections to the pod IP from the passthrough source 127.0.0.6 / ::6.
 //! Processes run inside the namespaces with `ip netns exec` (the proxy as uid 1337 and the app
 //! as uid 4242 through `setpriv`); the app, the peer and the collector are small Python HTTP
 //! servers; curl is the client.
@@ -26,6 +28,8 @@ const BIN: &str = env!("CARGO_BIN_EXE_sidetrace-proxy");
 const PROXY_UID: u32 = sidetrace_contract::defaults::PROXY_UID;
 const APP_UID: u32 = 4242;
 const APP_PORT: u16 = 8080;
+/// A second app port, also captured, for apps bound to one address only.
+const LOOPBACK_APP_PORT: u16 = 8081;
 const PEER_PORT: u16 = 9000;
 const COLLECTOR_PORT: u16 = 9411;
 /// Bound on waiting for anything; a guard against hangs, never a timing assertion.
@@ -61,7 +65,11 @@ class S(http.server.ThreadingHTTPServer):
     def server_bind(self):
         self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
         super().server_bind()
-S(("::", port), H).serve_forever()
+class S4(http.server.ThreadingHTTPServer):
+    address_family = socket.AF_INET
+# argv[4] (optional): the one address to listen on, e.g. loopback only or the pod IP only.
+bind = sys.argv[4] if len(sys.argv) > 4 else "::"
+(S4 if "." in bind else S)((bind, port), H).serve_forever()
 "#;
 
 /// Returns why the test cannot run here, if it cannot.
@@ -152,9 +160,12 @@ impl Netns {
             run(&["ip", "-n", ns, "addr", "add", v6, "dev", dev, "nodad"]);
             run(&["ip", "-n", ns, "link", "set", dev, "up"]);
         }
+        run(&[
+            "ip", "-n", &me.pod, "-6", "addr", "add", "::6/128", "dev", "lo", "nodad",
+        ]);
         for (tool, peer) in [("iptables", "10.250.7.1"), ("ip6tables", "fd00:250:7::1")] {
             let inbound = format!(
-                "-t nat -A PREROUTING -p tcp --dport {APP_PORT} -j REDIRECT --to-ports 15006"
+                "-t nat -A PREROUTING -p tcp --dport {APP_PORT}:{LOOPBACK_APP_PORT} -j REDIRECT --to-ports 15006"
             );
             let outbound = format!(
                 "-t nat -A OUTPUT -p tcp -d {peer} --dport {PEER_PORT} -m owner ! --uid-owner {PROXY_UID} -j REDIRECT --to-ports 15001"
@@ -357,11 +368,16 @@ fn transparent_proxying(tag: &str, pod_ip: &str, peer_ip: &str) {
         .expect("x-b3-traceid added by the proxy");
     assert_eq!(trace.len(), 32, "{seen}");
     assert_eq!(seen["x-request-id"], "netns-1");
+    let passthrough = if pod_ip.contains(':') {
+        "::6"
+    } else {
+        "127.0.0.6"
+    };
     assert!(
         seen[":peer"]
             .as_str()
-            .is_some_and(|p| p.contains("127.0.0.1") || p == "::1"),
-        "app sees loopback: {seen}"
+            .is_some_and(|p| p.trim_start_matches("::ffff:") == passthrough),
+        "the proxy reaches the app at the pod IP from the passthrough source: {seen}"
     );
 
     // Outbound: the app (uid 4242) calls the peer; iptables sends it to 15001, the proxy
@@ -433,6 +449,89 @@ fn transparent_proxying(tag: &str, pod_ip: &str, peer_ip: &str) {
     assert_eq!(server["remoteEndpoint"][family], peer_ip, "{server}");
 }
 
+/// Inbound connections go to the original destination (the pod IP), never to loopback: an app
+/// port bound only to 127.0.0.1 / ::1 stays private to the pod even though the proxy captures
+/// it, and an app bound only to the pod IP is reachable through the proxy.
+fn inbound_keeps_loopback_private(tag: &str, pod_ip: &str, loopback: &str) {
+    let mut ns = Netns::new(tag);
+    let script = ns.dir.join("servers.py");
+    let script = script.to_str().expect("utf-8 path");
+    let url = |port: u16| format!("http://{}/x", host_port(pod_ip, port));
+    let (app, private) = (APP_PORT.to_string(), LOOPBACK_APP_PORT.to_string());
+    ns.spawn(
+        true,
+        Some(APP_UID),
+        &[PYTHON, script, "echo", &app, "-", pod_ip],
+        "app.log",
+    );
+    ns.spawn(
+        true,
+        Some(APP_UID),
+        &[PYTHON, script, "echo", &private, "-", loopback],
+        "peer.log",
+    );
+    ns.spawn(
+        true,
+        Some(PROXY_UID),
+        &[
+            BIN,
+            "--service-name",
+            "pod-svc",
+            "--collector",
+            "http://127.0.0.1:1/api/v2/spans",
+            "--log-level",
+            "debug",
+        ],
+        "proxy.log",
+    );
+    ns.wait_until("proxy ready", || {
+        ns.exec(true, None, &["curl", "-sf", "http://127.0.0.1:15021/ready"])
+            .status
+            .success()
+    });
+    let loopback_url = format!("http://{}/x", host_port(loopback, LOOPBACK_APP_PORT));
+    ns.wait_until("both apps listening", || {
+        ns.exec(
+            true,
+            Some(PROXY_UID),
+            &["curl", "-sf", "-g", &url(APP_PORT)],
+        )
+        .status
+        .success()
+            && ns
+                .exec(true, Some(PROXY_UID), &["curl", "-sf", "-g", &loopback_url])
+                .status
+                .success()
+    });
+    let seen = ns
+        .curl(false, None, &url(APP_PORT))
+        .expect("an app bound only to the pod IP is reachable through the proxy");
+    assert_eq!(seen["x-request-id"], "netns-1", "{seen}");
+    let out = ns.exec(
+        false,
+        None,
+        &[
+            "curl",
+            "-sS",
+            "-g",
+            "--max-time",
+            "10",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            &url(LOOPBACK_APP_PORT),
+        ],
+    );
+    let code = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_ne!(
+        code,
+        "200",
+        "a port bound to {loopback} answered another pod through the proxy\n{}",
+        ns.logs()
+    );
+}
+
 fn host_port(ip: &str, port: u16) -> String {
     if ip.contains(':') {
         format!("[{ip}]:{port}")
@@ -455,4 +554,20 @@ fn transparent_ipv6_inbound_and_outbound_use_ip6t_so_original_dst() {
         return;
     }
     transparent_proxying("6", "fd00:250:7::2", "fd00:250:7::1");
+}
+
+#[test]
+fn inbound_ipv4_goes_to_the_pod_ip_and_loopback_only_ports_stay_private() {
+    if skip_or_fail("inbound_ipv4_goes_to_the_pod_ip_and_loopback_only_ports_stay_private") {
+        return;
+    }
+    inbound_keeps_loopback_private("4l", "10.250.7.2", "127.0.0.1");
+}
+
+#[test]
+fn inbound_ipv6_goes_to_the_pod_ip_and_loopback_only_ports_stay_private() {
+    if skip_or_fail("inbound_ipv6_goes_to_the_pod_ip_and_loopback_only_ports_stay_private") {
+        return;
+    }
+    inbound_keeps_loopback_private("6l", "fd00:250:7::2", "::1");
 }
