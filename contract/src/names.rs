@@ -69,6 +69,8 @@ pub mod env {
     pub const SAMPLING_OVERRIDE: &str = "SIDETRACE_SAMPLING_OVERRIDE";
     pub const CONFIG: &str = "SIDETRACE_CONFIG";
     pub const LOG_LEVEL: &str = "SIDETRACE_LOG_LEVEL";
+    /// The proxy's `--drain-period` (how long its outbound side outlives SIGTERM).
+    pub const DRAIN_PERIOD: &str = "SIDETRACE_DRAIN_PERIOD";
     pub const POD_NAME: &str = "SIDETRACE_POD_NAME";
     pub const POD_NAMESPACE: &str = "SIDETRACE_POD_NAMESPACE";
     pub const POD_IP: &str = "SIDETRACE_POD_IP";

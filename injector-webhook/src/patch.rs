@@ -182,6 +182,12 @@ pub fn proxy_container(settings: &Settings, resolved: &Resolved) -> Value {
         env.push(json!({"name": names::env::SAMPLING_OVERRIDE, "value": rate.to_string()}));
     }
     env.push(json!({"name": names::env::LOG_LEVEL, "value": resolved.log_level}));
+    if settings.mode == SidecarMode::Native {
+        // A native sidecar gets SIGTERM only after the app containers have exited: nothing is
+        // left to keep the outbound side open for. Classic mode keeps the proxy's default
+        // period, since there the app and the proxy are told to stop at the same time.
+        env.push(json!({"name": names::env::DRAIN_PERIOD, "value": "0s"}));
+    }
     if resolved.traced_service.is_some() {
         env.push(json!({"name": names::env::CONFIG, "value": config_path()}));
     }

@@ -129,6 +129,7 @@ pub fn effective_config(shared: &Shared) -> serde_json::Value {
         "logLevel": a.log_level,
         "detectTimeoutMs": ms(a.detect_timeout),
         "drainTimeoutMs": ms(a.drain_timeout),
+        "drainPeriodMs": ms(a.drain_period),
         "headerReadTimeoutMs": ms(a.header_read_timeout),
         "connectTimeoutMs": ms(a.connect_timeout),
         "maxHeaderBytes": a.max_header_bytes,

@@ -86,9 +86,17 @@ pub struct Args {
     /// TCP (server-speaks-first protocols such as SMTP and MySQL).
     #[arg(long, env = "SIDETRACE_DETECT_TIMEOUT", default_value = "100ms", value_parser = parse_duration)]
     pub detect_timeout: Duration,
-    /// Grace period for in-flight requests on SIGTERM or POST /shutdown.
+    /// Longest a drain may take on SIGTERM or POST /shutdown, from the signal to exit; what is
+    /// still open then is closed. Below the pod's terminationGracePeriodSeconds (30 s).
     #[arg(long, env = "SIDETRACE_DRAIN_TIMEOUT", default_value = "25s", value_parser = parse_duration)]
     pub drain_timeout: Duration,
+    /// After SIGTERM, how long the outbound side keeps accepting new connections at least,
+    /// so the app's own calls during its graceful shutdown still work (Istio's
+    /// terminationDrainDuration); then the proxy exits once no connection is open. Inbound
+    /// stops accepting at once. 0 where the app is already gone when the proxy gets SIGTERM
+    /// (native sidecars); POST /shutdown (the app saying it is done) skips it.
+    #[arg(long, env = "SIDETRACE_DRAIN_PERIOD", default_value = "5s", value_parser = parse_duration)]
+    pub drain_period: Duration,
     /// Time a client has to send a complete HTTP/1 request head (slowloris guard). hyper runs
     /// this clock while a keep-alive connection waits for its next request too, so it is also
     /// the idle timeout of client connections: long enough that pooled clients rarely race it.

@@ -125,10 +125,11 @@ pub fn canonical(addr: SocketAddr) -> SocketAddr {
     SocketAddr::new(addr.ip().to_canonical(), addr.port())
 }
 
-/// Accepts connections until shutdown is triggered, then returns (dropping the listener, so
-/// new connections are refused by the kernel).
+/// Accepts connections until this direction must stop (inbound at once on shutdown,
+/// outbound when the drain closes it), then returns (dropping the listener, so new
+/// connections are refused by the kernel).
 pub async fn accept_loop(listener: TcpListener, direction: Direction, shared: Arc<Shared>) {
-    let stop = shared.shutdown_signal();
+    let stop = shared.stop_signal(direction);
     tokio::pin!(stop);
     loop {
         let accepted = tokio::select! {
@@ -246,8 +247,8 @@ async fn serve_http1(io: Rewind<TcpStream>, info: Arc<ConnInfo>, shared: Arc<Sha
         .half_close(true);
     let peer = info.peer_addr;
     let svc_shared = Arc::clone(&shared);
+    let stop = shared.stop_signal(info.direction);
     let svc = service_fn(move |req| proxy(Arc::clone(&svc_shared), Arc::clone(&info), req));
-    let stop = shared.shutdown_signal();
     let conn = builder
         .serve_connection(TokioIo::new(io), svc)
         .with_upgrades();
@@ -274,8 +275,8 @@ async fn serve_http2(io: Rewind<TcpStream>, info: Arc<ConnInfo>, shared: Arc<Sha
         .keep_alive_interval(Duration::from_secs(30));
     let peer = info.peer_addr;
     let svc_shared = Arc::clone(&shared);
+    let stop = shared.stop_signal(info.direction);
     let svc = service_fn(move |req| proxy(Arc::clone(&svc_shared), Arc::clone(&info), req));
-    let stop = shared.shutdown_signal();
     let conn = builder.serve_connection(TokioIo::new(io), svc);
     tokio::pin!(conn);
     // On shutdown hyper sends GOAWAY, lets open streams finish, then closes.

@@ -1,6 +1,15 @@
 //! Startup and shutdown: bind everything (admin first, so probes answer while starting), mark
-//! ready, serve, and on SIGTERM / SIGINT / POST /shutdown: stop accepting, drain in-flight
-//! connections up to `--drain-timeout`, flush spans, return.
+//! ready, serve, and drain on SIGTERM / SIGINT / POST /shutdown:
+//!
+//! 1. readiness goes false, the inbound listener closes, inbound connections finish their
+//!    in-flight requests;
+//! 2. the outbound side keeps serving (new connections too) for `--drain-period` at least
+//!    (SIGTERM reaches the app and a classic sidecar together: the app's calls during its own
+//!    graceful shutdown must still work), then until no connection is open;
+//! 3. the outbound listener closes, what is left finishes; spans are flushed; return.
+//!
+//! The whole drain is bounded by `--drain-timeout`. POST /shutdown skips the drain period:
+//! the app calls it when it is done.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -67,23 +76,33 @@ pub async fn run(settings: Settings) -> Result<()> {
         "sidetrace-proxy ready"
     );
 
-    tokio::select! {
-        _ = sigterm.recv() => tracing::info!("SIGTERM: draining"),
-        _ = sigint.recv() => tracing::info!("SIGINT: draining"),
-        () = shared.shutdown_signal() => {}
-    }
+    let app_done = tokio::select! {
+        _ = sigterm.recv() => { tracing::info!("SIGTERM: draining"); false }
+        _ = sigint.recv() => { tracing::info!("SIGINT: draining"); false }
+        () = shared.shutdown_signal() => true,
+    };
     shared.trigger_shutdown();
-    let deadline = tokio::time::Instant::now() + shared.settings.args.drain_timeout;
+    let a = &shared.settings.args;
+    let start = tokio::time::Instant::now();
+    let deadline = start + a.drain_timeout;
+    let outbound_until = if app_done {
+        start
+    } else {
+        (start + a.drain_period).min(deadline)
+    };
 
-    // The accept loops return on the shutdown signal and drop their listeners; every HTTP
-    // connection saw the same signal and is finishing its in-flight requests (hyper's graceful
-    // shutdown). Opaque TCP connections have no request boundary: they end on their own or
-    // at the deadline.
+    // The inbound accept loop returns on the shutdown signal and drops its listener; inbound
+    // HTTP connections saw the same signal and finish their in-flight requests (hyper's
+    // graceful shutdown). The outbound side serves on through the drain period, then until
+    // the app's connections are gone.
     let _ = inbound_loop.await;
+    tokio::time::sleep_until(outbound_until).await;
+    wait_for_no_connections(&shared, deadline).await;
+    shared.close_outbound();
     let _ = outbound_loop.await;
-    while shared.metrics.open_connections() > 0 && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    // Opaque TCP connections have no request boundary: they end on their own or at the
+    // deadline.
+    wait_for_no_connections(&shared, deadline).await;
     let left = shared.metrics.open_connections();
     if left > 0 {
         tracing::warn!(
@@ -95,4 +114,11 @@ pub async fn run(settings: Settings) -> Result<()> {
     export_task.abort();
     tracing::info!("drained; exiting");
     Ok(())
+}
+
+/// Returns once no connection is open, or at `deadline`.
+async fn wait_for_no_connections(shared: &Shared, deadline: tokio::time::Instant) {
+    while shared.metrics.open_connections() > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }

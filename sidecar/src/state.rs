@@ -8,7 +8,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
-use sidetrace_contract::ProxyConfig;
+use sidetrace_contract::{Direction, ProxyConfig};
 use sidetrace_trace::{ExportHandle, TracerConfig};
 use tokio::sync::watch;
 
@@ -97,6 +97,7 @@ pub struct Shared {
     ready: AtomicBool,
     draining: AtomicBool,
     shutdown: watch::Sender<bool>,
+    outbound_closed: watch::Sender<bool>,
 }
 
 impl Shared {
@@ -115,6 +116,7 @@ impl Shared {
             ready: AtomicBool::new(false),
             draining: AtomicBool::new(false),
             shutdown: watch::channel(false).0,
+            outbound_closed: watch::channel(false).0,
         })
     }
 
@@ -154,15 +156,38 @@ impl Shared {
         self.draining.load(Ordering::SeqCst)
     }
 
-    /// Starts shutdown (SIGTERM, SIGINT or POST /shutdown); idempotent.
+    /// Starts shutdown (SIGTERM, SIGINT or POST /shutdown): readiness goes false and the
+    /// inbound side stops; the outbound side keeps serving until [`Shared::close_outbound`].
+    /// Idempotent.
     pub fn trigger_shutdown(&self) {
         self.draining.store(true, Ordering::SeqCst);
         self.shutdown.send_replace(true);
     }
 
+    /// Ends the drain's outbound phase: the outbound listener closes and its connections
+    /// finish their in-flight requests.
+    pub fn close_outbound(&self) {
+        self.outbound_closed.send_replace(true);
+    }
+
     /// Resolves once shutdown has been triggered.
     pub fn shutdown_signal(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
         let mut rx = self.shutdown.subscribe();
+        async move {
+            let _ = rx.wait_for(|v| *v).await;
+        }
+    }
+
+    /// Resolves when `direction`'s listener and connections must stop: inbound at the start
+    /// of shutdown, outbound when the drain closes it.
+    pub fn stop_signal(
+        &self,
+        direction: Direction,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut rx = match direction {
+            Direction::Inbound => self.shutdown.subscribe(),
+            Direction::Outbound => self.outbound_closed.subscribe(),
+        };
         async move {
             let _ = rx.wait_for(|v| *v).await;
         }

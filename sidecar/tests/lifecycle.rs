@@ -291,6 +291,71 @@ async fn drain_on_sigterm(worker_threads: &str) {
     assert_eq!(spans[0]["name"], "GET /slow");
 }
 
+/// SIGTERM reaches the app and a classic sidecar together. The inbound side stops at once,
+/// but the outbound side keeps serving (new connections included) through the drain period,
+/// so the app's own calls while it shuts down still work and are traced; once the period is
+/// over and nothing is open, the proxy exits by itself, well before the drain timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outbound_calls_during_the_apps_shutdown_succeed_and_are_traced() {
+    let backend = App::http1().await;
+    let collector = Collector::start().await;
+    let mut proxy = Proxy::start(ProxyOpts {
+        inbound_to: Some(backend.addr),
+        outbound_to: Some(backend.addr),
+        collector: Some(collector.endpoint()),
+        extra: vec![
+            "--drain-period".into(),
+            "5s".into(),
+            "--drain-timeout".into(),
+            "60s".into(),
+        ],
+        ..Default::default()
+    })
+    .await;
+    proxy.sigterm();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while TcpStream::connect(proxy.inbound).await.is_ok() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "inbound listener never closed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The app's shutdown: a call every 100 ms, each on a new connection.
+    const CALLS: usize = 8;
+    for i in 0..CALLS {
+        let (status, _, _) = get(proxy.outbound, &format!("/during-shutdown/{i}"), &[])
+            .await
+            .unwrap_or_else(|e| {
+                panic!("outbound call {i} after SIGTERM: {e}\n{}", proxy.log_text())
+            });
+        assert_eq!(status, 200, "call {i}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let exit = proxy.wait_exit().await;
+    assert_eq!(exit.code(), Some(0), "{}", proxy.log_text());
+    let traced = collector
+        .spans()
+        .iter()
+        .filter(|s| {
+            s["kind"] == "CLIENT"
+                && s["tags"]["http.path"]
+                    .as_str()
+                    .is_some_and(|p| p.starts_with("/during-shutdown/"))
+        })
+        .count();
+    assert_eq!(
+        traced,
+        CALLS,
+        "every call during the drain is traced: {:?}",
+        collector.spans()
+    );
+    assert!(
+        TcpStream::connect(proxy.outbound).await.is_err(),
+        "the outbound listener is closed after exit"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn post_shutdown_from_loopback_drains_and_exits_zero() {
     let app = App::http1().await;
