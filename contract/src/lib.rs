@@ -19,4 +19,5 @@ pub mod proxy_config;
 pub use capture::Ipv6Capture;
 pub use proxy_config::{
     Direction, OperationRule, PortSpec, PropagationFormat, Protocol, ProxyConfig, ProxyConfigError,
+    check_collector_endpoint,
 };

@@ -60,6 +60,10 @@ pub mod env {
     pub const ADMIN_PORT: &str = "SIDETRACE_ADMIN_PORT";
     pub const SERVICE_NAME: &str = "SIDETRACE_SERVICE_NAME";
     pub const COLLECTOR: &str = "SIDETRACE_COLLECTOR";
+    /// PEM bundle file the proxy verifies an https collector against.
+    pub const COLLECTOR_CA_FILE: &str = "SIDETRACE_COLLECTOR_CA_FILE";
+    /// The same bundle as PEM text (what the webhook injects from the chart's value).
+    pub const COLLECTOR_CA: &str = "SIDETRACE_COLLECTOR_CA";
     pub const SAMPLING: &str = "SIDETRACE_SAMPLING";
     /// Set by the webhook only from a pod annotation: beats the TracedService config file
     /// (annotations override, as DESIGN.md promises), while SERVICE_NAME/SAMPLING are the

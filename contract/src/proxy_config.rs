@@ -249,13 +249,8 @@ impl ProxyConfig {
                 ));
             }
         }
-        if let Some(c) = &self.collector
-            && !(c.starts_with("http://") || c.starts_with("https://"))
-        {
-            return Err(invalid(
-                "collector",
-                format!("{c:?} is not an http:// or https:// URL"),
-            ));
+        if let Some(c) = &self.collector {
+            check_collector_endpoint(c).map_err(|reason| invalid("collector", reason))?;
         }
         for (i, p) in self.exclude_paths.iter().enumerate() {
             if !p.starts_with('/') {
@@ -309,6 +304,38 @@ impl ProxyConfig {
                 None => path == p,
             })
     }
+}
+
+/// The one rule for a collector endpoint, applied by every layer (the CRD's validation, the
+/// operator, the chart's flags through the injector, the proxy at start and on reload): an
+/// absolute `http://` or `https://` URL with a host, an optional numeric port and no
+/// whitespace or credentials (they would end up in logs and status).
+pub fn check_collector_endpoint(text: &str) -> Result<(), String> {
+    let rest = text
+        .strip_prefix("http://")
+        .or_else(|| text.strip_prefix("https://"))
+        .ok_or_else(|| format!("{text:?} is not an http:// or https:// URL"))?;
+    if text.chars().any(char::is_whitespace) {
+        return Err(format!("{text:?} contains whitespace"));
+    }
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    if authority.contains('@') {
+        return Err(format!("{text:?} carries credentials; use a plain host"));
+    }
+    let (host, port) = match authority.rsplit_once(':') {
+        // [v6]:port or host:port; a bare IPv6 literal in brackets has no port.
+        Some((h, p)) if !p.contains(']') => (h, Some(p)),
+        _ => (authority, None),
+    };
+    if host.is_empty() || host == "[]" {
+        return Err(format!("{text:?} has no host"));
+    }
+    if let Some(p) = port
+        && !p.parse::<u16>().is_ok_and(|p| p > 0)
+    {
+        return Err(format!("{text:?} has an invalid port {p:?}"));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -428,5 +455,30 @@ recordQueryString: true
         assert!(err.to_string().contains("udp"), "{err}");
         let err = ProxyConfig::from_yaml("ports: [{port: 70000}]").expect_err("range");
         assert_eq!(err.metric_label(), "parse");
+    }
+
+    #[test]
+    fn collector_endpoints_follow_one_rule() {
+        for ok in [
+            "http://jaeger-collector:9411/api/v2/spans",
+            "https://otel.example.com/v1/traces",
+            "http://10.0.0.1:9411",
+            "https://[fd00::1]:4318/v1/traces",
+            "http://[fd00::1]/api/v2/spans",
+        ] {
+            assert_eq!(check_collector_endpoint(ok), Ok(()), "{ok}");
+        }
+        for (bad, why) in [
+            ("jaeger:9411", "not an http"),
+            ("grpc://jaeger:4317", "not an http"),
+            ("http:///api/v2/spans", "no host"),
+            ("http://jaeger:99999/x", "invalid port"),
+            ("http://jaeger:0/x", "invalid port"),
+            ("http://user:pw@jaeger:9411/x", "credentials"),
+            ("http://jaeger :9411/x", "whitespace"),
+        ] {
+            let e = check_collector_endpoint(bad).unwrap_err();
+            assert!(e.contains(why), "{bad}: {e}");
+        }
     }
 }

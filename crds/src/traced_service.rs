@@ -85,8 +85,9 @@ pub struct Sampling {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Collector {
-    /// Zipkin v2 JSON endpoint, e.g. http://jaeger-collector.tracing:9411/api/v2/spans.
-    #[schemars(regex(pattern = r"^https?://[^\s/]+(/.*)?$"))]
+    /// Zipkin v2 JSON endpoint, e.g. http://jaeger-collector.tracing:9411/api/v2/spans, or
+    /// https:// (verified against the system roots or the chart's collector.caBundle).
+    #[schemars(regex(pattern = r"^https?://[^\s/@]+(/.*)?$"))]
     pub endpoint: String,
 }
 

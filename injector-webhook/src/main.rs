@@ -74,9 +74,16 @@ struct Args {
         default_value = "auto"
     )]
     native_sidecars: NativeSidecars,
-    /// Collector endpoint (Zipkin v2 JSON) when no TracedService overrides it.
-    #[arg(long, env = "SIDETRACE_INJECTOR_COLLECTOR", default_value = defaults::COLLECTOR_ENDPOINT)]
+    /// Collector endpoint (Zipkin v2 JSON) when no TracedService overrides it; checked with the
+    /// same rule as the proxy's (`http://` or `https://`, a host, no credentials).
+    #[arg(long, env = "SIDETRACE_INJECTOR_COLLECTOR", default_value = defaults::COLLECTOR_ENDPOINT,
+          value_parser = parse_collector)]
     collector: String,
+    /// PEM bundle of the CAs an `https://` collector is verified against (instead of the
+    /// system's roots), passed to every injected proxy.
+    #[arg(long, env = "SIDETRACE_INJECTOR_COLLECTOR_CA_BUNDLE", hide_env_values = true,
+          value_parser = parse_ca_bundle)]
+    collector_ca_bundle: Option<String>,
     /// Image of the sidetrace-proxy container.
     #[arg(long, env = "SIDETRACE_INJECTOR_PROXY_IMAGE",
           default_value = concat!("sidetrace/proxy:", env!("CARGO_PKG_VERSION")))]
@@ -172,6 +179,24 @@ fn parse_rate(raw: &str) -> Result<f64, String> {
 
 fn parse_quantity(raw: &str) -> Result<String, String> {
     sidetrace_injector::overrides::parse_quantity(raw).map_err(|e| format!("{raw:?} {e}"))
+}
+
+fn parse_collector(text: &str) -> Result<String, String> {
+    sidetrace_contract::check_collector_endpoint(text).map(|()| text.to_owned())
+}
+
+/// A PEM bundle with at least one certificate and nothing unreadable (what the proxy checks).
+fn parse_ca_bundle(text: &str) -> Result<String, String> {
+    let mut reader = text.as_bytes();
+    let mut n = 0;
+    for cert in rustls_pemfile::certs(&mut reader) {
+        cert.map_err(|e| format!("certificate {} of the bundle: {e}", n + 1))?;
+        n += 1;
+    }
+    if n == 0 {
+        return Err("the bundle holds no PEM certificate".into());
+    }
+    Ok(text.to_owned())
 }
 
 fn main() {
@@ -328,6 +353,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             SidecarMode::Classic
         },
         collector: args.collector,
+        collector_ca_bundle: args.collector_ca_bundle,
         inbound_port: args.inbound_port,
         outbound_port: args.outbound_port,
         admin_port: args.admin_port,

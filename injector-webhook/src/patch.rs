@@ -173,6 +173,9 @@ pub fn proxy_container(settings: &Settings, resolved: &Resolved) -> Value {
         json!({"name": names::env::COLLECTOR, "value": resolved.collector}),
     ];
     env.push(json!({"name": names::env::SAMPLING, "value": resolved.sampling.to_string()}));
+    if let Some(pem) = &settings.collector_ca_bundle {
+        env.push(json!({"name": names::env::COLLECTOR_CA, "value": pem}));
+    }
     // Annotations beat the TracedService's config file inside the proxy; the plain values
     // above are defaults the file may replace.
     if let Some(name) = &o.service_name {

@@ -33,6 +33,8 @@ pub struct Settings {
     pub mode: SidecarMode,
     /// Collector endpoint when no TracedService overrides it.
     pub collector: String,
+    /// PEM bundle an https collector is verified against, passed to every proxy.
+    pub collector_ca_bundle: Option<String>,
     /// Port the proxy listens on for redirected inbound connections.
     pub inbound_port: u16,
     /// Port the proxy listens on for redirected outbound connections.
@@ -75,6 +77,7 @@ impl Default for Settings {
             init_image: "sidetrace/init:latest".into(),
             mode: SidecarMode::Native,
             collector: defaults::COLLECTOR_ENDPOINT.into(),
+            collector_ca_bundle: None,
             inbound_port: defaults::INBOUND_CAPTURE_PORT,
             outbound_port: defaults::OUTBOUND_CAPTURE_PORT,
             admin_port: defaults::ADMIN_PORT,

@@ -123,6 +123,8 @@ pub fn effective_config(shared: &Shared) -> serde_json::Value {
         "inboundForwardTo": a.inbound_forward_to.map(|s| s.to_string()),
         "outboundForwardTo": a.outbound_forward_to.map(|s| s.to_string()),
         "configFile": a.config.as_ref().map(|p| p.display().to_string()),
+        "configFileError": shared.file_error(),
+        "collectorCaFile": a.collector_ca_file.as_ref().map(|p| p.display().to_string()),
         "podIp": a.pod_ip.map(|ip| ip.to_string()),
         "podName": a.pod_name,
         "podNamespace": a.pod_namespace,

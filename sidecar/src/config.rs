@@ -14,6 +14,7 @@ use std::time::Duration;
 use clap::Parser;
 use sidetrace_contract::names::env;
 use sidetrace_contract::{ProxyConfig, defaults};
+use sidetrace_trace::CollectorRoots;
 
 use crate::error::{Error, Result};
 
@@ -44,9 +45,17 @@ pub struct Args {
     /// Service name in spans (the config file's `serviceName` wins when set).
     #[arg(long, env = env::SERVICE_NAME)]
     pub service_name: Option<String>,
-    /// Zipkin v2 endpoint spans are POSTed to (the config file's `collector` wins when set).
+    /// Zipkin v2 endpoint spans are POSTed to (the config file's `collector` wins when set):
+    /// `http://` or `https://` (verified against the system's roots or `--collector-ca-file`).
     #[arg(long, env = env::COLLECTOR, default_value = defaults::COLLECTOR_ENDPOINT)]
     pub collector: String,
+    /// PEM bundle of the CAs an `https://` collector's certificate must chain to, instead of
+    /// the system's roots (a collector signed by a private, in-cluster CA).
+    #[arg(long, env = env::COLLECTOR_CA_FILE, conflicts_with = "collector_ca")]
+    pub collector_ca_file: Option<PathBuf>,
+    /// The same CA bundle as PEM text (the webhook injects the chart's `collector.caBundle`).
+    #[arg(long, env = env::COLLECTOR_CA, hide_env_values = true)]
+    pub collector_ca: Option<String>,
     /// Probability in 0..=1 that a new trace is sampled (the config file's `samplingRate` wins).
     #[arg(long, env = env::SAMPLING, default_value_t = defaults::SAMPLING_RATE)]
     pub sampling: f64,
@@ -171,6 +180,11 @@ pub struct Settings {
     pub args: Args,
     /// Collector endpoint from the flag, parsed.
     pub collector_flag: http::Uri,
+    /// Trust anchors of an `https://` collector.
+    pub collector_roots: CollectorRoots,
+    /// Why the config file was not used at start, if it was not: the proxy then runs on its
+    /// flags (never a crash loop) and picks up the next good version of the file.
+    pub file_error: Option<String>,
     /// The config file as first read (empty default when there is no `--config`).
     pub file: ProxyConfig,
     /// The file's text as first read, so the watcher can tell a change (None: no file yet).
@@ -220,6 +234,15 @@ impl Settings {
         }
         let collector_flag =
             parse_collector(&args.collector).map_err(|r| Error::config("--collector", r))?;
+        let collector_roots = match (&args.collector_ca_file, &args.collector_ca) {
+            (Some(path), _) => std::fs::read(path)
+                .map_err(|e| format!("cannot read {}: {e}", path.display()))
+                .and_then(|pem| CollectorRoots::from_pem(&pem))
+                .map_err(|r| Error::config("--collector-ca-file", r))?,
+            (None, Some(pem)) => CollectorRoots::from_pem(pem.as_bytes())
+                .map_err(|r| Error::config("--collector-ca", r))?,
+            (None, None) => CollectorRoots::System,
+        };
         if args.max_header_bytes < MIN_HEADER_BYTES {
             return Err(Error::config(
                 "--max-header-bytes",
@@ -271,6 +294,7 @@ impl Settings {
                 ));
             }
         }
+        let mut file_error = None;
         let (file, file_text) = match &args.config {
             None => (ProxyConfig::default(), None),
             Some(path) => match std::fs::read_to_string(path) {
@@ -285,18 +309,25 @@ impl Settings {
                         format!("cannot read {}: {e}", path.display()),
                     ));
                 }
-                Ok(text) => {
-                    let file = parse_file(&text)
-                        .map_err(|r| Error::config(format!("--config {}", path.display()), r))?;
-                    (file, Some(text))
-                }
+                Ok(text) => match parse_file(&text) {
+                    Ok(file) => (file, Some(text)),
+                    // The file comes from a TracedService: nothing written there may stop the
+                    // pod. Run on the flags, report it (log, metric, /config), and keep the
+                    // text so the watcher swaps in the next version that differs.
+                    Err(reason) => {
+                        file_error = Some(format!("{}: {reason}", path.display()));
+                        (ProxyConfig::default(), Some(text))
+                    }
+                },
             },
         };
         Ok(Self {
             args,
             collector_flag,
+            collector_roots,
             file,
             file_text,
+            file_error,
         })
     }
 
@@ -329,12 +360,11 @@ pub fn parse_file(text: &str) -> std::result::Result<ProxyConfig, String> {
 /// The collector must be an absolute `http://` URL (the exporter speaks plain HTTP; TLS to the
 /// collector is out of scope for an in-cluster Jaeger).
 pub fn parse_collector(text: &str) -> std::result::Result<http::Uri, String> {
+    // The same rule as every other layer, then the parse the exporter needs.
+    sidetrace_contract::check_collector_endpoint(text)?;
     let uri: http::Uri = text
         .parse()
         .map_err(|e| format!("{text:?} is not a URL: {e}"))?;
-    if uri.scheme_str() != Some("http") {
-        return Err(format!("{text:?} must be an http:// URL"));
-    }
     if uri.host().is_none_or(str::is_empty) {
         return Err(format!("{text:?} has no host"));
     }
@@ -383,7 +413,7 @@ mod tests {
             (&["--outbound-port", "15006"], "--outbound-port"),
             (&["--sampling", "1.5"], "--sampling"),
             (&["--collector", "jaeger:9411"], "--collector"),
-            (&["--collector", "https://j/api"], "--collector"),
+            (&["--collector", "http://u:p@j/api"], "--collector"),
             (&["--max-header-bytes", "100"], "--max-header-bytes"),
             (&["--export-queue-size", "0"], "--export-queue-size"),
             (
@@ -412,8 +442,9 @@ mod tests {
         let path = dir.join("proxy.yaml");
         std::fs::write(&path, "samplingRate: 2\n").expect("write");
         let p = path.to_string_lossy().to_string();
-        let err = Settings::from_args(args(&["--config", &p])).expect_err("bad rate");
-        assert!(err.to_string().contains("samplingRate"), "{err}");
+        let s = Settings::from_args(args(&["--config", &p])).expect("a bad file is not fatal");
+        let err = s.file_error.expect("bad rate reported");
+        assert!(err.contains("samplingRate"), "{err}");
         std::fs::write(&path, "serviceName: cart\nsamplingRate: 0.25\n").expect("write");
         let s = Settings::from_args(args(&["--config", &p])).expect("valid file");
         assert_eq!(s.file.service_name.as_deref(), Some("cart"));
@@ -426,8 +457,41 @@ mod tests {
     }
 
     #[test]
-    fn file_collector_must_be_plain_http() {
-        assert!(parse_file("collector: https://jaeger:9411/api/v2/spans").is_err());
+    fn collectors_may_be_http_or_https_with_the_contract_rule() {
+        assert!(parse_file("collector: https://jaeger:9411/api/v2/spans").is_ok());
         assert!(parse_file("collector: http://jaeger:9411/api/v2/spans").is_ok());
+        let e = parse_file("collector: grpc://jaeger:4317").unwrap_err();
+        assert!(e.contains("collector"), "{e}");
+        assert!(parse_collector("http://u:p@jaeger:9411/x").is_err());
+    }
+
+    #[test]
+    fn an_unusable_config_file_at_start_is_reported_not_fatal() {
+        let dir = std::env::temp_dir().join(format!("st-badfile-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join("proxy.yaml");
+        std::fs::write(&path, "collector: jaeger:9411\n").expect("write");
+        let p = path.to_string_lossy().into_owned();
+        let s = Settings::from_args(args(&["--config", &p])).expect("a bad file is not fatal");
+        assert_eq!(s.file, ProxyConfig::default());
+        assert!(
+            s.file_text.is_some(),
+            "kept, so only a changed file is tried again"
+        );
+        let e = s.file_error.expect("reported");
+        assert!(e.contains("collector"), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_collector_ca_file_must_hold_certificates() {
+        let dir = std::env::temp_dir().join(format!("st-ca-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join("ca.pem");
+        std::fs::write(&path, "no certificate here\n").expect("write");
+        let p = path.to_string_lossy().into_owned();
+        let e = Settings::from_args(args(&["--collector-ca-file", &p])).unwrap_err();
+        assert!(e.to_string().contains("--collector-ca-file"), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

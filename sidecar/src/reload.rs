@@ -34,10 +34,12 @@ pub async fn watch(shared: Arc<Shared>, path: PathBuf, mut last: Option<String>)
         match apply(&shared, &text) {
             Ok(()) => {
                 shared.metrics.reload(true);
+                shared.set_file_error(None);
                 tracing::info!(path = %path.display(), "config reloaded");
             }
             Err(reason) => {
                 shared.metrics.reload(false);
+                shared.set_file_error(Some(format!("{}: {reason}", path.display())));
                 tracing::error!(path = %path.display(), %reason, "rejected invalid config file; keeping the previous config");
             }
         }

@@ -37,6 +37,7 @@ pub async fn run(settings: Settings) -> Result<()> {
         flush_interval: a.export_interval,
         request_timeout: a.export_timeout,
         max_retries: a.export_retries,
+        roots: settings.collector_roots.clone(),
         ..ExporterConfig::new(live.collector.clone())
     });
     // Signal handlers first: a SIGTERM during startup must still drain, not kill.
@@ -48,7 +49,13 @@ pub async fn run(settings: Settings) -> Result<()> {
     let outbound = bind(settings.outbound_addr())?;
     let file_path = settings.args.config.clone();
     let file_text = settings.file_text.clone();
+    let file_error = settings.file_error.clone();
     let shared = Shared::new(settings, live, export.clone());
+    if let Some(reason) = &file_error {
+        // Counted like a rejected reload: the same metric says "the file is not in use".
+        shared.metrics.reload(false);
+        tracing::error!(%reason, "config file rejected at start; running on flags until a valid version appears");
+    }
 
     tokio::spawn(crate::admin::serve(admin, Arc::clone(&shared)));
     let inbound_loop = tokio::spawn(accept_loop(

@@ -98,6 +98,7 @@ pub struct Shared {
     draining: AtomicBool,
     shutdown: watch::Sender<bool>,
     outbound_closed: watch::Sender<bool>,
+    file_error: std::sync::Mutex<Option<String>>,
 }
 
 impl Shared {
@@ -107,6 +108,7 @@ impl Shared {
             settings.args.connect_timeout,
             settings.args.max_header_bytes,
         );
+        let settings_file_error = settings.file_error.clone();
         Arc::new(Self {
             settings,
             metrics: Metrics::with_name_budget(Arc::clone(&live.tracer.name_budget)),
@@ -117,6 +119,7 @@ impl Shared {
             draining: AtomicBool::new(false),
             shutdown: watch::channel(false).0,
             outbound_closed: watch::channel(false).0,
+            file_error: std::sync::Mutex::new(settings_file_error),
         })
     }
 
@@ -139,6 +142,22 @@ impl Shared {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         live.tracer.name_budget = Arc::clone(&current.tracer.name_budget);
         *current = Arc::new(live);
+    }
+
+    /// Why the config file on disk is not the one in use, if it is not (shown in `/config`).
+    pub fn file_error(&self) -> Option<String> {
+        self.file_error
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Records the outcome of reading the config file.
+    pub fn set_file_error(&self, error: Option<String>) {
+        *self
+            .file_error
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = error;
     }
 
     /// Marks both listeners bound.

@@ -15,6 +15,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{Request, Uri, header};
 use http_body_util::{BodyExt, Full, Limited};
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
@@ -24,13 +25,16 @@ use tokio::task::JoinHandle;
 use crate::error::{Error, Result};
 use crate::propagation::malformed_context_total;
 use crate::span::{Span, encode_zipkin_v2};
+use crate::tls::CollectorRoots;
 
 /// Exporter settings.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ExporterConfig {
-    /// Zipkin v2 endpoint, e.g. `http://jaeger-collector:9411/api/v2/spans`. Plain http only:
-    /// an https endpoint is reported (logged, spans counted as `invalid_endpoint`).
+    /// Zipkin v2 endpoint, e.g. `http://jaeger-collector:9411/api/v2/spans`; `https://` is
+    /// verified against [`ExporterConfig::roots`] and the endpoint's host name.
     pub endpoint: Uri,
+    /// Trust anchors of `https://` endpoints (the system's by default).
+    pub roots: CollectorRoots,
     /// Spans waiting to be sent; beyond it spans are dropped (`queue_full`).
     pub queue_capacity: usize,
     /// Spans per POST; a full batch is sent at once.
@@ -54,6 +58,7 @@ impl ExporterConfig {
     pub fn new(endpoint: Uri) -> Self {
         Self {
             endpoint,
+            roots: CollectorRoots::System,
             queue_capacity: 1000,
             max_batch: 100,
             flush_interval: Duration::from_secs(1),
@@ -160,9 +165,10 @@ impl Exporter {
             counters: Counters::default(),
             endpoint: RwLock::new(cfg.endpoint.clone()),
         });
+        let client = build_client(&cfg.roots);
         let task = Task {
             cfg,
-            client: build_client(),
+            client,
             shared: shared.clone(),
             failing: 0,
         };
@@ -230,11 +236,30 @@ impl ExportHandle {
     }
 }
 
-type HttpClient = Client<HttpConnector, Full<Bytes>>;
+type HttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
 
-fn build_client() -> HttpClient {
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
+/// One client for `http://` and `https://` endpoints (an endpoint may change on reload).
+fn build_client(roots: &CollectorRoots) -> HttpClient {
+    let mut http = HttpConnector::new();
+    http.set_nodelay(true);
+    http.enforce_http(false);
+    let tls = crate::tls::client_config(roots).unwrap_or_else(|e| {
+        // Only an unusable bundle gets here, and the proxy refuses those at start: fail
+        // https handshakes (counted as send failures), keep plain http working.
+        tracing::error!(error = %e, "collector TLS roots unusable; https exports will fail");
+        rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("ring supports the default protocol versions")
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth()
+    });
+    let connector = HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(http);
     Client::builder(TokioExecutor::new())
         .pool_idle_timeout(Duration::from_secs(30))
         .pool_max_idle_per_host(2)
@@ -416,13 +441,12 @@ fn check_endpoint(uri: &Uri) -> Result<()> {
         reason,
     };
     match uri.scheme_str() {
-        Some("http") => {}
-        Some("https") => {
+        Some("http" | "https") => {}
+        _ => {
             return Err(invalid(
-                "https is not supported by the exporter; use an http:// collector endpoint",
+                "the endpoint must be an absolute http:// or https:// URL",
             ));
         }
-        _ => return Err(invalid("the endpoint must be an absolute http:// URL")),
     }
     if uri.host().is_none_or(str::is_empty) {
         return Err(invalid("the endpoint has no host"));
@@ -796,15 +820,94 @@ mod tests {
         assert!(text.contains("sidetrace_span_queue_depth 4\n"));
     }
 
+    /// A TLS collector on loopback with a certificate for `localhost` from a private CA:
+    /// answers 202 to every POST and counts them.
+    async fn tls_collector() -> (Uri, Vec<u8>, Arc<AtomicU64>) {
+        let ca_key = rcgen::KeyPair::generate().expect("key");
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca = ca_params.self_signed(&ca_key).expect("ca");
+        let issuer = rcgen::Issuer::new(ca_params, ca_key);
+        let key = rcgen::KeyPair::generate().expect("key");
+        let cert = rcgen::CertificateParams::new(vec!["localhost".into()])
+            .expect("params")
+            .signed_by(&key, &issuer)
+            .expect("cert");
+        let server = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![cert.der().clone()],
+            rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+        )
+        .expect("server config");
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let posts = Arc::new(AtomicU64::new(0));
+        let counted = Arc::clone(&posts);
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let acceptor = acceptor.clone();
+                let counted = Arc::clone(&counted);
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let svc =
+                        hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                            let counted = Arc::clone(&counted);
+                            async move {
+                                let _ = req.into_body().collect().await;
+                                counted.fetch_add(1, Ordering::SeqCst);
+                                Ok::<_, std::convert::Infallible>(
+                                    http::Response::builder()
+                                        .status(202)
+                                        .body(Full::new(Bytes::new()))
+                                        .expect("response"),
+                                )
+                            }
+                        });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(tls), svc)
+                        .await;
+                });
+            }
+        });
+        let uri = format!("https://localhost:{port}/api/v2/spans")
+            .parse()
+            .expect("uri");
+        (uri, ca.pem().into_bytes(), posts)
+    }
+
     #[tokio::test]
-    async fn https_endpoints_are_reported_not_retried() {
-        let (handle, _task) = Exporter::spawn(config(
-            "https://collector:9411/api/v2/spans".parse().expect("uri"),
-        ));
+    async fn https_collectors_are_verified_against_the_given_ca() {
+        let (uri, ca_pem, posts) = tls_collector().await;
+        let (handle, _task) = Exporter::spawn(ExporterConfig {
+            roots: CollectorRoots::from_pem(&ca_pem).expect("bundle"),
+            ..config(uri.clone())
+        });
         handle.record(span("/tls"));
         handle.flush(WAIT).await;
         let stats = handle.stats();
-        assert_eq!((stats.dropped_invalid_endpoint, stats.retries), (1, 0));
+        assert_eq!((stats.exported, stats.dropped_total()), (1, 0), "{stats:?}");
+        assert_eq!(posts.load(Ordering::SeqCst), 1);
+
+        // The system's roots do not know the private CA: the handshake fails, the span is
+        // dropped and counted, nothing reaches the collector.
+        let (handle, _task) = Exporter::spawn(config(uri));
+        handle.record(span("/untrusted"));
+        handle.flush(WAIT).await;
+        let stats = handle.stats();
+        assert_eq!(
+            (stats.exported, stats.dropped_send_failed),
+            (0, 1),
+            "{stats:?}"
+        );
+        assert_eq!(posts.load(Ordering::SeqCst), 1);
     }
 
     #[tokio::test]

@@ -35,6 +35,7 @@ pub mod id;
 pub mod naming;
 pub mod propagation;
 pub mod span;
+pub mod tls;
 
 pub use error::{Error, Result};
 pub use export::{ExportHandle, ExportStats, Exporter, ExporterConfig, render_metrics};
@@ -44,3 +45,4 @@ pub use naming::{MAX_DEFAULT_NAMES, NameBudget, route_template};
 pub use propagation::{Extracted, Formats, malformed_context_total};
 pub use sidetrace_contract::{Direction, OperationRule, PropagationFormat};
 pub use span::{Endpoint, Span, SpanKind, encode_zipkin_v2};
+pub use tls::CollectorRoots;
