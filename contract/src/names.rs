@@ -25,6 +25,9 @@ pub mod annotations {
     pub const EXCLUDE_OUTBOUND_PORTS: &str = "sidetrace.dev/exclude-outbound-ports";
     /// Comma-separated outbound CIDRs that are not captured.
     pub const EXCLUDE_OUTBOUND_CIDRS: &str = "sidetrace.dev/exclude-outbound-cidrs";
+    /// Outbound destination CIDRs to capture (`*` for all, the default): everything else
+    /// bypasses the proxy (Istio's `traffic.sidecar.istio.io/includeOutboundIPRanges`).
+    pub const INCLUDE_OUTBOUND_CIDRS: &str = "sidetrace.dev/include-outbound-cidrs";
     /// CPU request/limit of the proxy container (Kubernetes quantity).
     pub const PROXY_CPU: &str = "sidetrace.dev/proxy-cpu";
     /// Memory request/limit of the proxy container (Kubernetes quantity).

@@ -30,6 +30,9 @@ pub struct Overrides {
     pub exclude_outbound_ports: Vec<u16>,
     /// `sidetrace.dev/exclude-outbound-cidrs`, normalised to `addr/prefix`.
     pub exclude_outbound_cidrs: Vec<String>,
+    /// `sidetrace.dev/include-outbound-cidrs`: `None` captures every destination (`*`),
+    /// otherwise only these, normalised to `addr/prefix`.
+    pub include_outbound_cidrs: Option<Vec<String>>,
     /// `sidetrace.dev/proxy-cpu`, a Kubernetes quantity.
     pub proxy_cpu: Option<String>,
     /// `sidetrace.dev/proxy-memory`, a Kubernetes quantity.
@@ -75,6 +78,12 @@ pub fn parse(
             parse_cidrs,
         )
         .unwrap_or_default(),
+        include_outbound_cidrs: checked(
+            field(annotations, ann::INCLUDE_OUTBOUND_CIDRS),
+            &mut warnings,
+            parse_include_cidrs,
+        )
+        .flatten(),
         proxy_cpu: checked(
             field(annotations, ann::PROXY_CPU),
             &mut warnings,
@@ -184,6 +193,18 @@ fn parse_ports(raw: &str, named: Option<&BTreeMap<String, u16>>) -> Result<Vec<u
 }
 
 /// Comma-separated CIDRs (a bare address means a single host).
+/// `*` (capture everything: `None`) or a non-empty CIDR list, as sidetrace-init takes it.
+fn parse_include_cidrs(raw: &str) -> Result<Option<Vec<String>>, String> {
+    if raw.trim() == "*" {
+        return Ok(None);
+    }
+    let cidrs = parse_cidrs(raw)?;
+    if cidrs.is_empty() {
+        return Err("is empty (use * to capture every destination)".into());
+    }
+    Ok(Some(cidrs))
+}
+
 fn parse_cidrs(raw: &str) -> Result<Vec<String>, String> {
     let mut out = Vec::new();
     for item in raw.split(',').map(str::trim).filter(|s| !s.is_empty()) {
@@ -283,6 +304,10 @@ mod tests {
                     ann::EXCLUDE_OUTBOUND_CIDRS,
                     "10.0.0.0/8, 169.254.169.254, fd00::/8",
                 ),
+                (
+                    ann::INCLUDE_OUTBOUND_CIDRS,
+                    "10.96.0.0/12, fd00:10:96::/112",
+                ),
                 (ann::PROXY_CPU, "100m"),
                 (ann::PROXY_MEMORY, "128Mi"),
                 (ann::LOG_LEVEL, "DEBUG"),
@@ -297,6 +322,10 @@ mod tests {
         assert_eq!(
             o.exclude_outbound_cidrs,
             vec!["10.0.0.0/8", "169.254.169.254/32", "fd00::/8"]
+        );
+        assert_eq!(
+            o.include_outbound_cidrs,
+            Some(vec!["10.96.0.0/12".into(), "fd00:10:96::/112".into()])
         );
         assert_eq!(o.proxy_cpu.as_deref(), Some("100m"));
         assert_eq!(o.proxy_memory.as_deref(), Some("128Mi"));
@@ -320,6 +349,8 @@ mod tests {
             (ann::EXCLUDE_OUTBOUND_PORTS, "metrics", "not a port number"),
             (ann::EXCLUDE_OUTBOUND_CIDRS, "10.0.0.0/33", "prefix length"),
             (ann::EXCLUDE_OUTBOUND_CIDRS, "example.com", "not an IP"),
+            (ann::INCLUDE_OUTBOUND_CIDRS, "10.0.0.0/33", "prefix length"),
+            (ann::INCLUDE_OUTBOUND_CIDRS, " , ", "empty"),
             (ann::PROXY_CPU, "lots", "quantity"),
             (ann::PROXY_CPU, "0", "zero"),
             (ann::PROXY_MEMORY, "64MB", "quantity"),

@@ -128,6 +128,10 @@ pub fn init_container(settings: &Settings, resolved: &Resolved) -> Value {
         args.push("--exclude-outbound-cidrs".to_owned());
         args.push(o.exclude_outbound_cidrs.join(","));
     }
+    if let Some(include) = &o.include_outbound_cidrs {
+        args.push("--include-outbound-cidrs".to_owned());
+        args.push(include.join(","));
+    }
     // Auto is sidetrace-init's own default: nothing to pass.
     match settings.init_ipv6 {
         Ipv6Capture::Auto => {}
