@@ -214,10 +214,16 @@ fn helm(cluster: &Cluster, args: &[&str]) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// The deployment's current spec is rolled out: observed by the controller (right after a
+/// `helm upgrade` the status still describes the old ReplicaSet, whose injector pods would
+/// inject the old collector endpoint), every replica updated and available, no old pod left.
 fn deployment_available(cluster: &Cluster, ns: &str, name: &str) -> Result<bool> {
     let d = json(cluster, &["get", "deployment", "-n", ns, name])?;
     let want = d["spec"]["replicas"].as_u64().unwrap_or(1);
-    Ok(d["status"]["updatedReplicas"].as_u64() == Some(want)
+    let observed = d["status"]["observedGeneration"].as_i64();
+    Ok(observed.is_some()
+        && observed == d["metadata"]["generation"].as_i64()
+        && d["status"]["updatedReplicas"].as_u64() == Some(want)
         && d["status"]["availableReplicas"].as_u64() == Some(want)
         && d["status"]["replicas"].as_u64() == Some(want))
 }
