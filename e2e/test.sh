@@ -50,14 +50,18 @@ STARTED_CLUSTER=0
 
 log() { printf '\n=== [test %5ss] %s\n' "$((SECONDS - T_START))" "$*"; }
 
+# Everything the steps print, to name the failed tests in the summary.
+RUN_LOG="$TARGET_DIR/sidetrace-test.log"
+: >"$RUN_LOG"
+
 # step NAME CMD... — run one step in the foreground (its output is the user's to read), record
 # whether it passed and how long it took.
 step() {
 	local name=$1 t0=$SECONDS rc
 	shift
 	log "$name: $*"
-	"$@"
-	rc=$?
+	"$@" 2>&1 | tee -a "$RUN_LOG"
+	rc=${PIPESTATUS[0]}
 	if [[ $rc -eq 0 ]]; then
 		RAN+=("$name ($((SECONDS - t0))s)")
 		log "$name ok ($((SECONDS - t0))s)"
@@ -154,6 +158,12 @@ fi
 if [[ ${#FAILED[@]} -gt 0 ]]; then
 	echo "FAILED:"
 	printf '  %s\n' "${FAILED[@]}"
+	# libtest's "test NAME ... FAILED" lines and the netns harness's "failures: [...]".
+	failed_tests=$(grep -E '^test .* \.\.\. FAILED$|^failures: \[' "$RUN_LOG" | sort -u)
+	if [[ -n "$failed_tests" ]]; then
+		echo "failed tests:"
+		printf '%s\n' "$failed_tests" | sed 's/^/  /'
+	fi
 	exit 1
 fi
 if [[ ${#NOT_RUN[@]} -gt 0 || ${#SKIPS[@]} -gt 0 ]]; then

@@ -431,6 +431,32 @@ fn chart_injects_deployments_and_jaeger_holds_the_full_trace() -> Result<()> {
         yaml.push_str(&service(&ns, s));
     }
     cluster.apply(&yaml)?;
+    // The upgrade's new collector reaches pods only through the new injector pods; until
+    // kube-proxy stops sending the apiserver's webhook calls to the old ones, pods would get
+    // the default (unresolvable here) collector. Ask the webhook with a dry-run pod.
+    let expected = format!("http://{collector}:9411/api/v2/spans");
+    cluster.wait("the webhook injects the new collector", &ns, WAIT, || {
+        let pod: Value = serde_json::from_str(&cluster.kc(&[
+            "run",
+            "collector-probe",
+            "-n",
+            &ns,
+            "--image=sidetrace/demo-app:0.1.0",
+            "--restart=Never",
+            "--dry-run=server",
+            "-o",
+            "json",
+        ])?)?;
+        let proxy_env = ["initContainers", "containers"]
+            .iter()
+            .flat_map(|f| pod["spec"][*f].as_array().cloned().unwrap_or_default())
+            .find(|c| c["name"] == "sidetrace-proxy")
+            .map(|c| c["env"].clone())
+            .unwrap_or_default();
+        Ok(proxy_env.as_array().into_iter().flatten().any(|e| {
+            e["name"] == "SIDETRACE_COLLECTOR" && e["value"].as_str() == Some(expected.as_str())
+        }))
+    })?;
     let examples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../crds/examples");
     for s in ["front-proxy", "service1", "service2"] {
         let text = std::fs::read_to_string(examples.join(format!("demo-{s}.yaml")))?;
