@@ -6,6 +6,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::duration::parse_duration;
+
 /// Errors from reading or validating a [`ProxyConfig`].
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyConfigError {
@@ -89,6 +91,17 @@ pub struct PortSpec {
     /// Protocol on this port; `auto` detects it from the first bytes.
     #[serde(default)]
     pub protocol: Protocol,
+    /// Upstream response timeout of requests to this port: the longest the app may take,
+    /// from the proxy forwarding a request until the response headers arrive (a body may
+    /// stream for longer). A duration such as `500ms`, `2s` or `1m`; `0s` turns the proxy's
+    /// default (`--response-timeout`) off for this port. A matching operation's `timeout`
+    /// wins over this one. When it fires the client gets 504 (gRPC: `grpc-status` 4).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(
+        feature = "schema",
+        schemars(regex(pattern = crate::duration::DURATION_PATTERN))
+    )]
+    pub timeout: Option<String>,
 }
 
 /// Names the spans of requests that match, like Envoy's `decorator.operation`.
@@ -112,6 +125,16 @@ pub struct OperationRule {
     /// Host (authority without port), case-insensitive; `*.example` matches subdomains.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host: Option<String>,
+    /// Upstream response timeout of matching requests (this rule must be the first that
+    /// matches): from forwarding the request until the response headers arrive. A duration
+    /// such as `500ms`, `2s` or `1m`; `0s` turns any port or proxy default off for them.
+    /// Wins over the port's `timeout` and the proxy's `--response-timeout`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(
+        feature = "schema",
+        schemars(regex(pattern = crate::duration::DURATION_PATTERN))
+    )]
+    pub timeout: Option<String>,
 }
 
 impl OperationRule {
@@ -240,6 +263,7 @@ impl ProxyConfig {
                     format!("port {} is listed twice", p.port),
                 ));
             }
+            check_timeout(p.timeout.as_deref(), || format!("ports[{i}].timeout"))?;
         }
         for (i, op) in self.operations.iter().enumerate() {
             if op.name.trim().is_empty() {
@@ -248,6 +272,7 @@ impl ProxyConfig {
                     "must not be empty",
                 ));
             }
+            check_timeout(op.timeout.as_deref(), || format!("operations[{i}].timeout"))?;
         }
         if let Some(c) = &self.collector {
             check_collector_endpoint(c).map_err(|reason| invalid("collector", reason))?;
@@ -303,6 +328,17 @@ impl ProxyConfig {
                 Some(prefix) => path.starts_with(prefix),
                 None => path == p,
             })
+    }
+}
+
+/// A `timeout` field must be a duration in the one syntax ([`parse_duration`]).
+fn check_timeout(
+    text: Option<&str>,
+    field: impl FnOnce() -> String,
+) -> Result<(), ProxyConfigError> {
+    match text.map(parse_duration) {
+        Some(Err(reason)) => Err(invalid(field(), reason)),
+        _ => Ok(()),
     }
 }
 
@@ -392,6 +428,20 @@ recordQueryString: true
     }
 
     #[test]
+    fn timeouts_round_trip_and_are_omitted_when_unset() {
+        let text = "ports:\n- port: 8080\n  timeout: 2s\noperations:\n- name: stream\n  pathPrefix: /events\n  timeout: 0s\n";
+        let c = ProxyConfig::from_yaml(text).expect("valid");
+        assert_eq!(c.ports[0].timeout.as_deref(), Some("2s"));
+        assert_eq!(c.operations[0].timeout.as_deref(), Some("0s"));
+        assert_eq!(ProxyConfig::from_yaml(&c.to_yaml()).expect("round trip"), c);
+        let plain = ProxyConfig::from_yaml(DEMO).expect("valid");
+        assert!(
+            !plain.to_yaml().contains("timeout"),
+            "configs without timeouts render as before"
+        );
+    }
+
+    #[test]
     fn empty_file_is_the_default() {
         let c = ProxyConfig::from_yaml("  \n").expect("empty is fine");
         assert_eq!(c, ProxyConfig::default());
@@ -439,6 +489,11 @@ recordQueryString: true
             ("operations: [{name: ' '}]", "operations[0].name"),
             ("collector: jaeger:9411", "collector"),
             ("excludePaths: [healthz]", "excludePaths[0]"),
+            ("ports: [{port: 80, timeout: soon}]", "ports[0].timeout"),
+            (
+                "operations: [{name: a}, {name: b, timeout: 1d}]",
+                "operations[1].timeout",
+            ),
         ];
         for (text, field) in cases {
             let err = ProxyConfig::from_yaml(text).expect_err(text);

@@ -254,6 +254,25 @@ mod tests {
     }
 
     #[test]
+    fn port_and_operation_timeouts_are_carried_and_validated() {
+        let s = spec(
+            "selector: {matchLabels: {app: a}}\nports: [{port: 8080, protocol: http, timeout: 2s}]\noperations: [{name: events, pathPrefix: /events, timeout: 0s}]",
+        );
+        assert!(s.validate().is_ok());
+        let c = s.to_proxy_config(None);
+        assert_eq!(c.ports[0].timeout.as_deref(), Some("2s"));
+        assert_eq!(c.operations[0].timeout.as_deref(), Some("0s"));
+        assert!(c.to_yaml().contains("timeout: 2s"), "{}", c.to_yaml());
+        let err = spec("selector: {matchLabels: {a: b}}\noperations: [{name: x, timeout: 5 min}]")
+            .validate()
+            .expect_err("not a duration");
+        assert!(
+            err.to_string().starts_with("spec.operations[0].timeout:"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn empty_selector_and_duplicate_ports_are_invalid() {
         let err = spec("selector: {}").validate().expect_err("empty selector");
         assert_eq!(err.field, "selector");

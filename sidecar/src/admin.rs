@@ -134,6 +134,10 @@ pub fn effective_config(shared: &Shared) -> serde_json::Value {
         "drainPeriodMs": ms(a.drain_period),
         "headerReadTimeoutMs": ms(a.header_read_timeout),
         "connectTimeoutMs": ms(a.connect_timeout),
+        // 0: off (the file's port and operation `timeout`s still apply; see "file").
+        "responseTimeoutMs": ms(a.response_timeout),
+        "idleTimeoutMs": ms(a.idle_timeout),
+        "maxConnections": a.max_connections,
         "maxHeaderBytes": a.max_header_bytes,
         "exportQueueSize": a.export_queue_size,
         "exportBatchSize": a.export_batch_size,

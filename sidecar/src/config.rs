@@ -21,6 +21,13 @@ use crate::error::{Error, Result};
 /// hyper refuses (panics on) an HTTP/1 read buffer below this size.
 pub const MIN_HEADER_BYTES: usize = 8192;
 
+/// Default `--max-connections`, sized for the default memory limit of the proxy container
+/// (`PROXY_MEMORY_LIMIT`, 64 Mi): an idle HTTP/1 client connection costs about 19 KiB (hyper's
+/// 8 KiB read and write buffers, connection state, the task), so 2048 of them take about
+/// 38 MiB and leave some 26 MiB for the runtime, the span queue (`--export-queue-size`
+/// spans), the upstream pool and allocator slack. Raise it together with the memory limit.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 2048;
+
 /// Transparent tracing sidecar: intercepts a pod's HTTP traffic, propagates B3/W3C context and
 /// exports Zipkin v2 spans.
 #[derive(Debug, Clone, Parser)]
@@ -108,12 +115,39 @@ pub struct Args {
     pub drain_period: Duration,
     /// Time a client has to send a complete HTTP/1 request head (slowloris guard). hyper runs
     /// this clock while a keep-alive connection waits for its next request too, so it is also
-    /// the idle timeout of client connections: long enough that pooled clients rarely race it.
+    /// the idle timeout of HTTP/1 client connections (or `--idle-timeout`, when shorter): long
+    /// enough that pooled clients rarely race it.
     #[arg(long, env = "SIDETRACE_HEADER_READ_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
     pub header_read_timeout: Duration,
     /// Timeout for connecting to an upstream.
     #[arg(long, env = "SIDETRACE_CONNECT_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
     pub connect_timeout: Duration,
+    /// Upstream response timeout: the longest from forwarding a request (connecting included,
+    /// when no pooled connection is free) until the upstream's response headers arrive; the
+    /// body may stream for as long as it takes. The client then gets 504 (gRPC: status 4,
+    /// DEADLINE_EXCEEDED). `0s` is off, the default, as in Linkerd: the proxy cannot know
+    /// how long an app's requests may legitimately take (long polls, reports), and a default
+    /// that cuts them would be an outage. A TracedService sets it per inbound port and per
+    /// operation (`timeout`), which win over this flag.
+    #[arg(long, env = "SIDETRACE_RESPONSE_TIMEOUT", default_value = "0s", value_parser = parse_duration)]
+    pub response_timeout: Duration,
+    /// Client connections that stay idle this long are closed: opaque TCP and upgraded
+    /// (WebSocket, CONNECT) connections with no byte either way, HTTP/2 connections with no
+    /// open stream, HTTP/1 keep-alive connections waiting for their next request (those
+    /// already close after `--header-read-timeout` when it is shorter: hyper runs one clock
+    /// for both). `0s` is off. 1 h is Envoy's default idle timeout for both HTTP and TCP
+    /// proxying: long enough for pooled database and gRPC connections that idle between
+    /// bursts, short enough that connections whose peer vanished without a FIN (a node gone,
+    /// a NAT entry dropped) stop holding memory and a `--max-connections` slot forever.
+    #[arg(long, env = "SIDETRACE_IDLE_TIMEOUT", default_value = "1h", value_parser = parse_duration)]
+    pub idle_timeout: Duration,
+    /// Most client connections open at once, both listeners together. Past it a new
+    /// connection is accepted and closed at once (counted as refused with reason `limit`):
+    /// the client fails fast and may retry elsewhere, instead of waiting in a full accept
+    /// backlog until its own timeout. The default fits the default 64 Mi memory limit
+    /// (see [`DEFAULT_MAX_CONNECTIONS`]).
+    #[arg(long, env = "SIDETRACE_MAX_CONNECTIONS", default_value_t = DEFAULT_MAX_CONNECTIONS)]
+    pub max_connections: usize,
     /// Largest request or response head accepted, in bytes (at least 8192).
     #[arg(long, env = "SIDETRACE_MAX_HEADER_BYTES", default_value_t = 65536)]
     pub max_header_bytes: usize,
@@ -150,27 +184,11 @@ pub enum LogFormat {
     Json,
 }
 
-/// Parses `250ms`, `2s`, `1m` or a bare number of seconds.
+/// Parses a duration flag: `250ms`, `2s`, `1m`, `1h` or a bare number of seconds. The same
+/// syntax as the config file's and the TracedService's `timeout` fields (one parser, in
+/// `sidetrace-contract`).
 pub fn parse_duration(text: &str) -> std::result::Result<Duration, String> {
-    let t = text.trim();
-    let (num, unit) = match t.find(|c: char| !c.is_ascii_digit() && c != '.') {
-        Some(i) => t.split_at(i),
-        None => (t, "s"),
-    };
-    let value: f64 = num
-        .parse()
-        .map_err(|_| format!("{text:?} is not a duration like 100ms, 2s or 1m"))?;
-    let secs = match unit {
-        "ms" => value / 1000.0,
-        "s" => value,
-        "m" => value * 60.0,
-        _ => {
-            return Err(format!(
-                "{text:?} has unknown unit {unit:?} (use ms, s or m)"
-            ));
-        }
-    };
-    Duration::try_from_secs_f64(secs).map_err(|e| format!("{text:?}: {e}"))
+    sidetrace_contract::parse_duration(text)
 }
 
 /// Validated settings: everything the proxy needs, checked before any port is bound.
@@ -255,10 +273,14 @@ impl Settings {
         if args.max_header_bytes > u32::MAX as usize {
             return Err(Error::config("--max-header-bytes", "too large"));
         }
+        if args.max_connections > tokio::sync::Semaphore::MAX_PERMITS {
+            return Err(Error::config("--max-connections", "too large"));
+        }
         for (flag, v) in [
             ("--export-queue-size", args.export_queue_size),
             ("--export-batch-size", args.export_batch_size),
             ("--worker-threads", args.worker_threads),
+            ("--max-connections", args.max_connections),
         ] {
             if v == 0 {
                 return Err(Error::config(flag, "must be at least 1"));
@@ -402,8 +424,33 @@ mod tests {
         assert_eq!(parse_duration("2"), Ok(Duration::from_secs(2)));
         assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
         assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
-        assert!(parse_duration("1h").is_err());
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert!(parse_duration("1d").is_err());
         assert!(parse_duration("fast").is_err());
+    }
+
+    #[test]
+    fn timeouts_and_limits_default_to_off_one_hour_and_the_memory_sized_cap() {
+        let s = Settings::from_args(args(&[])).expect("defaults are valid");
+        assert_eq!(
+            s.args.response_timeout,
+            Duration::ZERO,
+            "off, as in Linkerd"
+        );
+        assert_eq!(s.args.idle_timeout, Duration::from_secs(3600));
+        assert_eq!(s.args.max_connections, DEFAULT_MAX_CONNECTIONS);
+        let s = Settings::from_args(args(&[
+            "--response-timeout",
+            "1.5s",
+            "--idle-timeout",
+            "0s",
+            "--max-connections",
+            "2",
+        ]))
+        .expect("valid");
+        assert_eq!(s.args.response_timeout, Duration::from_millis(1500));
+        assert_eq!(s.args.idle_timeout, Duration::ZERO);
+        assert_eq!(s.args.max_connections, 2);
     }
 
     #[test]
@@ -426,6 +473,7 @@ mod tests {
             ),
             (&["--config", "/"], "--config"),
             (&["--service-name", " "], "--service-name"),
+            (&["--max-connections", "0"], "--max-connections"),
         ];
         for (flags, name) in cases {
             let err = Settings::from_args(args(flags)).expect_err(name);

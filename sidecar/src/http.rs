@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -22,6 +22,7 @@ use hyper_util::rt::TokioIo;
 use sidetrace_contract::Direction;
 use sidetrace_trace::{ExportHandle, Hop, RequestInfo, ResponseInfo};
 
+use crate::limits::{IdleClock, IdleIo};
 use crate::state::Shared;
 use crate::upstream::{Body, BoxError, Dest, boxed, full};
 
@@ -115,7 +116,16 @@ fn grpc_status(headers: &HeaderMap) -> Option<String> {
         .map(str::to_owned)
 }
 
-/// Proxies one request. Never fails: upstream errors become a 502 with a span tagged error.
+/// Why a forwarded request got no upstream response.
+enum Failure {
+    /// Connecting or the exchange failed.
+    Upstream(crate::Error),
+    /// The response headers did not arrive within the request's response timeout.
+    Timeout(Duration),
+}
+
+/// Proxies one request. Never fails: upstream errors become a 502, a response timeout a 504
+/// (gRPC: the matching `grpc-status`), with a span tagged error.
 pub async fn proxy(
     shared: Arc<Shared>,
     conn: Arc<ConnInfo>,
@@ -170,43 +180,96 @@ pub async fn proxy(
         };
         sidetrace_trace::start_hop(&live.tracer, &info, &mut parts.headers, SystemTime::now())
     };
+    let timeout = {
+        let timeouts = &live.timeouts;
+        let fallback;
+        // The host span naming matches operation rules against (see `start_hop`).
+        let host = match authority.as_deref() {
+            Some(a) => a.rsplit('@').next().unwrap_or(a),
+            None if timeouts.needs_host() => {
+                fallback = conn.upstream.addr.to_string();
+                fallback.as_str()
+            }
+            None => "",
+        };
+        timeouts.resolve(
+            conn.direction,
+            conn.local_addr.port(),
+            parts.method.as_str(),
+            &path,
+            host,
+        )
+    };
     strip_hop_by_hop(&mut parts.headers, upgrade && !is_connect);
     let method = parts.method.clone();
     let out = Request::from_parts(parts, boxed(body));
 
-    let result = if conn.h2 {
-        shared
-            .upstream
-            .send_h2(conn.upstream, out)
-            .await
-            .map(|r| r.map(boxed))
-    } else if upgrade {
-        shared
-            .upstream
-            .send_upgrade(conn.upstream, out)
-            .await
-            .map(|mut resp| {
-                let switched = resp.status() == StatusCode::SWITCHING_PROTOCOLS
-                    || (method == Method::CONNECT && resp.status().is_success());
-                if switched {
-                    if let Some(server) = server_upgrade {
-                        let client = hyper::upgrade::on(&mut resp);
-                        tokio::spawn(tunnel(server, client, conn.upstream.addr));
+    // Resolves when the response head arrives: the body streams afterwards, outside any
+    // response timeout.
+    let send = async {
+        if conn.h2 {
+            shared
+                .upstream
+                .send_h2(conn.upstream, out)
+                .await
+                .map(|r| r.map(boxed))
+        } else if upgrade {
+            shared
+                .upstream
+                .send_upgrade(conn.upstream, out)
+                .await
+                .map(|mut resp| {
+                    let switched = resp.status() == StatusCode::SWITCHING_PROTOCOLS
+                        || (method == Method::CONNECT && resp.status().is_success());
+                    if switched {
+                        if let Some(server) = server_upgrade {
+                            let client = hyper::upgrade::on(&mut resp);
+                            tokio::spawn(tunnel(
+                                server,
+                                client,
+                                conn.upstream.addr,
+                                Arc::clone(&shared),
+                                conn.direction,
+                            ));
+                        }
+                        resp.map(|_| full(Bytes::new()))
+                    } else {
+                        resp.map(boxed)
                     }
-                    resp.map(|_| full(Bytes::new()))
-                } else {
-                    resp.map(boxed)
-                }
-            })
-    } else {
-        shared.upstream.send_h1(conn.upstream, out).await
+                })
+        } else {
+            shared.upstream.send_h1(conn.upstream, out).await
+        }
+    };
+    let result = match timeout {
+        None => send.await.map_err(Failure::Upstream),
+        // Dropping the exchange on expiry closes its HTTP/1 upstream connection (it never
+        // goes back to the pool) or resets its HTTP/2 stream.
+        Some(limit) => match tokio::time::timeout(limit, send).await {
+            Ok(r) => r.map_err(Failure::Upstream),
+            Err(_) => Err(Failure::Timeout(limit)),
+        },
     };
 
     match result {
-        Err(e) => {
-            shared.metrics.upstream_error(conn.direction);
-            tracing::warn!(direction = ?conn.direction, upstream = %conn.upstream, error = %e, "upstream request failed");
-            let resp = upstream_failure_response(grpc);
+        Err(failure) => {
+            let (why, message, error_type) = match failure {
+                Failure::Upstream(e) => {
+                    shared.metrics.upstream_error(conn.direction);
+                    tracing::warn!(direction = ?conn.direction, upstream = %conn.upstream, error = %e, "upstream request failed");
+                    (LocalReply::UpstreamFailed, e.to_string(), e.metric_label())
+                }
+                Failure::Timeout(limit) => {
+                    shared.metrics.upstream_timeout(conn.direction);
+                    tracing::warn!(direction = ?conn.direction, upstream = %conn.upstream, path = path.split('?').next().unwrap_or_default(), timeout = ?limit, "upstream response timeout");
+                    (
+                        LocalReply::UpstreamTimeout,
+                        format!("upstream response timeout after {limit:?}"),
+                        "timeout",
+                    )
+                }
+            };
+            let resp = local_reply(grpc, why);
             let status = resp.status().as_u16();
             shared
                 .metrics
@@ -214,9 +277,10 @@ pub async fn proxy(
             if let Some(hop) = hop {
                 let info = ResponseInfo {
                     status: Some(status),
-                    grpc_status: grpc.then(|| GRPC_UNAVAILABLE.to_owned()),
+                    grpc_status: grpc.then(|| why.grpc_status().to_owned()),
                     response_size: None,
-                    error: Some(e.to_string()),
+                    error: Some(message),
+                    error_type: Some(error_type),
                 };
                 if let Some(span) = hop.finish_after(&info, started.elapsed()) {
                     shared.export.record(span);
@@ -260,32 +324,64 @@ pub async fn proxy(
 
 /// gRPC status UNAVAILABLE, what a gRPC client retries on.
 const GRPC_UNAVAILABLE: &str = "14";
+/// gRPC status DEADLINE_EXCEEDED.
+const GRPC_DEADLINE_EXCEEDED: &str = "4";
 
-/// The local reply when the upstream cannot be reached: 502 for HTTP; for gRPC a
-/// "trailers-only" 200 with `grpc-status: 14` (UNAVAILABLE), as Envoy does, because gRPC
-/// clients read the status from `grpc-status`, not from the HTTP status.
-pub fn upstream_failure_response(grpc: bool) -> Response<Body> {
+/// Why the proxy answers a request itself.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LocalReply {
+    /// The upstream could not be reached, or the exchange broke: 502; gRPC UNAVAILABLE.
+    UpstreamFailed,
+    /// The upstream's response headers did not arrive within the response timeout: 504;
+    /// gRPC DEADLINE_EXCEEDED.
+    UpstreamTimeout,
+}
+
+impl LocalReply {
+    fn status(self) -> StatusCode {
+        match self {
+            Self::UpstreamFailed => StatusCode::BAD_GATEWAY,
+            Self::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    /// The `grpc-status` a gRPC client gets instead of the HTTP status.
+    pub fn grpc_status(self) -> &'static str {
+        match self {
+            Self::UpstreamFailed => GRPC_UNAVAILABLE,
+            Self::UpstreamTimeout => GRPC_DEADLINE_EXCEEDED,
+        }
+    }
+
+    /// Envoy's wording, so the replies read familiar.
+    fn message(self) -> &'static str {
+        match self {
+            Self::UpstreamFailed => "upstream connect error or disconnect",
+            Self::UpstreamTimeout => "upstream request timeout",
+        }
+    }
+}
+
+/// The proxy's own reply: the HTTP status of `why` with a one-line text body; for gRPC a
+/// "trailers-only" 200 with `grpc-status` and `grpc-message`, as Envoy does, because gRPC
+/// clients read the outcome from `grpc-status`, not from the HTTP status.
+pub fn local_reply(grpc: bool, why: LocalReply) -> Response<Body> {
     let mut resp = Response::new(full(if grpc {
         Bytes::new()
     } else {
-        Bytes::from_static(b"upstream connect error or disconnect\n")
+        Bytes::from(format!("{}\n", why.message()))
     }));
-    if !grpc {
-        *resp.status_mut() = StatusCode::BAD_GATEWAY;
-    }
     let h = resp.headers_mut();
     if grpc {
         h.insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/grpc"),
         );
-        h.insert("grpc-status", HeaderValue::from_static(GRPC_UNAVAILABLE));
-        h.insert(
-            "grpc-message",
-            HeaderValue::from_static("upstream connect error or disconnect"),
-        );
+        h.insert("grpc-status", HeaderValue::from_static(why.grpc_status()));
+        h.insert("grpc-message", HeaderValue::from_static(why.message()));
     } else {
         h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+        *resp.status_mut() = why.status();
     }
     resp
 }
@@ -304,17 +400,21 @@ fn finish(
         grpc_status,
         response_size: size,
         error,
+        error_type: None,
     };
     if let Some(span) = hop.finish_after(&info, started.elapsed()) {
         export.record(span);
     }
 }
 
-/// Copies bytes both ways between the two upgraded halves until either side closes.
+/// Copies bytes both ways between the two upgraded halves until either side closes, or
+/// until no byte moved for `--idle-timeout`.
 async fn tunnel(
     server: hyper::upgrade::OnUpgrade,
     client: hyper::upgrade::OnUpgrade,
     upstream: SocketAddr,
+    shared: Arc<Shared>,
+    direction: sidetrace_contract::Direction,
 ) {
     let (server, client) = match tokio::try_join!(server, client) {
         Ok(pair) => pair,
@@ -323,11 +423,19 @@ async fn tunnel(
             return;
         }
     };
-    let mut server = TokioIo::new(server);
+    let clock = IdleClock::new();
+    let mut server = IdleIo::new(TokioIo::new(server), &clock);
     let mut client = TokioIo::new(client);
-    match tokio::io::copy_bidirectional(&mut server, &mut client).await {
-        Ok((up, down)) => tracing::debug!(%upstream, up, down, "upgraded tunnel closed"),
-        Err(e) => tracing::debug!(%upstream, error = %e, "upgraded tunnel ended with an error"),
+    let idle = shared.settings.args.idle_timeout;
+    tokio::select! {
+        res = tokio::io::copy_bidirectional(&mut server, &mut client) => match res {
+            Ok((up, down)) => tracing::debug!(%upstream, up, down, "upgraded tunnel closed"),
+            Err(e) => tracing::debug!(%upstream, error = %e, "upgraded tunnel ended with an error"),
+        },
+        () = clock.expired(idle) => {
+            shared.metrics.idle_timeout(direction);
+            tracing::debug!(%upstream, ?idle, "upgraded tunnel idle; closing");
+        }
     }
 }
 
@@ -458,6 +566,26 @@ mod tests {
         assert_eq!(h["connection"], "upgrade");
         assert_eq!(h["sec-websocket-key"], "k");
         assert!(!is_upgrade_request(&headers(&[("upgrade", "websocket")])));
+    }
+
+    #[test]
+    fn local_replies_use_the_http_or_the_grpc_status() {
+        let r = local_reply(false, LocalReply::UpstreamTimeout);
+        assert_eq!(r.status(), StatusCode::GATEWAY_TIMEOUT);
+        assert_eq!(r.headers()[header::CONTENT_TYPE], "text/plain");
+        assert_eq!(
+            local_reply(false, LocalReply::UpstreamFailed).status(),
+            StatusCode::BAD_GATEWAY
+        );
+        for (why, code) in [
+            (LocalReply::UpstreamTimeout, "4"),
+            (LocalReply::UpstreamFailed, "14"),
+        ] {
+            let r = local_reply(true, why);
+            assert_eq!(r.status(), StatusCode::OK, "gRPC reads grpc-status");
+            assert_eq!(r.headers()["grpc-status"], code);
+            assert_eq!(r.headers()[header::CONTENT_TYPE], "application/grpc");
+        }
     }
 
     #[test]

@@ -16,6 +16,11 @@
 //!    when the response body ends and queued on the exporter (never blocking the request);
 //! 4. for anything else, copies bytes both ways.
 //!
+//! Limits bound each of those steps ([`limits`]): `--max-connections` open client
+//! connections (past it a connection is closed at once), `--idle-timeout` for connections
+//! that stop talking, and an upstream response timeout per request (`--response-timeout`, a
+//! TracedService's port or operation `timeout`), answered with 504.
+//!
 //! Around that: an admin server ([`admin`]: /healthz, /ready, /metrics, /config,
 //! POST /shutdown), config-file hot reload ([`reload`]) swapping an `Arc` in [`state`], and
 //! graceful drain on SIGTERM ([`run`]), and giving heap memory back after a
@@ -27,6 +32,7 @@ pub mod config;
 pub mod detect;
 pub mod error;
 pub mod http;
+pub mod limits;
 pub mod listener;
 pub mod metrics;
 pub mod orig_dst;

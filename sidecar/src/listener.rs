@@ -14,10 +14,11 @@ use crate::config::ipv4_fallback;
 use crate::detect::{Detected, Rewind, sniff};
 use crate::error::{Error, Result};
 use crate::http::{ConnInfo, proxy};
+use crate::limits::{BusyBody, ConnectionSlot, IdleClock, IdleIo};
 use crate::metrics::{Refusal, direction_label};
 use crate::orig_dst::original_dst;
 use crate::state::Shared;
-use crate::upstream::Dest;
+use crate::upstream::{Dest, boxed};
 
 /// Connections waiting to be accepted per listener.
 const BACKLOG: u32 = 1024;
@@ -128,6 +129,11 @@ pub fn canonical(addr: SocketAddr) -> SocketAddr {
 /// Accepts connections until this direction must stop (inbound at once on shutdown,
 /// outbound when the drain closes it), then returns (dropping the listener, so new
 /// connections are refused by the kernel).
+///
+/// Past `--max-connections` open client connections a new one is accepted and closed at
+/// once, counted as refused with reason `limit`: the client sees the close (or a reset)
+/// right away and can retry or fail over, where leaving it in the accept backlog would make
+/// it wait for its own connect or request timeout, and keep the backlog full for everyone.
 pub async fn accept_loop(listener: TcpListener, direction: Direction, shared: Arc<Shared>) {
     let stop = shared.stop_signal(direction);
     tokio::pin!(stop);
@@ -138,9 +144,20 @@ pub async fn accept_loop(listener: TcpListener, direction: Direction, shared: Ar
         };
         match accepted {
             Ok((stream, peer)) => {
+                let Some(slot) = shared.limit.try_acquire() else {
+                    shared.metrics.refused(direction, Refusal::Limit);
+                    tracing::debug!(
+                        direction = direction_label(direction),
+                        peer = %canonical(peer),
+                        max = shared.settings.args.max_connections,
+                        "connection limit reached; closing a new connection"
+                    );
+                    drop(stream);
+                    continue;
+                };
                 let shared = Arc::clone(&shared);
                 tokio::spawn(async move {
-                    handle_connection(stream, canonical(peer), direction, shared).await;
+                    handle_connection(stream, canonical(peer), direction, shared, slot).await;
                 });
             }
             Err(e) => {
@@ -158,8 +175,12 @@ async fn handle_connection(
     peer: SocketAddr,
     direction: Direction,
     shared: Arc<Shared>,
+    slot: ConnectionSlot,
 ) {
     let _open = shared.metrics.connection(direction);
+    // Declared after the gauge, so dropped before it: once the open count goes down, the
+    // slot is free for the next connection.
+    let _slot = slot;
     let _ = stream.set_nodelay(true);
     let Ok(local) = stream.local_addr() else {
         return;
@@ -238,14 +259,21 @@ async fn handle_connection(
 
 async fn serve_http1(io: Rewind<TcpStream>, info: Arc<ConnInfo>, shared: Arc<Shared>) {
     let args = &shared.settings.args;
+    // hyper's one clock for a request head also runs while a keep-alive connection waits for
+    // its next request: it is the HTTP/1 idle timeout too.
+    let head_or_idle = match args.idle_timeout {
+        idle if idle.is_zero() => args.header_read_timeout,
+        idle => args.header_read_timeout.min(idle),
+    };
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(TokioTimer::new())
-        .header_read_timeout(args.header_read_timeout)
+        .header_read_timeout(head_or_idle)
         .max_buf_size(args.max_header_bytes)
         .keep_alive(true)
         .half_close(true);
     let peer = info.peer_addr;
+    let direction = info.direction;
     let svc_shared = Arc::clone(&shared);
     let stop = shared.stop_signal(info.direction);
     let svc = service_fn(move |req| proxy(Arc::clone(&svc_shared), Arc::clone(&info), req));
@@ -261,8 +289,13 @@ async fn serve_http1(io: Rewind<TcpStream>, info: Arc<ConnInfo>, shared: Arc<Sha
             conn.await
         }
     };
-    if let Err(e) = res {
-        tracing::debug!(%peer, error = %e, "HTTP/1 connection ended with an error");
+    match res {
+        Err(e) if e.is_timeout() => {
+            shared.metrics.idle_timeout(direction);
+            tracing::debug!(%peer, timeout = ?head_or_idle, "HTTP/1 connection sent no request head in time; closed");
+        }
+        Err(e) => tracing::debug!(%peer, error = %e, "HTTP/1 connection ended with an error"),
+        Ok(()) => {}
     }
 }
 
@@ -274,15 +307,35 @@ async fn serve_http2(io: Rewind<TcpStream>, info: Arc<ConnInfo>, shared: Arc<Sha
         .max_header_list_size(u32::try_from(args.max_header_bytes).unwrap_or(u32::MAX))
         .keep_alive_interval(Duration::from_secs(30));
     let peer = info.peer_addr;
+    let direction = info.direction;
     let svc_shared = Arc::clone(&shared);
     let stop = shared.stop_signal(info.direction);
-    let svc = service_fn(move |req| proxy(Arc::clone(&svc_shared), Arc::clone(&info), req));
+    // Idle means no open stream: PING keep-alives move bytes on an idle connection too. Each
+    // stream holds the connection busy until its response body ends (one small box per
+    // HTTP/2 request, for the guard).
+    let clock = Arc::new(IdleClock::new());
+    let streams = Arc::clone(&clock);
+    let svc = service_fn(move |req| {
+        let busy = streams.busy();
+        let fut = proxy(Arc::clone(&svc_shared), Arc::clone(&info), req);
+        async move {
+            let resp = fut.await?;
+            Ok::<_, std::convert::Infallible>(resp.map(|b| boxed(BusyBody::new(b, busy))))
+        }
+    });
     let conn = builder.serve_connection(TokioIo::new(io), svc);
     tokio::pin!(conn);
-    // On shutdown hyper sends GOAWAY, lets open streams finish, then closes.
+    let idle = args.idle_timeout;
+    // On shutdown, or idle, hyper sends GOAWAY, lets open streams finish, then closes.
     let res = tokio::select! {
         res = conn.as_mut() => res,
         () = stop => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+        () = clock.expired(idle) => {
+            shared.metrics.idle_timeout(direction);
+            tracing::debug!(%peer, ?idle, "HTTP/2 connection idle; closing");
             conn.as_mut().graceful_shutdown();
             conn.await
         }
@@ -292,12 +345,7 @@ async fn serve_http2(io: Rewind<TcpStream>, info: Arc<ConnInfo>, shared: Arc<Sha
     }
 }
 
-async fn copy_opaque(
-    mut io: Rewind<TcpStream>,
-    upstream: Dest,
-    shared: &Shared,
-    direction: Direction,
-) {
+async fn copy_opaque(io: Rewind<TcpStream>, upstream: Dest, shared: &Shared, direction: Direction) {
     let mut up = match shared.upstream.connect(upstream).await {
         Ok(s) => s,
         Err(e) => {
@@ -306,11 +354,21 @@ async fn copy_opaque(
             return;
         }
     };
-    match tokio::io::copy_bidirectional(&mut io, &mut up).await {
-        Ok((to_up, to_down)) => {
-            tracing::debug!(%upstream, to_up, to_down, "opaque connection closed")
+    // Bytes either way reach the client side, so watching it alone sees all activity.
+    let clock = IdleClock::new();
+    let mut io = IdleIo::new(io, &clock);
+    let idle = shared.settings.args.idle_timeout;
+    tokio::select! {
+        res = tokio::io::copy_bidirectional(&mut io, &mut up) => match res {
+            Ok((to_up, to_down)) => {
+                tracing::debug!(%upstream, to_up, to_down, "opaque connection closed")
+            }
+            Err(e) => tracing::debug!(%upstream, error = %e, "opaque connection ended with an error"),
+        },
+        () = clock.expired(idle) => {
+            shared.metrics.idle_timeout(direction);
+            tracing::debug!(%upstream, ?idle, "opaque connection idle; closing");
         }
-        Err(e) => tracing::debug!(%upstream, error = %e, "opaque connection ended with an error"),
     }
 }
 

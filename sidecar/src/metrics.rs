@@ -31,13 +31,27 @@ pub enum Refusal {
     Loop,
     /// No original destination and no explicit forward address.
     NoOriginalDst,
+    /// `--max-connections` client connections were already open.
+    Limit,
 }
+
+/// Every [`Refusal`], in the order they are rendered.
+const REFUSALS: [Refusal; 3] = [Refusal::Loop, Refusal::NoOriginalDst, Refusal::Limit];
 
 impl Refusal {
     fn label(self) -> &'static str {
         match self {
             Self::Loop => "loop",
             Self::NoOriginalDst => "no_original_dst",
+            Self::Limit => "limit",
+        }
+    }
+
+    fn index(self) -> usize {
+        match self {
+            Self::Loop => 0,
+            Self::NoOriginalDst => 1,
+            Self::Limit => 2,
         }
     }
 }
@@ -52,8 +66,10 @@ struct PerDirection {
     connections_total: AtomicU64,
     protocols: [AtomicU64; PROTOCOLS.len()],
     grpc_requests: AtomicU64,
-    refused: [AtomicU64; 2],
+    refused: [AtomicU64; REFUSALS.len()],
     upstream_errors: AtomicU64,
+    upstream_timeouts: AtomicU64,
+    idle_timeouts: AtomicU64,
 }
 
 /// All proxy counters.
@@ -149,16 +165,22 @@ impl Metrics {
 
     /// Counts a refused connection.
     pub fn refused(&self, d: Direction, why: Refusal) {
-        let i = match why {
-            Refusal::Loop => 0,
-            Refusal::NoOriginalDst => 1,
-        };
-        self.dirs[idx(d)].refused[i].fetch_add(1, Relaxed);
+        self.dirs[idx(d)].refused[why.index()].fetch_add(1, Relaxed);
     }
 
     /// Counts a failed upstream connect or exchange.
     pub fn upstream_error(&self, d: Direction) {
         self.dirs[idx(d)].upstream_errors.fetch_add(1, Relaxed);
+    }
+
+    /// Counts a request whose upstream response headers did not arrive within its timeout.
+    pub fn upstream_timeout(&self, d: Direction) {
+        self.dirs[idx(d)].upstream_timeouts.fetch_add(1, Relaxed);
+    }
+
+    /// Counts a client connection closed for being idle.
+    pub fn idle_timeout(&self, d: Direction) {
+        self.dirs[idx(d)].idle_timeouts.fetch_add(1, Relaxed);
     }
 
     /// Counts a finished request head exchange: status (None when no response) and latency.
@@ -310,13 +332,13 @@ impl Metrics {
             "Connections closed unproxied, by reason.",
         );
         for d in DIRECTIONS {
-            for (i, why) in [Refusal::Loop, Refusal::NoOriginalDst].iter().enumerate() {
+            for why in REFUSALS {
                 let _ = writeln!(
                     out,
                     "sidetrace_proxy_connections_refused_total{{direction=\"{}\",reason=\"{}\"}} {}",
                     direction_label(d),
                     why.label(),
-                    self.dirs[idx(d)].refused[i].load(Relaxed)
+                    self.dirs[idx(d)].refused[why.index()].load(Relaxed)
                 );
             }
         }
@@ -332,6 +354,34 @@ impl Metrics {
                 "sidetrace_proxy_upstream_errors_total{{direction=\"{}\"}} {}",
                 direction_label(d),
                 self.dirs[idx(d)].upstream_errors.load(Relaxed)
+            );
+        }
+        head(
+            out,
+            "sidetrace_proxy_upstream_timeouts_total",
+            "counter",
+            "Requests answered 504 (gRPC: status 4) because the upstream's response headers did not arrive within the response timeout, by direction.",
+        );
+        for d in DIRECTIONS {
+            let _ = writeln!(
+                out,
+                "sidetrace_proxy_upstream_timeouts_total{{direction=\"{}\"}} {}",
+                direction_label(d),
+                self.dirs[idx(d)].upstream_timeouts.load(Relaxed)
+            );
+        }
+        head(
+            out,
+            "sidetrace_proxy_idle_timeouts_total",
+            "counter",
+            "Client connections closed after --idle-timeout without activity (opaque and upgraded: no bytes; HTTP/2: no open stream; HTTP/1: no request head), by direction.",
+        );
+        for d in DIRECTIONS {
+            let _ = writeln!(
+                out,
+                "sidetrace_proxy_idle_timeouts_total{{direction=\"{}\"}} {}",
+                direction_label(d),
+                self.dirs[idx(d)].idle_timeouts.load(Relaxed)
             );
         }
         head(
@@ -383,6 +433,9 @@ mod tests {
         let g = m.connection(Direction::Inbound);
         m.detected(Direction::Inbound, Detected::Http2);
         m.refused(Direction::Outbound, Refusal::Loop);
+        m.refused(Direction::Inbound, Refusal::Limit);
+        m.upstream_timeout(Direction::Outbound);
+        m.idle_timeout(Direction::Inbound);
         let mut out = String::new();
         m.render(&mut out);
         for line in [
@@ -397,6 +450,13 @@ mod tests {
             "sidetrace_proxy_connections_open{direction=\"inbound\"} 1",
             "sidetrace_proxy_detected_protocol_total{direction=\"inbound\",protocol=\"http2\"} 1",
             "sidetrace_proxy_connections_refused_total{direction=\"outbound\",reason=\"loop\"} 1",
+            "sidetrace_proxy_connections_refused_total{direction=\"inbound\",reason=\"limit\"} 1",
+            "sidetrace_proxy_connections_refused_total{direction=\"outbound\",reason=\"limit\"} 0",
+            "sidetrace_proxy_upstream_timeouts_total{direction=\"outbound\"} 1",
+            "sidetrace_proxy_upstream_timeouts_total{direction=\"inbound\"} 0",
+            "sidetrace_proxy_idle_timeouts_total{direction=\"inbound\"} 1",
+            "# TYPE sidetrace_proxy_upstream_timeouts_total counter",
+            "# TYPE sidetrace_proxy_idle_timeouts_total counter",
         ] {
             assert!(out.lines().any(|l| l == line), "missing {line}\n{out}");
         }

@@ -14,6 +14,7 @@ use tokio::sync::watch;
 
 use crate::config::{Settings, parse_collector};
 use crate::error::{Error, Result};
+use crate::limits::{ConnectionLimit, ResponseTimeouts};
 use crate::metrics::Metrics;
 use crate::upstream::Upstream;
 
@@ -33,6 +34,9 @@ pub struct Live {
     pub tracer: TracerConfig,
     /// Effective collector endpoint.
     pub collector: http::Uri,
+    /// Upstream response timeouts: `--response-timeout` and the file's port and operation
+    /// `timeout`s.
+    pub timeouts: ResponseTimeouts,
 }
 
 impl Live {
@@ -75,10 +79,12 @@ impl Live {
             // A fresh budget; `Shared` keeps the first one for the life of the process.
             name_budget: Arc::default(),
         };
+        let timeouts = ResponseTimeouts::new(args.response_timeout, &file)?;
         Ok(Self {
             file,
             tracer,
             collector,
+            timeouts,
         })
     }
 }
@@ -93,6 +99,8 @@ pub struct Shared {
     pub upstream: Arc<Upstream>,
     /// Span exporter handle (never blocks).
     pub export: ExportHandle,
+    /// Room left under `--max-connections`.
+    pub limit: ConnectionLimit,
     live: RwLock<Arc<Live>>,
     ready: AtomicBool,
     draining: AtomicBool,
@@ -109,11 +117,13 @@ impl Shared {
             settings.args.max_header_bytes,
         );
         let settings_file_error = settings.file_error.clone();
+        let limit = ConnectionLimit::new(settings.args.max_connections);
         Arc::new(Self {
             settings,
             metrics: Metrics::with_name_budget(Arc::clone(&live.tracer.name_budget)),
             upstream,
             export,
+            limit,
             live: RwLock::new(Arc::new(live)),
             ready: AtomicBool::new(false),
             draining: AtomicBool::new(false),
@@ -289,6 +299,25 @@ mod tests {
         let live = Live::build(&s, file).expect("live");
         assert_eq!(live.tracer.service_name, "from-annotation");
         assert_eq!(live.tracer.sampling_rate, 0.1);
+    }
+
+    #[test]
+    fn response_timeouts_combine_the_flag_and_the_file() {
+        let s = settings(&["--response-timeout", "3s"]);
+        let file = ProxyConfig::from_yaml("ports: [{port: 8080, timeout: 250ms}]\n").expect("file");
+        let live = Live::build(&s, file).expect("live");
+        let at = |port| {
+            live.timeouts
+                .resolve(Direction::Inbound, port, "GET", "/", "h")
+        };
+        assert_eq!(at(8080), Some(std::time::Duration::from_millis(250)));
+        assert_eq!(at(9090), Some(std::time::Duration::from_secs(3)));
+        let off = Live::build(&settings(&[]), ProxyConfig::default()).expect("live");
+        assert_eq!(
+            off.timeouts
+                .resolve(Direction::Inbound, 8080, "GET", "/", "h"),
+            None
+        );
     }
 
     #[test]

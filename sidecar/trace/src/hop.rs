@@ -229,6 +229,10 @@ pub struct ResponseInfo {
     pub response_size: Option<u64>,
     /// Proxy-side failure (connect refused, reset, timeout), recorded as the `error` tag.
     pub error: Option<String>,
+    /// A short, fixed class of that failure (`connect`, `upstream`, `timeout`), recorded as
+    /// the `error.type` tag (OpenTelemetry's attribute name), so a backend can group failures
+    /// without parsing the message.
+    pub error_type: Option<&'static str>,
 }
 
 /// A hop in flight: its context and, when sampled, the span under construction.
@@ -298,6 +302,9 @@ impl Hop {
             let code = truncate(code.trim().to_string(), 16);
             grpc_error = grpc_status_is_error(&code, p.kind);
             tags.insert("grpc.status_code".into(), code);
+        }
+        if let Some(kind) = resp.error_type {
+            tags.insert("error.type".into(), kind.to_owned());
         }
         if let Some(err) = &resp.error {
             tags.insert("error".into(), truncate(err.clone(), MAX_TAG_LEN));
@@ -896,6 +903,7 @@ mod tests {
             grpc_status: None,
             response_size: Some(0),
             error: None,
+            error_type: None,
         };
         let span = hop
             .finish_after(&resp, Duration::from_micros(10))
@@ -917,6 +925,41 @@ mod tests {
     }
 
     #[test]
+    fn proxy_side_failures_carry_the_message_and_their_class() {
+        let cfg = TracerConfig::new("s");
+        let mut h = headers(&[]);
+        let hop = start_hop(
+            &cfg,
+            &req(Direction::Inbound, "/slow"),
+            &mut h,
+            SystemTime::now(),
+        )
+        .expect("traced");
+        let resp = ResponseInfo {
+            status: Some(504),
+            error: Some("upstream response timeout after 300ms".into()),
+            error_type: Some("timeout"),
+            ..ResponseInfo::default()
+        };
+        let span = hop
+            .finish_after(&resp, Duration::from_millis(300))
+            .expect("sampled");
+        assert_eq!(span.tags["http.status_code"], "504");
+        assert_eq!(span.tags["error"], "upstream response timeout after 300ms");
+        assert_eq!(span.tags["error.type"], "timeout");
+        let plain = start_hop(
+            &cfg,
+            &req(Direction::Inbound, "/"),
+            &mut headers(&[]),
+            SystemTime::now(),
+        )
+        .expect("traced")
+        .finish_after(&ok(), Duration::from_millis(1))
+        .expect("sampled");
+        assert!(!plain.tags.contains_key("error.type"), "{:?}", plain.tags);
+    }
+
+    #[test]
     fn span_json_for_a_finished_server_hop() {
         let cfg = TracerConfig {
             local_ipv4: Some("10.1.0.5".parse().expect("ip")),
@@ -933,6 +976,7 @@ mod tests {
             grpc_status: Some("14".into()),
             response_size: Some(42),
             error: None,
+            error_type: None,
         };
         let span = hop
             .finish(&resp, start + Duration::from_micros(250))
