@@ -14,7 +14,7 @@ use crate::decision::{self, Decision};
 use crate::overrides;
 use crate::patch::{self, InjectionStatus, Resolved};
 use crate::selection;
-use crate::settings::Settings;
+use crate::settings::{Settings, SidecarMode};
 
 /// What the webhook knows about the pod's surroundings at admission time.
 #[derive(Clone, Copy, Debug)]
@@ -111,6 +111,7 @@ pub fn mutate(pod: &Pod, ctx: PodContext<'_>, settings: &Settings) -> Mutation {
         overrides,
     };
     warnings.extend(collisions(pod, settings));
+    warnings.extend(classic_job_warning(pod, settings));
     let (ops, status) = patch::build(pod, settings, &resolved);
     Mutation {
         decision,
@@ -118,6 +119,30 @@ pub fn mutate(pod: &Pod, ctx: PodContext<'_>, settings: &Settings) -> Mutation {
         status: Some(status),
         warnings,
     }
+}
+
+/// A Job's pod (CronJobs run Jobs) in classic mode never completes by itself: the sidecar is a
+/// regular container that keeps running after the app exits. Native sidecars do not have the
+/// problem; classic mode is used where the cluster does not support them.
+fn classic_job_warning(pod: &Pod, settings: &Settings) -> Option<String> {
+    if settings.mode != SidecarMode::Classic {
+        return None;
+    }
+    let job = pod
+        .metadata
+        .owner_references
+        .as_deref()
+        .unwrap_or_default()
+        .iter()
+        .find(|o| o.kind == "Job" && o.api_version.starts_with("batch/"))?;
+    Some(format!(
+        "pod of Job {}: with classic sidecars (this cluster has no native sidecars) the pod \
+         completes only when the app calls POST http://127.0.0.1:{}/shutdown on the proxy as \
+         it finishes; or opt the pod out with the label {}=false",
+        job.name,
+        settings.admin_port,
+        names::INJECT_LABEL
+    ))
 }
 
 /// Configurations that admit the pod but break tracing: an app port equal to a proxy port, or
