@@ -42,6 +42,12 @@ pub const INIT_CONTAINER_NAME: &str = "sidetrace-init";
 pub const PROXY_CONTAINER_NAME: &str = "sidetrace-proxy";
 /// Names of other meshes' proxies: a pod carrying one is never injected.
 pub const FOREIGN_PROXY_CONTAINERS: &[&str] = &["istio-proxy", "linkerd-proxy"];
+
+/// The namespace label with which Pod Security admission enforces a level.
+pub const POD_SECURITY_ENFORCE_LABEL: &str = "pod-security.kubernetes.io/enforce";
+/// Pod Security levels that reject the init container (root, NET_ADMIN and NET_RAW): an
+/// injected pod there would be refused, so it is not injected.
+pub const POD_SECURITY_LEVELS_REJECTING_INIT: &[&str] = &["baseline", "restricted"];
 /// Volume under which the rendered sidecar config is mounted in the pod.
 pub const CONFIG_VOLUME_NAME: &str = "sidetrace-config";
 /// Directory where the config volume is mounted in the proxy container.

@@ -460,6 +460,41 @@ async fn scenario(cp: &ControlPlane) -> Result<()> {
     .await?;
     ensure!(!is_injected(&sys), "kube-system pod was injected");
 
+    // Pod Security: a namespace enforcing baseline would refuse the injected pod (the init
+    // container runs as root with NET_ADMIN and NET_RAW), so the webhook leaves the pod alone
+    // and it is admitted. Dry runs until the injector's namespace cache has the new labels
+    // (before that it trusts the webhook configuration's selectors and injects).
+    cp.create_namespace(
+        "psa",
+        &[
+            ("sidetrace.dev/inject", "enabled"),
+            ("pod-security.kubernetes.io/enforce", "baseline"),
+        ],
+    )
+    .await?;
+    let psa_pods = Api::<Pod>::namespaced(client.clone(), "psa");
+    poll(
+        WAIT,
+        "a pod in a baseline namespace is admitted uninjected",
+        || async {
+            let dry = PostParams {
+                dry_run: true,
+                ..PostParams::default()
+            };
+            Ok(psa_pods
+                .create(&dry, &pod("psa-probe", &[("app", "x")]))
+                .await
+                .is_ok_and(|p| !is_injected(&p)))
+        },
+    )
+    .await
+    .with_context(|| injector.tail())?;
+    let psa = create_pod(&client, "psa", pod("psa", &[("app", "x")])).await?;
+    ensure!(
+        !is_injected(&psa),
+        "pod in a namespace enforcing Pod Security baseline was injected"
+    );
+
     // The status counts the selected pods: 1 injected, 1 opted out.
     poll(WAIT, "status counts pods", || async {
         ts_status_matches(&tss, "service1", |t| {

@@ -48,6 +48,9 @@ pub enum SkipReason {
     NamespaceDisabled(String),
     /// Neither the namespace nor the pod asks for injection.
     NotEnabled,
+    /// The namespace enforces a Pod Security level (baseline, restricted) that rejects the
+    /// init container: the injected pod would be refused, the plain one is admitted.
+    PodSecurity(String),
     /// The pod has no spec or no containers (it will fail validation anyway).
     NoContainers,
 }
@@ -84,6 +87,7 @@ impl SkipReason {
             Self::PodOptOut => "pod-opt-out",
             Self::NamespaceDisabled(_) => "namespace-disabled",
             Self::NotEnabled => "not-enabled",
+            Self::PodSecurity(_) => "pod-security",
             Self::NoContainers => "no-containers",
         }
     }
@@ -121,6 +125,13 @@ impl fmt::Display for SkipReason {
                 write!(f, "namespace is labelled {}={v}", names::INJECT_LABEL)
             }
             Self::NoContainers => f.write_str("pod has no containers"),
+            Self::PodSecurity(level) => write!(
+                f,
+                "namespace enforces Pod Security level {level:?} ({}), which rejects \
+                 sidetrace-init (it runs as root with NET_ADMIN and NET_RAW); not injected so \
+                 the pod still starts. To trace it, enforce \"privileged\" on this namespace",
+                names::POD_SECURITY_ENFORCE_LABEL
+            ),
             Self::NotEnabled => write!(
                 f,
                 "neither the namespace ({}={}) nor the pod ({}=true) asks for injection",
@@ -210,13 +221,23 @@ pub fn decide(
     let Some(ns_labels) = namespace_labels else {
         return Decision::Inject(InjectReason::SelectedByWebhookConfiguration);
     };
-    match ns_labels.get(names::INJECT_LABEL).map(String::as_str) {
+    let verdict = match ns_labels.get(names::INJECT_LABEL).map(String::as_str) {
         Some(names::INJECT_NAMESPACE_ENABLED) => Decision::Inject(InjectReason::NamespaceEnabled),
         // An explicit namespace value other than "enabled" (e.g. "disabled") wins over a pod's
         // opt-in, as in Istio: the namespace owner has the last word.
         Some(other) => Decision::Skip(SkipReason::NamespaceDisabled(other.to_owned())),
         None if pod_label == Some("true") => Decision::Inject(InjectReason::PodOptIn),
         None => Decision::Skip(SkipReason::NotEnabled),
+    };
+    // Pod Security is checked after mutation: injecting where the level forbids the init
+    // container turns an admitted pod into a refused one, which failurePolicy cannot undo.
+    match (&verdict, ns_labels.get(names::POD_SECURITY_ENFORCE_LABEL)) {
+        (Decision::Inject(_), Some(level))
+            if names::POD_SECURITY_LEVELS_REJECTING_INIT.contains(&level.as_str()) =>
+        {
+            Decision::Skip(SkipReason::PodSecurity(level.clone()))
+        }
+        _ => verdict,
     }
 }
 
@@ -353,5 +374,33 @@ mod tests {
                 .to_string()
                 .contains("sidetrace.dev/inject=true")
         );
+    }
+
+    #[test]
+    fn namespaces_enforcing_baseline_or_restricted_are_not_injected() {
+        for level in ["baseline", "restricted"] {
+            let ns = labels(&[
+                (names::INJECT_LABEL, "enabled"),
+                (names::POD_SECURITY_ENFORCE_LABEL, level),
+            ]);
+            let d = decide(&plain(), "shop", Some(&ns), "sidetrace-system");
+            assert_eq!(d, Decision::Skip(SkipReason::PodSecurity(level.into())));
+            if let Decision::Skip(r) = d {
+                assert_eq!(r.label(), "pod-security");
+                let text = r.to_string();
+                assert!(
+                    text.contains(level) && text.contains("privileged"),
+                    "{text}"
+                );
+            }
+        }
+        let ns = labels(&[
+            (names::INJECT_LABEL, "enabled"),
+            (names::POD_SECURITY_ENFORCE_LABEL, "privileged"),
+        ]);
+        assert!(matches!(
+            decide(&plain(), "shop", Some(&ns), "sidetrace-system"),
+            Decision::Inject(_)
+        ));
     }
 }

@@ -63,11 +63,16 @@ pub fn mutate(pod: &Pod, ctx: PodContext<'_>, settings: &Settings) -> Mutation {
             )
         });
     if !matches!(decision, Decision::Inject(_)) {
+        // Skips that leave a pod untraced against the user's wish are said to the user.
+        let pod_security = match &decision {
+            Decision::Skip(r @ decision::SkipReason::PodSecurity(_)) => Some(r.to_string()),
+            _ => None,
+        };
         return Mutation {
             decision,
             patch: None,
             status: None,
-            warnings: label_warning.into_iter().collect(),
+            warnings: label_warning.into_iter().chain(pod_security).collect(),
         };
     }
     let containers = pod
