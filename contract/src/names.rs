@@ -43,6 +43,11 @@ pub const PROXY_CONTAINER_NAME: &str = "sidetrace-proxy";
 /// Names of other meshes' proxies: a pod carrying one is never injected.
 pub const FOREIGN_PROXY_CONTAINERS: &[&str] = &["istio-proxy", "linkerd-proxy"];
 
+/// Path prefix on the proxy's admin port of the tcpSocket probe check: the webhook rewrites an
+/// app's `tcpSocket: {port: P}` probe to `httpGet: {path: <prefix>P, port: <admin>}`, and the
+/// proxy dials the app's port from inside the pod.
+pub const APP_TCP_PROBE_PATH_PREFIX: &str = "/app-health/tcp/";
+
 /// The namespace label with which Pod Security admission enforces a level.
 pub const POD_SECURITY_ENFORCE_LABEL: &str = "pod-security.kubernetes.io/enforce";
 /// Pod Security levels that reject the init container (root, NET_ADMIN and NET_RAW): an

@@ -12,10 +12,14 @@
 //!   the app starts after the proxy (Istio's holdApplicationUntilProxyStarts). Jobs must call
 //!   `POST :<admin>/shutdown` on the proxy when done.
 //!
-//! Kubelet probes need no rewriting: they reach the pod IP, inbound capture forwards them to the
-//! app like any request, and the proxy does not trace requests whose user agent starts with
-//! `kube-probe/`. The proxy's own admin port is excluded from capture, so its probes go straight
-//! to it.
+//! httpGet and gRPC probes need no rewriting: they reach the pod IP, inbound capture forwards
+//! them to the app like any request (a stopped app fails them), and the proxy does not trace
+//! requests whose user agent starts with `kube-probe/`. tcpSocket probes are rewritten: every
+//! connection to a captured port is accepted by the proxy before it dials the app, so the
+//! kubelet's dial would succeed with the app down. They become an httpGet on the proxy's admin
+//! port (`/app-health/tcp/<port>`, excluded from capture), where the proxy dials the app the
+//! way it forwards inbound connections and answers 503 when the app refuses. The proxy's own
+//! probes go straight to the admin port.
 //!
 //! JSON Patch paths: an absent array or map is added whole (adding `/spec/initContainers/0` to a
 //! pod without init containers fails), and `/` in annotation keys is escaped as `~1`.
@@ -271,6 +275,61 @@ fn add<'t>(tokens: impl IntoIterator<Item = &'t str>, value: Value) -> PatchOper
     })
 }
 
+/// Replaces each app container's `tcpSocket` probe (liveness, readiness, startup) with the
+/// proxy's check of the same port; timing fields are kept. A probe with its own `host` (not
+/// the pod) or a named port the container does not declare is left as it is.
+fn tcp_probe_rewrites(pod: &Pod, admin_port: u16) -> Vec<PatchOperation> {
+    use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+    let containers = pod
+        .spec
+        .as_ref()
+        .map(|s| s.containers.as_slice())
+        .unwrap_or_default();
+    let mut ops = Vec::new();
+    for (i, c) in containers.iter().enumerate() {
+        let index = i.to_string();
+        for (field, probe) in [
+            ("livenessProbe", &c.liveness_probe),
+            ("readinessProbe", &c.readiness_probe),
+            ("startupProbe", &c.startup_probe),
+        ] {
+            let Some(probe) = probe else { continue };
+            let Some(tcp) = probe.tcp_socket.as_ref().filter(|t| t.host.is_none()) else {
+                continue;
+            };
+            let port = match &tcp.port {
+                IntOrString::Int(n) => u16::try_from(*n).ok(),
+                IntOrString::String(name) => c
+                    .ports
+                    .as_deref()
+                    .unwrap_or_default()
+                    .iter()
+                    .find(|p| p.name.as_deref() == Some(name.as_str()))
+                    .and_then(|p| u16::try_from(p.container_port).ok()),
+            };
+            let Some(port) = port.filter(|p| *p != 0) else {
+                continue;
+            };
+            let Ok(mut value) = serde_json::to_value(probe) else {
+                continue;
+            };
+            if let Some(obj) = value.as_object_mut() {
+                obj.remove("tcpSocket");
+                obj.insert(
+                    "httpGet".into(),
+                    json!({"path": format!("{}{port}", names::APP_TCP_PROBE_PATH_PREFIX),
+                        "port": admin_port}),
+                );
+            }
+            ops.push(PatchOperation::Replace(json_patch::ReplaceOperation {
+                path: PointerBuf::from_tokens(["spec", "containers", index.as_str(), field]),
+                value,
+            }));
+        }
+    }
+    ops
+}
+
 /// The patch operations that inject sidetrace into `pod`, and the status they record.
 /// The caller has already decided that the pod is to be injected.
 pub fn build(
@@ -295,6 +354,9 @@ pub fn build(
         config_map: resolved.config_map(),
     };
 
+    // First, while container indices are still the pod's own (classic mode inserts the proxy
+    // at index 0 below).
+    ops.extend(tcp_probe_rewrites(pod, settings.admin_port));
     match settings.mode {
         SidecarMode::Native => {
             status.init_containers.push(names::PROXY_CONTAINER_NAME);

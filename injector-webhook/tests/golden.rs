@@ -235,14 +235,32 @@ fn check_injected(
     if serde_json::from_str::<Value>(status).is_err() {
         fail("status annotation is not JSON");
     }
-    // App containers are untouched.
+    // App containers are untouched, except tcpSocket probes, which become the proxy's check
+    // of the same port (compared with the probes taken out).
+    let without_probes = |c: &Value| {
+        let mut c = c.clone();
+        if let Some(o) = c.as_object_mut() {
+            for probe in ["livenessProbe", "readinessProbe", "startupProbe"] {
+                let tcp_or_rewritten = o.get(probe).is_some_and(|p| {
+                    p.get("tcpSocket").is_some()
+                        || p["httpGet"]["path"]
+                            .as_str()
+                            .is_some_and(|p| p.starts_with(names::APP_TCP_PROBE_PATH_PREFIX))
+                });
+                if tcp_or_rewritten {
+                    o.remove(probe);
+                }
+            }
+        }
+        c
+    };
     for key in ["containers", "initContainers"] {
         for c in before["spec"][key].as_array().into_iter().flatten() {
             let found = after["spec"][key]
                 .as_array()
                 .into_iter()
                 .flatten()
-                .any(|a| a == c);
+                .any(|a| without_probes(a) == without_probes(c));
             if !found {
                 fail(&format!("app container {} changed", c["name"]));
             }

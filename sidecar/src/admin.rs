@@ -34,7 +34,13 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
             let peer = canonical(peer);
             let svc = service_fn(move |req| {
                 let shared = Arc::clone(&shared);
-                async move { Ok::<_, Infallible>(route(&shared, peer, &req)) }
+                async move {
+                    let resp = match app_tcp_probe_port(&req) {
+                        Some(port) => tcp_probe(&shared, port).await,
+                        None => route(&shared, peer, &req),
+                    };
+                    Ok::<_, Infallible>(resp)
+                }
             });
             let mut builder = hyper::server::conn::http1::Builder::new();
             builder
@@ -44,6 +50,36 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
                 tracing::debug!(%peer, error = %e, "admin connection error");
             }
         });
+    }
+}
+
+/// The port of a `GET /app-health/tcp/<port>` request, if it is one.
+fn app_tcp_probe_port(req: &Request<Incoming>) -> Option<u16> {
+    if !matches!(*req.method(), Method::GET | Method::HEAD) {
+        return None;
+    }
+    req.uri()
+        .path()
+        .strip_prefix(sidetrace_contract::names::APP_TCP_PROBE_PATH_PREFIX)?
+        .parse()
+        .ok()
+        .filter(|p| *p != 0)
+}
+
+/// A kubelet tcpSocket probe, done from inside the pod: with interception every connection to
+/// an app port is accepted by the proxy first, so the kubelet's own dial would succeed even
+/// with the app down. The proxy dials the app the way it forwards inbound connections (the
+/// pod IP, from the passthrough source) and answers 200 when the app accepts, 503 when not.
+async fn tcp_probe(shared: &Shared, port: u16) -> Response<Body> {
+    let ip = shared
+        .settings
+        .args
+        .pod_ip
+        .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST));
+    let dest = crate::listener::inbound_dest(SocketAddr::new(ip, port));
+    match shared.upstream.connect(dest).await {
+        Ok(_) => text(StatusCode::OK, format!("port {port} accepts connections\n")),
+        Err(e) => text(StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")),
     }
 }
 

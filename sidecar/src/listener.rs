@@ -89,14 +89,7 @@ pub fn route(
                 return Err(Refusal::Loop);
             }
             let upstream = match direction {
-                Direction::Inbound => Dest {
-                    addr: o,
-                    source: Some(if o.is_ipv4() {
-                        IpAddr::V4(defaults::PASSTHROUGH_SOURCE_V4)
-                    } else {
-                        IpAddr::V6(defaults::PASSTHROUGH_SOURCE_V6)
-                    }),
-                },
+                Direction::Inbound => inbound_dest(o),
                 Direction::Outbound => Dest::to(o),
             };
             Ok(Route {
@@ -118,6 +111,21 @@ pub fn route(
             None if orig.is_some() => Err(Refusal::Loop),
             None => Err(Refusal::NoOriginalDst),
         },
+    }
+}
+
+/// How the proxy reaches the app at `original` (its pod IP and port) without being captured
+/// again: from the passthrough source of the address's family. Inbound forwarding and the
+/// tcpSocket probe check ([`crate::admin`]) both dial this way, so a probe fails exactly when
+/// a forwarded connection would.
+pub fn inbound_dest(original: SocketAddr) -> Dest {
+    Dest {
+        addr: original,
+        source: Some(if original.is_ipv4() {
+            IpAddr::V4(defaults::PASSTHROUGH_SOURCE_V4)
+        } else {
+            IpAddr::V6(defaults::PASSTHROUGH_SOURCE_V6)
+        }),
     }
 }
 

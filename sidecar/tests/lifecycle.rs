@@ -630,3 +630,32 @@ async fn a_port_in_use_is_a_runtime_failure_naming_the_address() {
         "{stderr}"
     );
 }
+
+/// The webhook rewrites an app's tcpSocket probes to `GET /app-health/tcp/<port>` on the
+/// admin port: with interception the kubelet's own dial would always be accepted by the
+/// proxy. The check succeeds exactly while the app accepts connections on that port.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_probe_checks_follow_the_app_not_the_proxy() {
+    let app = App::http1().await;
+    let proxy = Proxy::start(ProxyOpts {
+        inbound_to: Some(app.addr),
+        ..Default::default()
+    })
+    .await;
+    let path = format!("/app-health/tcp/{}", app.addr.port());
+    let (code, body) = admin_get(proxy.admin, &path).await.expect("probe");
+    assert_eq!(code, 200, "{body}");
+    // A port nobody listens on: what a stopped app looks like.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("port")
+        .port();
+    let (code, body) = admin_get(proxy.admin, &format!("/app-health/tcp/{closed}"))
+        .await
+        .expect("probe");
+    assert_eq!(code, 503, "{body}");
+    let (code, _) = admin_get(proxy.admin, "/app-health/tcp/notaport")
+        .await
+        .expect("probe");
+    assert_eq!(code, 404);
+}
