@@ -145,6 +145,7 @@ ensure_tools() {
 		log "missing packages ${missing[*]} (not root, not installing)"
 		return 0
 	fi
+	log "installing Debian packages: ${missing[*]}"
 	step apt-install bash -c "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq ${missing[*]}"
 }
 
