@@ -578,6 +578,63 @@ spec:
         .sum();
     ensure!(restarts == 0, "no container restarted: {restarts} restarts");
 
+    // 5b. Nothing a TracedService says stops a pod: service2's collector becomes an https://
+    // URL (a plain-HTTP receiver behind it, so every export fails its TLS handshake). A new
+    // service2 pod starts with that config, becomes Ready and serves; before TLS support the
+    // proxy exited 64 on such a URL and the pod never became Ready.
+    say("a collector the proxy cannot export to");
+    let old_uid = pods(&cluster, &ns, "app=service2")?.remove(0)["metadata"]["uid"].clone();
+    let https = format!("https://{collector}:9411/api/v2/spans");
+    cluster.kc(&[
+        "patch",
+        "tracedservice",
+        "-n",
+        &ns,
+        "service2",
+        "--type=merge",
+        "-p",
+        &serde_json::json!({"spec": {"collector": {"endpoint": https}}}).to_string(),
+    ])?;
+    cluster.wait(
+        "service2's ConfigMap names the https collector",
+        &ns,
+        WAIT,
+        || {
+            let cm = json(
+                &cluster,
+                &["get", "configmap", "-n", &ns, "sidetrace-service2"],
+            )?;
+            Ok(cm["data"].to_string().contains(&https))
+        },
+    )?;
+    cluster.kc(&[
+        "delete",
+        "pod",
+        "-n",
+        &ns,
+        "-l",
+        "app=service2",
+        "--wait=false",
+    ])?;
+    cluster.wait(
+        "a new service2 pod Ready with that collector",
+        &ns,
+        WAIT,
+        || {
+            let p = pods(&cluster, &ns, "app=service2")?;
+            Ok(p.len() == 1 && p[0]["metadata"]["uid"] != old_uid && is_ready(&p[0]))
+        },
+    )?;
+    cluster.wait(
+        "requests flow through the new service2 pod",
+        &ns,
+        WAIT,
+        || {
+            let (code, body) = cluster.http_get(&format!("http://{client_ip}:8080/go"))?;
+            Ok(code == 200 && body.contains("(service2)"))
+        },
+    )?;
+
     // 6. Webhook loss with failurePolicy Ignore: pods are still created, without a sidecar.
     say("webhook loss");
     cluster.kc(&[
