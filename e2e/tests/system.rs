@@ -654,6 +654,38 @@ async fn scenario(cp: &ControlPlane) -> Result<()> {
     ensure!(is_injected(&p), "not injected after rotation");
     eprintln!("rotation completed with {admitted} admissions, none failed");
 
+    // 8b. A pod injected before any TracedService selected it mounts no config; the
+    // TracedService that selects it later says so, and names it for a restart.
+    let early = create_pod(&client, "shop", pod("early", &[("app", "late")])).await?;
+    ensure!(is_injected(&early), "early pod not injected");
+    let mut late = ts.clone();
+    late.metadata = kube::api::ObjectMeta {
+        name: Some("late".into()),
+        namespace: Some("shop".into()),
+        ..Default::default()
+    };
+    late.spec.selector = serde_json::from_value(json!({"matchLabels": {"app": "late"}}))?;
+    tss.create(&PostParams::default(), &late).await?;
+    poll(
+        WAIT,
+        "the late TracedService names the pod to restart",
+        || async {
+            ts_status_matches(&tss, "late", |t| {
+                t.status.as_ref().is_some_and(|s| {
+                    s.conditions.iter().any(|c| {
+                        c.type_ == "PodsInjected"
+                            && c.status == "False"
+                            && c.reason == "PodsNeedRestart"
+                            && c.message.contains("early")
+                    })
+                })
+            })
+            .await
+        },
+    )
+    .await?;
+    tss.delete("late", &DeleteParams::default()).await?;
+
     // 9. Deleting the TracedService garbage-collects its ConfigMap (real controller-manager).
     tss.delete("service1", &DeleteParams::default()).await?;
     poll(WAIT, "ConfigMap garbage-collected", || async {

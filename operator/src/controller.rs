@@ -206,6 +206,7 @@ async fn reconcile_inner(ts: &TracedService, ctx: &Context) -> Result<Action> {
         .ok_or_else(|| Error::MissingField(ts.name_any(), "metadata.namespace"))?;
     let name = ts.name_any();
     let mut observed = Observed {
+        name: name.clone(),
         generation: ts.metadata.generation,
         ..Observed::default()
     };

@@ -22,6 +22,10 @@ pub mod reason {
     pub const COLLECTOR_UNRESOLVABLE: &str = "CollectorUnresolvable";
     pub const ALL_INJECTED: &str = "AllInjected";
     pub const PODS_NOT_INJECTED: &str = "PodsNotInjected";
+    /// Pods carry the sidecar but were injected before this TracedService selected them, so
+    /// they run without its config (the webhook mounts a TracedService's ConfigMap at
+    /// injection); a restart applies it.
+    pub const PODS_NEED_RESTART: &str = "PodsNeedRestart";
     pub const NO_PODS: &str = "NoPodsSelected";
 }
 
@@ -36,6 +40,9 @@ pub struct PodFacts {
     pub injected: bool,
     /// The namespace label or the pod label asks for injection and the pod did not opt out.
     pub should_be_injected: bool,
+    /// The TracedService whose config the webhook mounted, from the status annotation's
+    /// `tracedService` (None: injected without one).
+    pub config_from: Option<String>,
 }
 
 impl PodFacts {
@@ -56,10 +63,15 @@ impl PodFacts {
             Some("true") => true,
             _ => ns_enabled,
         };
+        let status = pod_annotations.get(names::STATUS_ANNOTATION);
+        let config_from = status
+            .and_then(|s| serde_json::from_str::<serde_json::Value>(s).ok())
+            .and_then(|v| v["tracedService"].as_str().map(str::to_owned));
         Self {
             name: name.to_owned(),
-            injected: pod_annotations.contains_key(names::STATUS_ANNOTATION),
+            injected: status.is_some(),
             should_be_injected,
+            config_from,
         }
     }
 }
@@ -67,6 +79,8 @@ impl PodFacts {
 /// Everything reconcile observed about one TracedService.
 #[derive(Clone, Debug, Default)]
 pub struct Observed {
+    /// The TracedService's name (what injected pods record when they mount its config).
+    pub name: String,
     /// `metadata.generation` of the TracedService.
     pub generation: Option<i64>,
     /// Why the spec cannot be used, if it cannot.
@@ -132,6 +146,14 @@ pub fn desired_status(
         .map(|p| p.name.clone())
         .collect();
     uninjected.sort();
+    // Injected before this TracedService selected them: no config, or another one's.
+    let mut stale: Vec<String> = observed
+        .pods
+        .iter()
+        .filter(|p| p.injected && p.config_from.as_deref() != Some(observed.name.as_str()))
+        .map(|p| p.name.clone())
+        .collect();
+    stale.sort();
 
     let ready = if let Some(why) = &observed.invalid_spec {
         cond(
@@ -193,12 +215,25 @@ pub fn desired_status(
             g,
             &now,
         )
-    } else if uninjected.is_empty() {
+    } else if uninjected.is_empty() && stale.is_empty() {
         cond(
             condition::PODS_INJECTED,
             true,
             reason::ALL_INJECTED,
             format!("{injected} of {selected} selected pods carry the sidecar"),
+            g,
+            &now,
+        )
+    } else if uninjected.is_empty() {
+        cond(
+            condition::PODS_INJECTED,
+            false,
+            reason::PODS_NEED_RESTART,
+            format!(
+                "{} selected pod(s) carry the sidecar but not this TracedService's config (injected before it selected them); restart them: {}",
+                stale.len(),
+                list(&stale)
+            ),
             g,
             &now,
         )
@@ -278,11 +313,13 @@ mod tests {
         Time(k8s_openapi::jiff::Timestamp::from_second(s).expect("ts"))
     }
 
+    /// A selected pod; injected ones mount the config of the TracedService `svc`.
     fn pod(name: &str, injected: bool, should: bool) -> PodFacts {
         PodFacts {
             name: name.into(),
             injected,
             should_be_injected: should,
+            config_from: injected.then(|| "svc".into()),
         }
     }
 
@@ -296,6 +333,7 @@ mod tests {
     #[test]
     fn healthy_service_is_ready_and_counts_pods() {
         let o = Observed {
+            name: "svc".into(),
             generation: Some(3),
             pods: vec![
                 pod("a", true, true),
@@ -407,5 +445,42 @@ mod tests {
         assert_eq!(s.uninjected_pods.len(), MAX_LISTED_PODS);
         assert!(s.conditions[1].message.starts_with("30 selected pod(s)"));
         assert!(s.conditions[1].message.ends_with("and 10 more"));
+    }
+
+    #[test]
+    fn pods_injected_before_the_traced_service_are_named_for_a_restart() {
+        let mut early = pod("early", true, true);
+        early.config_from = None;
+        let mut other = pod("other", true, true);
+        other.config_from = Some("older".into());
+        let o = Observed {
+            name: "svc".into(),
+            pods: vec![early, other, pod("fine", true, true)],
+            config_map: Some("sidetrace-svc".into()),
+            ..Default::default()
+        };
+        let s = desired_status(&o, None, t(1));
+        let c = s
+            .conditions
+            .iter()
+            .find(|c| c.type_ == condition::PODS_INJECTED)
+            .expect("pods condition");
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("False", reason::PODS_NEED_RESTART)
+        );
+        assert!(c.message.contains("early, other"), "{}", c.message);
+        assert_eq!(s.injected_pods, 3);
+        assert!(s.uninjected_pods.is_empty());
+    }
+
+    #[test]
+    fn the_status_annotation_names_the_mounted_config() {
+        let empty = BTreeMap::new();
+        let m = |v: &str| BTreeMap::from([(names::STATUS_ANNOTATION.to_owned(), v.to_owned())]);
+        let p = PodFacts::from_metadata("p", &empty, &m(r#"{"tracedService":"web"}"#), &empty);
+        assert_eq!(p.config_from.as_deref(), Some("web"));
+        let p = PodFacts::from_metadata("p", &empty, &m("{}"), &empty);
+        assert!(p.injected && p.config_from.is_none());
     }
 }
