@@ -364,20 +364,6 @@ async fn websocket_upgrade_becomes_a_tunnel() {
     assert_eq!(tag(span, "http.status_code"), "101");
 }
 
-async fn echo_server() -> std::net::SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = l.local_addr().expect("addr");
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = l.accept().await {
-            tokio::spawn(async move {
-                let (mut r, mut w) = s.split();
-                let _ = tokio::io::copy(&mut r, &mut w).await;
-            });
-        }
-    });
-    addr
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn opaque_tcp_is_echoed_and_counted() {
     let echo = echo_server().await;
