@@ -9,12 +9,15 @@
 //! - [`defaults`]: ports, uid/gid and other well-known values (Istio's, so rules read familiar).
 //! - [`capture`]: capture choices the webhook passes to the init container (IPv6).
 //! - [`duration`]: the one duration syntax of flags, the config file and the CRD (`500ms`).
+//! - [`injection`]: whether a pod carries the sidecar, decided once for the webhook and the
+//!   operator.
 //! - [`proxy_config`]: the YAML file the operator renders into a ConfigMap and
 //!   `sidetrace-proxy --config` reads.
 
 pub mod capture;
 pub mod defaults;
 pub mod duration;
+pub mod injection;
 pub mod names;
 pub mod proxy_config;
 

@@ -12,6 +12,9 @@ pub const INJECT_NAMESPACE_ENABLED: &str = "enabled";
 
 /// Pod annotation the webhook writes describing what it injected (JSON).
 pub const STATUS_ANNOTATION: &str = "sidetrace.dev/status";
+/// Pod annotation the webhook writes on a pod it admitted without injecting: why (JSON, see
+/// `injection::SkipRecord`). The operator reads it for facts it cannot see (the pod spec).
+pub const SKIP_ANNOTATION: &str = "sidetrace.dev/skipped";
 
 /// Per-pod override annotations.
 pub mod annotations {

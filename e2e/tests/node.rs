@@ -635,6 +635,110 @@ spec:
         },
     )?;
 
+    // 5c. tcpSocket probes follow the app, not the proxy: the same readiness probe on an
+    // injected pod and on an opted-out one; when the app closes the probed port, both pods go
+    // NotReady. (Without the rewrite the kubelet's connection is captured and accepted by the
+    // proxy, and the injected pod stays Ready.)
+    say("tcpSocket probes follow the app");
+    let probed = |name: &str, inject: bool| {
+        format!(
+            r#"---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: {name}, namespace: {ns}}}
+spec:
+  replicas: 1
+  selector: {{matchLabels: {{app: {name}}}}}
+  template:
+    metadata: {{labels: {{app: {name}, sidetrace.dev/inject: "{inject}"}}}}
+    spec:
+      containers:
+      - name: app
+        image: sidetrace/demo-app:0.1.0
+        imagePullPolicy: Never
+        args: ["--name={name}", "--tcp-echo=0.0.0.0:9000"]
+        ports: [{{containerPort: 8080}}, {{containerPort: 9000}}]
+        readinessProbe: {{tcpSocket: {{port: 9000}}, periodSeconds: 1, failureThreshold: 1}}
+"#
+        )
+    };
+    cluster.apply(&format!(
+        "{}{}",
+        probed("probed", true),
+        probed("probed-plain", false)
+    ))?;
+    for (app, injected) in [("probed", true), ("probed-plain", false)] {
+        cluster.wait(&format!("{app} Ready"), &ns, WAIT, || {
+            all_ready(&cluster, &ns, &format!("app={app}"), 1)
+        })?;
+        let pod = pods(&cluster, &ns, &format!("app={app}"))?.remove(0);
+        let probe = pod["spec"]["containers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|c| c["name"] == "app")
+            .map(|c| c["readinessProbe"].clone())
+            .unwrap_or_default();
+        let rewritten = probe["httpGet"]["path"] == "/app-health/tcp/9000";
+        ensure!(
+            rewritten == injected && (injected || probe["tcpSocket"]["port"] == 9000),
+            "{app}: readiness probe {probe}"
+        );
+        let ip = pod_ip(&pod)?;
+        let (code, _) = cluster.http_get(&format!("http://{ip}:8080/admin/close-tcp-echo"))?;
+        ensure!(code == 200, "{app}: closing its tcp port answered {code}");
+        cluster.wait(
+            &format!("{app} NotReady once its probed port is closed"),
+            &ns,
+            WAIT,
+            || {
+                let p = pods(&cluster, &ns, &format!("app={app}"))?;
+                Ok(p.len() == 1
+                    && !is_ready(&p[0])
+                    && p[0]["metadata"]["uid"] == pod["metadata"]["uid"])
+            },
+        )?;
+    }
+
+    // 5d. A Job's pod completes with the native sidecar, after an outbound call through it.
+    say("a Job completes");
+    cluster.apply(&format!(
+        r#"---
+apiVersion: batch/v1
+kind: Job
+metadata: {{name: batch, namespace: {ns}}}
+spec:
+  backoffLimit: 0
+  template:
+    metadata: {{labels: {{app: batch}}}}
+    spec:
+      restartPolicy: Never
+      containers:
+      - name: app
+        image: sidetrace/demo-app:0.1.0
+        imagePullPolicy: Never
+        args: ["--name=batch", "--once=http://$(SERVICE1_SERVICE_HOST):8080/"]
+"#
+    ))?;
+    cluster.wait("the Job succeeded", &ns, WAIT, || {
+        let job = json(&cluster, &["get", "job", "-n", &ns, "batch"])?;
+        if job["status"]["failed"].as_u64().unwrap_or(0) > 0 {
+            bail!("the Job failed: {}", job["status"]);
+        }
+        Ok(job["status"]["succeeded"].as_u64() == Some(1))
+    })?;
+    let batch = pods(&cluster, &ns, "app=batch")?.remove(0);
+    let native_proxy = batch["spec"]["initContainers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|c| c["name"] == "sidetrace-proxy" && c["restartPolicy"] == "Always");
+    ensure!(
+        native_proxy && batch["status"]["phase"] == "Succeeded",
+        "the Job's pod: native proxy {native_proxy}, phase {}",
+        batch["status"]["phase"]
+    );
+
     // 6. Webhook loss with failurePolicy Ignore: pods are still created, without a sidecar.
     say("webhook loss");
     cluster.kc(&[

@@ -23,6 +23,8 @@ use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use serde_json::json;
+use sidetrace_contract::injection::SkipRecord;
+use sidetrace_contract::names;
 use sidetrace_crds::TracedService;
 use sidetrace_e2e::controlplane::{ControlPlane, poll};
 
@@ -206,6 +208,244 @@ fn ready(t: &TracedService) -> Option<(String, String)> {
             .find(|c| c.type_ == "Ready")
             .map(|c| (c.status.clone(), c.reason.clone()))
     })
+}
+
+/// The skip record the webhook wrote on a pod it left alone.
+fn skip_record(p: &Pod) -> Option<SkipRecord> {
+    p.annotations()
+        .get(names::SKIP_ANNOTATION)
+        .and_then(|v| SkipRecord::parse(v))
+}
+
+/// The TracedService's PodsInjected condition: (status, reason, message).
+fn pods_injected(t: &TracedService) -> Option<(String, String, String)> {
+    t.status.as_ref().and_then(|s| {
+        s.conditions
+            .iter()
+            .find(|c| c.type_ == "PodsInjected")
+            .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
+    })
+}
+
+/// Waits until `name`'s PodsInjected condition satisfies `check`; the error shows the last one.
+async fn wait_pods_injected(
+    tss: &Api<TracedService>,
+    name: &str,
+    what: &str,
+    check: impl Fn(&str, &str, &str) -> bool,
+) -> Result<()> {
+    let last = std::sync::Mutex::new(None);
+    poll(WAIT, what, || async {
+        let cond = tss.get_opt(name).await?.as_ref().and_then(pods_injected);
+        let ok = cond
+            .as_ref()
+            .is_some_and(|(s, r, m)| check(s.as_str(), r.as_str(), m.as_str()));
+        *last.lock().expect("lock") = cond;
+        Ok(ok)
+    })
+    .await
+    .with_context(|| {
+        format!(
+            "last PodsInjected of {name}: {:?}",
+            last.lock().expect("lock")
+        )
+    })
+}
+
+/// A TracedService named `name` selecting `app=<name>` in `ns`.
+fn traced_service(name: &str, ns: &str) -> Result<TracedService> {
+    Ok(serde_json::from_value(json!({
+        "apiVersion": "sidetrace.dev/v1alpha1", "kind": "TracedService",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {"selector": {"matchLabels": {"app": name}}},
+    }))?)
+}
+
+async fn every_skip_reason_is_recorded_and_reported(
+    cp: &ControlPlane,
+    client: &Client,
+    injector: &Proc,
+    operator: &Proc,
+) -> Result<()> {
+    let with_spec = |name: &str, labels: &[(&str, &str)], spec: serde_json::Value| -> Result<Pod> {
+        let mut v = serde_json::to_value(pod(name, labels))?;
+        if let (Some(dst), Some(src)) = (v["spec"].as_object_mut(), spec.as_object()) {
+            dst.extend(src.clone());
+        }
+        Ok(serde_json::from_value(v)?)
+    };
+    let app = ("app", "skips");
+
+    // A labelled namespace: one pod injected, three left alone as asked.
+    cp.create_namespace("skips", &[("sidetrace.dev/inject", "enabled")])
+        .await?;
+    let tss: Api<TracedService> = Api::namespaced(client.clone(), "skips");
+    tss.create(&PostParams::default(), &traced_service("skips", "skips")?)
+        .await?;
+    let injected = create_pod(client, "skips", pod("traced", &[app])).await?;
+    ensure!(is_injected(&injected), "plain pod in skips not injected");
+    let host = with_spec("host-net", &[app], json!({"hostNetwork": true}))?;
+    let host = create_pod(client, "skips", host).await?;
+    ensure!(!is_injected(&host), "hostNetwork pod was injected");
+    ensure!(
+        skip_record(&host).is_some_and(|r| r.reason == "host-network"),
+        "hostNetwork pod's record: {:?}",
+        host.annotations().get(names::SKIP_ANNOTATION)
+    );
+    let istio = with_spec(
+        "istio",
+        &[app],
+        json!({"containers": [{"name": "app", "image": "demo:1"}, {"name": "istio-proxy", "image": "proxyv2:1"}]}),
+    )?;
+    let istio = create_pod(client, "skips", istio).await?;
+    ensure!(!is_injected(&istio), "pod with istio-proxy was injected");
+    ensure!(
+        skip_record(&istio).is_some_and(
+            |r| r.reason == "foreign-proxy" && r.detail.as_deref() == Some("istio-proxy")
+        ),
+        "istio pod's record: {:?}",
+        istio.annotations().get(names::SKIP_ANNOTATION)
+    );
+    // Opted out: the webhook registration's objectSelector keeps it from the webhook, so
+    // there is no record; the label itself says why.
+    let out = create_pod(
+        client,
+        "skips",
+        pod("opted-out", &[app, ("sidetrace.dev/inject", "false")]),
+    )
+    .await?;
+    ensure!(
+        !is_injected(&out) && skip_record(&out).is_none(),
+        "opted-out pod touched"
+    );
+    wait_pods_injected(
+        &tss,
+        "skips",
+        "skips: left-alone pods do not fail",
+        |s, r, m| {
+            s == "True"
+                && r == "AllInjected"
+                && m.starts_with("1 of 4 selected pods carry the sidecar; 3 left alone as asked:")
+                && m.contains("host-net (pod uses the host network)")
+                && m.contains("istio (pod already carries the istio-proxy mesh proxy)")
+                && m.contains("opted-out (pod is labelled sidetrace.dev/inject=false)")
+        },
+    )
+    .await
+    .with_context(|| operator.tail())?;
+
+    // A pod opted in where the namespace says no: the webhook is called and records it.
+    cp.create_namespace("says-no", &[("sidetrace.dev/inject", "disabled")])
+        .await?;
+    let says_no = Api::<Pod>::namespaced(client.clone(), "says-no");
+    let opted_in = pod(
+        "opted-in",
+        &[("app", "says-no"), ("sidetrace.dev/inject", "true")],
+    );
+    // Until the injector's namespace cache has the label it trusts its registration: dry runs.
+    poll(
+        WAIT,
+        "a disabled namespace's opt-in pod is recorded",
+        || async {
+            let dry = PostParams {
+                dry_run: true,
+                ..PostParams::default()
+            };
+            Ok(says_no
+                .create(&dry, &opted_in)
+                .await
+                .is_ok_and(|p| skip_record(&p).is_some_and(|r| r.reason == "namespace-disabled")))
+        },
+    )
+    .await
+    .with_context(|| injector.tail())?;
+    let stored = create_pod(client, "says-no", opted_in.clone()).await?;
+    ensure!(
+        !is_injected(&stored)
+            && skip_record(&stored).is_some_and(|r| r.detail.as_deref() == Some("disabled")),
+        "opt-in pod in a disabled namespace: {:?}",
+        stored.annotations()
+    );
+
+    // Pod Security: the pod created in "psa" above carries the record; a TracedService
+    // selecting it says the level blocks injection.
+    let psa = Api::<Pod>::namespaced(client.clone(), "psa")
+        .get("psa")
+        .await?;
+    ensure!(
+        skip_record(&psa)
+            .is_some_and(|r| r.reason == "pod-security" && r.detail.as_deref() == Some("baseline")),
+        "Pod Security pod's record: {:?}",
+        psa.annotations()
+    );
+    let psa_tss: Api<TracedService> = Api::namespaced(client.clone(), "psa");
+    let mut x = traced_service("x", "psa")?;
+    x.metadata.name = Some("psa-x".into());
+    psa_tss.create(&PostParams::default(), &x).await?;
+    wait_pods_injected(
+        &psa_tss,
+        "psa-x",
+        "psa: blocked by Pod Security",
+        |s, r, m| {
+            s == "False"
+                && r == "BlockedByPodSecurity"
+                && m.contains("\"baseline\"")
+                && m.contains("psa")
+        },
+    )
+    .await
+    .with_context(|| operator.tail())?;
+
+    // A pod created before its namespace was labelled: first "not enabled", then, once the
+    // namespace enables injection, the one pod to restart, with the reason.
+    cp.create_namespace("later", &[]).await?;
+    let early = create_pod(client, "later", pod("before-label", &[("app", "later")])).await?;
+    ensure!(
+        !is_injected(&early) && skip_record(&early).is_none(),
+        "pod in an unlabelled namespace touched"
+    );
+    let later_tss: Api<TracedService> = Api::namespaced(client.clone(), "later");
+    later_tss
+        .create(&PostParams::default(), &traced_service("later", "later")?)
+        .await?;
+    wait_pods_injected(
+        &later_tss,
+        "later",
+        "later: injection not enabled",
+        |s, r, m| s == "False" && r == "InjectionNotEnabled" && m.ends_with(": before-label"),
+    )
+    .await
+    .with_context(|| operator.tail())?;
+    Api::<k8s_openapi::api::core::v1::Namespace>::all(client.clone())
+        .patch(
+            "later",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {"sidetrace.dev/inject": "enabled"}}})),
+        )
+        .await?;
+    wait_pods_injected(
+        &later_tss,
+        "later",
+        "later: the early pod is named for a restart",
+        |s, r, m| {
+            s == "False"
+                && r == "PodsNotInjected"
+                && m.contains("restart them: before-label (created before injection was enabled")
+        },
+    )
+    .await
+    .with_context(|| operator.tail())?;
+    let later = later_tss.get("later").await?;
+    ensure!(
+        later.status.as_ref().map(|s| s.uninjected_pods.clone())
+            == Some(vec!["before-label".to_owned()]),
+        "uninjectedPods: {:?}",
+        later.status
+    );
+    for (api, name) in [(&tss, "skips"), (&psa_tss, "psa-x"), (&later_tss, "later")] {
+        api.delete(name, &DeleteParams::default()).await?;
+    }
+    Ok(())
 }
 
 async fn metrics_leader(addr: SocketAddr) -> Option<String> {
@@ -494,6 +734,12 @@ async fn scenario(cp: &ControlPlane) -> Result<()> {
         !is_injected(&psa),
         "pod in a namespace enforcing Pod Security baseline was injected"
     );
+
+    // 5b. Every skip reason, end to end: the webhook records why it left a pod alone, and a
+    // TracedService selecting such pods reports them from that record with the one rule the
+    // webhook applied: left alone as asked (no failure), blocked by Pod Security, injection not
+    // enabled, or missing the sidecar with the reason (the only ones to restart).
+    every_skip_reason_is_recorded_and_reported(cp, &client, &injector, &op_a).await?;
 
     // The status counts the selected pods: 1 injected, 1 opted out.
     poll(WAIT, "status counts pods", || async {

@@ -32,7 +32,7 @@ pub struct PodContext<'a> {
 pub struct Mutation {
     /// The decision and its reason.
     pub decision: Decision,
-    /// The patch, when injecting.
+    /// The patch: the injection, or the skip record on a pod left alone.
     pub patch: Option<Patch>,
     /// What was injected, when injecting.
     pub status: Option<InjectionStatus>,
@@ -62,15 +62,13 @@ pub fn mutate(pod: &Pod, ctx: PodContext<'_>, settings: &Settings) -> Mutation {
                 names::INJECT_LABEL
             )
         });
-    if !matches!(decision, Decision::Inject(_)) {
+    if let Decision::Skip(reason) = &decision {
         // Skips that leave a pod untraced against the user's wish are said to the user.
-        let pod_security = match &decision {
-            Decision::Skip(r @ decision::SkipReason::PodSecurity(_)) => Some(r.to_string()),
-            _ => None,
-        };
+        let pod_security =
+            matches!(reason, decision::SkipReason::PodSecurity(_)).then(|| reason.to_string());
         return Mutation {
+            patch: patch::record_skip(pod, reason).map(Patch),
             decision,
-            patch: None,
             status: None,
             warnings: label_warning.into_iter().chain(pod_security).collect(),
         };

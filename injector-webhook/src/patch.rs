@@ -31,6 +31,7 @@ use json_patch::{AddOperation, PatchOperation};
 use k8s_openapi::api::core::v1::Pod;
 use serde::Serialize;
 use serde_json::{Value, json};
+use sidetrace_contract::injection::{SkipReason, SkipRecord};
 use sidetrace_contract::{Ipv6Capture, names};
 
 use crate::overrides::Overrides;
@@ -273,6 +274,31 @@ fn add<'t>(tokens: impl IntoIterator<Item = &'t str>, value: Value) -> PatchOper
         path: PointerBuf::from_tokens(tokens),
         value,
     })
+}
+
+/// The patch that writes the skip record on a pod the webhook leaves alone, so the operator
+/// (which sees pod metadata only) and a person reading the pod know why. Nothing when the
+/// reason is not recorded, or when the pod already carries this exact record (a reinvoked
+/// webhook must not patch twice).
+pub fn record_skip(pod: &Pod, reason: &SkipReason) -> Option<Vec<PatchOperation>> {
+    if !reason.is_recorded() {
+        return None;
+    }
+    let value = SkipRecord::of(reason).to_annotation();
+    let annotations = pod.metadata.annotations.as_ref();
+    if annotations.and_then(|a| a.get(names::SKIP_ANNOTATION)) == Some(&value) {
+        return None;
+    }
+    Some(vec![match annotations {
+        Some(_) => add(
+            ["metadata", "annotations", names::SKIP_ANNOTATION],
+            json!(value),
+        ),
+        None => add(
+            ["metadata", "annotations"],
+            json!({ names::SKIP_ANNOTATION: value }),
+        ),
+    }])
 }
 
 /// Replaces each app container's `tcpSocket` probe (liveness, readiness, startup) with the

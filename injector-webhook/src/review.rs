@@ -258,7 +258,7 @@ mod tests {
     }
 
     #[test]
-    fn unlabelled_namespace_is_allowed_unchanged() {
+    fn a_pod_left_alone_gets_only_the_skip_record() {
         let r = review(
             &body("CREATE", "Pod", "shop", pod()),
             &view(&[]),
@@ -267,7 +267,24 @@ mod tests {
         .expect("review");
         assert_eq!(r.outcome, Outcome::Skipped("not-enabled"));
         let resp = response(&r);
-        assert!(resp.get("patch").is_none() && resp.get("patchType").is_none());
+        let patch = BASE64
+            .decode(resp["patch"].as_str().expect("string"))
+            .expect("base64");
+        let patch: Value = serde_json::from_slice(&patch).expect("patch");
+        assert_eq!(patch.as_array().map(Vec::len), Some(1), "{patch}");
+        assert_eq!(patch[0]["path"], "/metadata/annotations");
+        let record = patch[0]["value"][names::SKIP_ANNOTATION]
+            .as_str()
+            .expect("record");
+        assert!(record.contains("\"not-enabled\""), "{record}");
+        // kube-system pods are never touched, not even by a record.
+        let r = review(
+            &body("CREATE", "Pod", "kube-system", pod()),
+            &view(&[]),
+            &Settings::default(),
+        )
+        .expect("review");
+        assert!(response(&r).get("patch").is_none());
     }
 
     #[test]

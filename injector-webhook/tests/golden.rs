@@ -10,6 +10,7 @@ use std::sync::Arc;
 use k8s_openapi::api::core::v1::Pod;
 use serde::Deserialize;
 use serde_json::Value;
+use sidetrace_contract::injection::{Decision, SkipRecord};
 use sidetrace_contract::names;
 use sidetrace_crds::TracedService;
 use sidetrace_injector::mutate::{PodContext, mutate};
@@ -129,15 +130,44 @@ fn run_case(dir: &Path, failures: &mut Vec<String>) -> Outcome {
     let patched_pod: Pod = serde_json::from_value(patched.clone())
         .unwrap_or_else(|e| panic!("{}: patched pod is not a Pod: {e}", dir.display()));
     let again = mutate(&patched_pod, ctx, &settings);
-    if m.patch.is_some() && again.patch.is_some() {
+    if again.patch.is_some() {
         failures.push(format!("{}: second pass patched again", dir.display()));
     }
-    if m.patch.is_some() {
+    let injected = matches!(m.decision, Decision::Inject(_));
+    if injected {
         check_injected(dir, &pod_json, &patched, mode, failures);
+    } else {
+        check_skipped(dir, &m.decision, &pod_json, &patched, failures);
     }
-    Outcome {
-        patched,
-        injected: m.patch.is_some(),
+    Outcome { patched, injected }
+}
+
+/// A pod left alone keeps its spec; where the reason is recorded, the skip annotation says it
+/// in the form the operator reads back.
+fn check_skipped(
+    dir: &Path,
+    decision: &Decision,
+    before: &Value,
+    after: &Value,
+    failures: &mut Vec<String>,
+) {
+    let mut fail = |what: &str| failures.push(format!("{}: {what}", dir.display()));
+    let Decision::Skip(reason) = decision else {
+        return;
+    };
+    if before["spec"] != after["spec"] {
+        fail("a skipped pod's spec changed");
+    }
+    let record = after["metadata"]["annotations"][names::SKIP_ANNOTATION]
+        .as_str()
+        .and_then(SkipRecord::parse);
+    match (reason.is_recorded(), record) {
+        (true, Some(r)) if r == SkipRecord::of(reason) => {}
+        (true, r) => fail(&format!("skip {reason:?} recorded as {r:?}")),
+        (false, Some(r)) => fail(&format!(
+            "skip {reason:?} must not be recorded, found {r:?}"
+        )),
+        (false, None) => {}
     }
 }
 

@@ -42,6 +42,8 @@ pub struct Context {
     pub recorder: Recorder,
     pub metrics: Arc<Metrics>,
     pub check_collector_dns: bool,
+    /// The namespace the control plane runs in, whose pods are never injected.
+    pub control_plane_namespace: String,
     failures: Mutex<HashMap<ObjectRef<TracedService>, u32>>,
 }
 
@@ -55,6 +57,7 @@ impl Context {
         traced_services: Store<TracedService>,
         metrics: Arc<Metrics>,
         check_collector_dns: bool,
+        control_plane_namespace: String,
     ) -> Self {
         let reporter = Reporter {
             controller: "sidetrace-operator".into(),
@@ -68,6 +71,7 @@ impl Context {
             traced_services,
             metrics,
             check_collector_dns,
+            control_plane_namespace,
             failures: Mutex::new(HashMap::new()),
         }
     }
@@ -89,6 +93,7 @@ pub fn observe_pods(
     pods: &[Arc<PartialObjectMeta<Pod>>],
     namespace_labels: &BTreeMap<String, String>,
     all: &[Arc<TracedService>],
+    control_plane_namespace: &str,
     observed: &mut Observed,
 ) {
     let ns = ts.namespace().unwrap_or_default();
@@ -107,12 +112,14 @@ pub fn observe_pods(
         }
         observed.pods.push(PodFacts::from_metadata(
             &pod.name_any(),
+            &ns,
             &labels,
             pod.metadata
                 .annotations
                 .as_ref()
                 .unwrap_or(&BTreeMap::new()),
             namespace_labels,
+            control_plane_namespace,
         ));
         let rivals = matching(all.iter().map(Arc::as_ref), &ns, &labels);
         let mut winner_seen = false;
@@ -264,6 +271,7 @@ async fn reconcile_inner(ts: &TracedService, ctx: &Context) -> Result<Action> {
         &ctx.pods.state(),
         &ns_labels,
         &ctx.traced_services.state(),
+        &ctx.control_plane_namespace,
         &mut observed,
     );
 
@@ -313,7 +321,12 @@ pub fn error_policy(ts: Arc<TracedService>, error: &Error, ctx: Arc<Context>) ->
 }
 
 /// Builds the caches and runs the controller until shutdown.
-pub async fn run(client: Client, metrics: Arc<Metrics>, check_collector_dns: bool) -> Result<()> {
+pub async fn run(
+    client: Client,
+    metrics: Arc<Metrics>,
+    check_collector_dns: bool,
+    control_plane_namespace: String,
+) -> Result<()> {
     let ts_api: Api<TracedService> = Api::all(client.clone());
     // Fail fast with a clear message when the CRD is not installed.
     ts_api.list(&ListParams::default().limit(1)).await?;
@@ -355,6 +368,7 @@ pub async fn run(client: Client, metrics: Arc<Metrics>, check_collector_dns: boo
         traced_services,
         metrics.clone(),
         check_collector_dns,
+        control_plane_namespace,
     ));
     let ready = metrics.clone();
     tokio::spawn(async move {
@@ -408,6 +422,7 @@ pub async fn run(client: Client, metrics: Arc<Metrics>, check_collector_dns: boo
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::status::PodState;
 
     #[test]
     fn backoff_is_exponential_and_bounded() {
@@ -458,26 +473,32 @@ mod tests {
         let ns_labels = BTreeMap::from([(names::INJECT_LABEL.to_owned(), "enabled".to_owned())]);
 
         let mut o = Observed::default();
-        observe_pods(&young, &pods, &ns_labels, &all, &mut o);
+        observe_pods(&young, &pods, &ns_labels, &all, "sidetrace-system", &mut o);
         assert_eq!(o.pods.len(), 2);
         assert_eq!(o.outranked_by, vec!["old".to_owned()]);
         assert!(o.outranks.is_empty());
 
         let mut o = Observed::default();
-        observe_pods(&old, &pods, &ns_labels, &all, &mut o);
+        observe_pods(&old, &pods, &ns_labels, &all, "sidetrace-system", &mut o);
         assert_eq!(o.outranks, vec!["young".to_owned()]);
         assert!(o.outranked_by.is_empty());
-        assert_eq!(o.pods.iter().filter(|p| p.injected).count(), 1);
         assert_eq!(
             o.pods
                 .iter()
-                .filter(|p| p.should_be_injected && !p.injected)
+                .filter(|p| matches!(p.state, PodState::Injected { .. }))
+                .count(),
+            1
+        );
+        assert_eq!(
+            o.pods
+                .iter()
+                .filter(|p| matches!(p.state, PodState::Missing { .. }))
                 .count(),
             1
         );
 
         let mut o = Observed::default();
-        observe_pods(&other, &pods, &ns_labels, &all, &mut o);
+        observe_pods(&other, &pods, &ns_labels, &all, "sidetrace-system", &mut o);
         assert_eq!(o.pods.len(), 1);
         assert!(o.outranked_by.is_empty() && o.outranks.is_empty());
     }

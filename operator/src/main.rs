@@ -88,7 +88,13 @@ async fn main() -> anyhow::Result<()> {
         ));
     }
 
-    controller::run(client, metrics, args.check_collector_dns).await?;
+    controller::run(
+        client,
+        metrics,
+        args.check_collector_dns,
+        args.namespace.clone(),
+    )
+    .await?;
     tracing::info!("operator stopped");
     Ok(())
 }

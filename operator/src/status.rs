@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use sidetrace_contract::injection::{self, Decision, SkipReason, SkipRecord};
 use sidetrace_contract::names;
 use sidetrace_crds::TracedServiceStatus;
 
@@ -27,52 +28,91 @@ pub mod reason {
     /// injection); a restart applies it.
     pub const PODS_NEED_RESTART: &str = "PodsNeedRestart";
     pub const NO_PODS: &str = "NoPodsSelected";
+    /// The namespace enforces a Pod Security level that rejects the init container, so the
+    /// webhook admits its pods without the sidecar.
+    pub const BLOCKED_BY_POD_SECURITY: &str = "BlockedByPodSecurity";
+    /// Neither the namespace nor the pods ask for injection: the selected pods run untraced.
+    pub const INJECTION_NOT_ENABLED: &str = "InjectionNotEnabled";
 }
 
 /// How many uninjected pod names the status lists (the count is always exact).
 pub const MAX_LISTED_PODS: usize = 20;
 
-/// One selected pod, as the operator sees it (metadata only).
+/// Where a selected pod stands, by the one injection rule (`sidetrace_contract::injection`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PodState {
+    /// Carries the sidecar; `config_from` is the TracedService whose config the webhook
+    /// mounted, from the status annotation's `tracedService` (None: injected without one).
+    Injected { config_from: Option<String> },
+    /// The rule says it should carry the sidecar and it does not: a restart injects it.
+    /// `why` says how it came to be without one.
+    Missing { why: String },
+    /// The rule leaves it alone, for this reason.
+    Skipped(SkipReason),
+}
+
+/// One selected pod, as the operator sees it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PodFacts {
     pub name: String,
-    /// Carries the `sidetrace.dev/status` annotation the webhook writes.
-    pub injected: bool,
-    /// The namespace label or the pod label asks for injection and the pod did not opt out.
-    pub should_be_injected: bool,
-    /// The TracedService whose config the webhook mounted, from the status annotation's
-    /// `tracedService` (None: injected without one).
-    pub config_from: Option<String>,
+    pub state: PodState,
 }
 
 impl PodFacts {
-    /// Builds the facts from a pod's labels/annotations and its namespace's labels.
+    /// Judges a pod from its metadata and its namespace's labels with the same rule the webhook
+    /// applied at admission; the facts only the pod spec holds (host network, another mesh's
+    /// proxy) come from the skip record the webhook wrote on the pod.
     pub fn from_metadata(
         name: &str,
+        namespace: &str,
         pod_labels: &BTreeMap<String, String>,
         pod_annotations: &BTreeMap<String, String>,
         namespace_labels: &BTreeMap<String, String>,
+        control_plane_namespace: &str,
     ) -> Self {
-        let pod_choice = pod_labels.get(names::INJECT_LABEL).map(String::as_str);
-        let ns_enabled = namespace_labels
-            .get(names::INJECT_LABEL)
-            .map(String::as_str)
-            == Some(names::INJECT_NAMESPACE_ENABLED);
-        let should_be_injected = match pod_choice {
-            Some("false") => false,
-            Some("true") => true,
-            _ => ns_enabled,
+        if let Some(status) = pod_annotations.get(names::STATUS_ANNOTATION) {
+            let config_from = serde_json::from_str::<serde_json::Value>(status)
+                .ok()
+                .and_then(|v| v["tracedService"].as_str().map(str::to_owned));
+            return Self {
+                name: name.to_owned(),
+                state: PodState::Injected { config_from },
+            };
+        }
+        let record = pod_annotations
+            .get(names::SKIP_ANNOTATION)
+            .and_then(|v| SkipRecord::parse(v));
+        let mut facts = injection::PodFacts {
+            namespace,
+            inject_label: pod_labels.get(names::INJECT_LABEL).map(String::as_str),
+            ..injection::PodFacts::default()
         };
-        let status = pod_annotations.get(names::STATUS_ANNOTATION);
-        let config_from = status
-            .and_then(|s| serde_json::from_str::<serde_json::Value>(s).ok())
-            .and_then(|v| v["tracedService"].as_str().map(str::to_owned));
+        if let Some(r) = &record {
+            r.apply_to(&mut facts);
+        }
+        let state = match injection::decide(&facts, Some(namespace_labels), control_plane_namespace)
+        {
+            Decision::Skip(reason) => PodState::Skipped(reason),
+            Decision::Inject(_) => PodState::Missing {
+                why: match &record {
+                    Some(r) => format!(
+                        "admitted without it when {}; that has changed since",
+                        r.message
+                    ),
+                    None => "created before injection was enabled, or while the webhook was \
+                             unreachable"
+                        .to_owned(),
+                },
+            },
+        };
         Self {
             name: name.to_owned(),
-            injected: status.is_some(),
-            should_be_injected,
-            config_from,
+            state,
         }
+    }
+
+    fn is_injected(&self) -> bool {
+        matches!(self.state, PodState::Injected { .. })
     }
 }
 
@@ -138,22 +178,29 @@ pub fn desired_status(
 ) -> TracedServiceStatus {
     let g = observed.generation;
     let selected = observed.pods.len();
-    let injected = observed.pods.iter().filter(|p| p.injected).count();
-    let mut uninjected: Vec<String> = observed
-        .pods
-        .iter()
-        .filter(|p| p.should_be_injected && !p.injected)
-        .map(|p| p.name.clone())
-        .collect();
+    let injected = observed.pods.iter().filter(|p| p.is_injected()).count();
+    // Each group is sorted by name (the pods are).
+    let mut missing: Vec<(String, &str)> = Vec::new();
+    let mut stale: Vec<String> = Vec::new();
+    let mut blocked: Vec<(String, &SkipReason)> = Vec::new();
+    let mut not_enabled: Vec<String> = Vec::new();
+    let mut by_design: Vec<(String, &SkipReason)> = Vec::new();
+    for p in &observed.pods {
+        match &p.state {
+            // Injected before this TracedService selected them: no config, or another one's.
+            PodState::Injected { config_from } => {
+                if config_from.as_deref() != Some(observed.name.as_str()) {
+                    stale.push(p.name.clone());
+                }
+            }
+            PodState::Missing { why } => missing.push((p.name.clone(), why)),
+            PodState::Skipped(r @ SkipReason::PodSecurity(_)) => blocked.push((p.name.clone(), r)),
+            PodState::Skipped(SkipReason::NotEnabled) => not_enabled.push(p.name.clone()),
+            PodState::Skipped(r) => by_design.push((p.name.clone(), r)),
+        }
+    }
+    let mut uninjected: Vec<String> = missing.iter().map(|(n, _)| n.clone()).collect();
     uninjected.sort();
-    // Injected before this TracedService selected them: no config, or another one's.
-    let mut stale: Vec<String> = observed
-        .pods
-        .iter()
-        .filter(|p| p.injected && p.config_from.as_deref() != Some(observed.name.as_str()))
-        .map(|p| p.name.clone())
-        .collect();
-    stale.sort();
 
     let ready = if let Some(why) = &observed.invalid_spec {
         cond(
@@ -215,41 +262,82 @@ pub fn desired_status(
             g,
             &now,
         )
-    } else if uninjected.is_empty() && stale.is_empty() {
-        cond(
-            condition::PODS_INJECTED,
-            true,
-            reason::ALL_INJECTED,
-            format!("{injected} of {selected} selected pods carry the sidecar"),
-            g,
-            &now,
-        )
-    } else if uninjected.is_empty() {
-        cond(
-            condition::PODS_INJECTED,
-            false,
-            reason::PODS_NEED_RESTART,
-            format!(
+    } else {
+        let mut parts: Vec<String> = Vec::new();
+        let mut failing: Option<&str> = None;
+        let mut fail = |r: &'static str| {
+            failing.get_or_insert(r);
+        };
+        if !missing.is_empty() {
+            fail(reason::PODS_NOT_INJECTED);
+            let named: Vec<String> = missing
+                .iter()
+                .map(|(n, why)| format!("{n} ({why})"))
+                .collect();
+            parts.push(format!(
+                "{} selected pod(s) should carry the sidecar but do not; restart them: {}",
+                missing.len(),
+                list(&named)
+            ));
+        }
+        if !stale.is_empty() {
+            fail(reason::PODS_NEED_RESTART);
+            parts.push(format!(
                 "{} selected pod(s) carry the sidecar but not this TracedService's config (injected before it selected them); restart them: {}",
                 stale.len(),
                 list(&stale)
+            ));
+        }
+        if let Some((_, r)) = blocked.first() {
+            fail(reason::BLOCKED_BY_POD_SECURITY);
+            let names: Vec<String> = blocked.iter().map(|(n, _)| n.clone()).collect();
+            parts.push(format!(
+                "{} selected pod(s) run without the sidecar: {r}: {}",
+                blocked.len(),
+                list(&names)
+            ));
+        }
+        if !not_enabled.is_empty() {
+            fail(reason::INJECTION_NOT_ENABLED);
+            parts.push(format!(
+                "{} selected pod(s) run without the sidecar: neither their namespace ({}={}) nor the pods ({}=true) ask for injection: {}",
+                not_enabled.len(),
+                names::INJECT_LABEL,
+                names::INJECT_NAMESPACE_ENABLED,
+                names::INJECT_LABEL,
+                list(&not_enabled)
+            ));
+        }
+        let mut summary = format!("{injected} of {selected} selected pods carry the sidecar");
+        if !by_design.is_empty() {
+            let named: Vec<String> = by_design
+                .iter()
+                .map(|(n, r)| format!("{n} ({r})"))
+                .collect();
+            summary.push_str(&format!(
+                "; {} left alone as asked: {}",
+                by_design.len(),
+                list(&named)
+            ));
+        }
+        match failing {
+            None => cond(
+                condition::PODS_INJECTED,
+                true,
+                reason::ALL_INJECTED,
+                summary,
+                g,
+                &now,
             ),
-            g,
-            &now,
-        )
-    } else {
-        cond(
-            condition::PODS_INJECTED,
-            false,
-            reason::PODS_NOT_INJECTED,
-            format!(
-                "{} selected pod(s) should carry the sidecar but do not (created before injection was enabled, or while the webhook was down); restart them: {}",
-                uninjected.len(),
-                list(&uninjected)
+            Some(r) => cond(
+                condition::PODS_INJECTED,
+                false,
+                r,
+                parts.join("; "),
+                g,
+                &now,
             ),
-            g,
-            &now,
-        )
+        }
     };
 
     let mut conditions = vec![ready, pods];
@@ -313,15 +401,41 @@ mod tests {
         Time(k8s_openapi::jiff::Timestamp::from_second(s).expect("ts"))
     }
 
-    /// A selected pod; injected ones mount the config of the TracedService `svc`.
+    /// A selected pod; injected ones mount the config of the TracedService `svc`, skipped ones
+    /// opted out.
     fn pod(name: &str, injected: bool, should: bool) -> PodFacts {
+        let state = if injected {
+            PodState::Injected {
+                config_from: Some("svc".into()),
+            }
+        } else if should {
+            PodState::Missing {
+                why: "created before injection was enabled".into(),
+            }
+        } else {
+            PodState::Skipped(SkipReason::PodOptOut)
+        };
         PodFacts {
             name: name.into(),
-            injected,
-            should_be_injected: should,
-            config_from: injected.then(|| "svc".into()),
+            state,
         }
     }
+
+    fn pods_condition(s: &TracedServiceStatus) -> &Condition {
+        s.conditions
+            .iter()
+            .find(|c| c.type_ == condition::PODS_INJECTED)
+            .expect("pods condition")
+    }
+
+    fn m(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    const CP: &str = "sidetrace-system";
 
     fn ready(s: &TracedServiceStatus) -> &Condition {
         s.conditions
@@ -404,29 +518,172 @@ mod tests {
     }
 
     #[test]
-    fn pod_facts_follow_the_labels() {
-        let m = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
-            pairs
-                .iter()
-                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-                .collect()
-        };
+    fn pod_facts_follow_the_one_rule() {
         let ns_on = m(&[(names::INJECT_LABEL, "enabled")]);
         let empty = m(&[]);
-        assert!(PodFacts::from_metadata("p", &empty, &empty, &ns_on).should_be_injected);
+        let facts = |labels: &BTreeMap<String, String>,
+                     annotations: &BTreeMap<String, String>,
+                     ns: &BTreeMap<String, String>| {
+            PodFacts::from_metadata("p", "shop", labels, annotations, ns, CP).state
+        };
+        assert!(matches!(
+            facts(&empty, &empty, &ns_on),
+            PodState::Missing { .. }
+        ));
+        assert_eq!(
+            facts(&m(&[(names::INJECT_LABEL, "false")]), &empty, &ns_on),
+            PodState::Skipped(SkipReason::PodOptOut)
+        );
+        assert!(matches!(
+            facts(&m(&[(names::INJECT_LABEL, "true")]), &empty, &empty),
+            PodState::Missing { .. }
+        ));
+        assert_eq!(
+            facts(&empty, &empty, &empty),
+            PodState::Skipped(SkipReason::NotEnabled)
+        );
+        // A pod opted in where the namespace says no: the webhook skips it, and so does this.
+        assert_eq!(
+            facts(
+                &m(&[(names::INJECT_LABEL, "true")]),
+                &empty,
+                &m(&[(names::INJECT_LABEL, "disabled")])
+            ),
+            PodState::Skipped(SkipReason::NamespaceDisabled("disabled".into()))
+        );
+        assert!(matches!(
+            facts(&empty, &m(&[(names::STATUS_ANNOTATION, "{}")]), &empty),
+            PodState::Injected { config_from: None }
+        ));
+        // The control plane's own pods are never expected to carry the sidecar.
+        assert_eq!(
+            PodFacts::from_metadata("p", CP, &empty, &empty, &ns_on, CP).state,
+            PodState::Skipped(SkipReason::ControlPlaneNamespace(CP.into()))
+        );
+    }
+
+    #[test]
+    fn the_webhooks_skip_record_supplies_what_only_the_spec_shows() {
+        let ns_on = m(&[(names::INJECT_LABEL, "enabled")]);
+        let empty = m(&[]);
+        let recorded = |reason: &SkipReason| {
+            m(&[(
+                names::SKIP_ANNOTATION,
+                SkipRecord::of(reason).to_annotation().as_str(),
+            )])
+        };
+        for reason in [
+            SkipReason::HostNetwork,
+            SkipReason::ForeignProxy("istio-proxy".into()),
+        ] {
+            let p = PodFacts::from_metadata("p", "shop", &empty, &recorded(&reason), &ns_on, CP);
+            assert_eq!(p.state, PodState::Skipped(reason));
+        }
+        // Skipped at admission because the namespace was not enabled; it is now: restart it,
+        // and say why it has no sidecar.
+        let p = PodFacts::from_metadata(
+            "p",
+            "shop",
+            &empty,
+            &recorded(&SkipReason::NotEnabled),
+            &ns_on,
+            CP,
+        );
+        let PodState::Missing { why } = p.state else {
+            panic!("{:?}", p.state)
+        };
         assert!(
-            !PodFacts::from_metadata("p", &m(&[(names::INJECT_LABEL, "false")]), &empty, &ns_on)
-                .should_be_injected
+            why.contains("neither the namespace") && why.contains("changed since"),
+            "{why}"
+        );
+        // Unreadable records are ignored: the labels decide.
+        let junk = m(&[(names::SKIP_ANNOTATION, "{oops")]);
+        assert!(matches!(
+            PodFacts::from_metadata("p", "shop", &empty, &junk, &ns_on, CP).state,
+            PodState::Missing { .. }
+        ));
+    }
+
+    #[test]
+    fn pods_left_untraced_say_why_and_those_left_alone_as_asked_do_not_fail() {
+        let status_of = |pods: Vec<PodFacts>| {
+            desired_status(
+                &Observed {
+                    name: "svc".into(),
+                    pods,
+                    ..Default::default()
+                },
+                None,
+                t(1),
+            )
+        };
+        let s = status_of(vec![
+            pod("a", true, true),
+            PodFacts {
+                name: "hn".into(),
+                state: PodState::Skipped(SkipReason::HostNetwork),
+            },
+            pod("out", false, false),
+        ]);
+        let c = pods_condition(&s);
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("True", reason::ALL_INJECTED)
         );
         assert!(
-            PodFacts::from_metadata("p", &m(&[(names::INJECT_LABEL, "true")]), &empty, &empty)
-                .should_be_injected
+            c.message.starts_with("1 of 3 selected pods carry the sidecar; 2 left alone as asked: hn (pod uses the host network), out (pod is labelled"),
+            "{}",
+            c.message
         );
-        assert!(!PodFacts::from_metadata("p", &empty, &empty, &empty).should_be_injected);
+        assert!(s.uninjected_pods.is_empty());
+
+        let s = status_of(vec![
+            pod("a", true, true),
+            PodFacts {
+                name: "ps".into(),
+                state: PodState::Skipped(SkipReason::PodSecurity("restricted".into())),
+            },
+        ]);
+        let c = pods_condition(&s);
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("False", reason::BLOCKED_BY_POD_SECURITY)
+        );
         assert!(
-            PodFacts::from_metadata("p", &empty, &m(&[(names::STATUS_ANNOTATION, "{}")]), &empty)
-                .injected
+            c.message.contains("\"restricted\"") && c.message.ends_with(": ps"),
+            "{}",
+            c.message
         );
+
+        let s = status_of(vec![PodFacts {
+            name: "plain".into(),
+            state: PodState::Skipped(SkipReason::NotEnabled),
+        }]);
+        let c = pods_condition(&s);
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("False", reason::INJECTION_NOT_ENABLED)
+        );
+        assert!(c.message.ends_with(": plain"), "{}", c.message);
+
+        // Several problems: the first in order of urgency names the reason, all are said.
+        let s = status_of(vec![
+            pod("miss", false, true),
+            PodFacts {
+                name: "plain".into(),
+                state: PodState::Skipped(SkipReason::NotEnabled),
+            },
+        ]);
+        let c = pods_condition(&s);
+        assert_eq!(c.reason, reason::PODS_NOT_INJECTED);
+        assert!(
+            c.message
+                .contains("restart them: miss (created before injection was enabled)")
+                && c.message.contains(": plain"),
+            "{}",
+            c.message
+        );
+        assert_eq!(s.uninjected_pods, vec!["miss".to_owned()]);
     }
 
     #[test]
@@ -450,9 +707,11 @@ mod tests {
     #[test]
     fn pods_injected_before_the_traced_service_are_named_for_a_restart() {
         let mut early = pod("early", true, true);
-        early.config_from = None;
+        early.state = PodState::Injected { config_from: None };
         let mut other = pod("other", true, true);
-        other.config_from = Some("older".into());
+        other.state = PodState::Injected {
+            config_from: Some("older".into()),
+        };
         let o = Observed {
             name: "svc".into(),
             pods: vec![early, other, pod("fine", true, true)],
@@ -478,9 +737,21 @@ mod tests {
     fn the_status_annotation_names_the_mounted_config() {
         let empty = BTreeMap::new();
         let m = |v: &str| BTreeMap::from([(names::STATUS_ANNOTATION.to_owned(), v.to_owned())]);
-        let p = PodFacts::from_metadata("p", &empty, &m(r#"{"tracedService":"web"}"#), &empty);
-        assert_eq!(p.config_from.as_deref(), Some("web"));
-        let p = PodFacts::from_metadata("p", &empty, &m("{}"), &empty);
-        assert!(p.injected && p.config_from.is_none());
+        let p = PodFacts::from_metadata(
+            "p",
+            "shop",
+            &empty,
+            &m(r#"{"tracedService":"web"}"#),
+            &empty,
+            CP,
+        );
+        assert_eq!(
+            p.state,
+            PodState::Injected {
+                config_from: Some("web".into())
+            }
+        );
+        let p = PodFacts::from_metadata("p", "shop", &empty, &m("{}"), &empty, CP);
+        assert_eq!(p.state, PodState::Injected { config_from: None });
     }
 }

@@ -45,6 +45,7 @@ fn context(client: Client) -> Arc<Context> {
         tss,
         Arc::new(Metrics::default()),
         false,
+        "sidetrace-system".into(),
     ))
 }
 

@@ -13,7 +13,10 @@
 //! A request with `content-type: application/grpc` (HTTP/2) is a gRPC echo: the request's
 //! length-prefixed message comes back with `grpc-status: 0` in the trailers.
 //! `--tcp-echo ADDR` also serves an opaque, server-speaks-first TCP echo (a banner line, then
-//! every line back), for the tests that prove non-HTTP traffic survives interception.
+//! every line back), for the tests that prove non-HTTP traffic survives interception;
+//! `GET /admin/close-tcp-echo` closes that listener for good (an app whose port goes away, for
+//! the probe tests). `--once URL` makes the app a batch job instead: one GET, then exit 0 on a
+//! 2xx answer and 1 otherwise (the Job tests).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -72,6 +75,9 @@ struct Args {
     /// Also serve a server-speaks-first line echo over opaque TCP on this address.
     #[arg(long)]
     tcp_echo: Option<SocketAddr>,
+    /// Serve nothing: GET this URL once and exit (0 on a 2xx answer), as a batch job does.
+    #[arg(long)]
+    once: Option<Uri>,
 }
 
 fn parse_route(s: &str) -> Result<(String, Uri), String> {
@@ -118,6 +124,8 @@ struct App {
     name: String,
     routes: Vec<(String, Uri)>,
     client: Client<HttpConnector, Empty<Bytes>>,
+    /// Closes the `--tcp-echo` listener when notified.
+    close_tcp_echo: Arc<tokio::sync::Notify>,
 }
 
 type Body = UnsyncBoxBody<Bytes, Infallible>;
@@ -170,6 +178,11 @@ impl App {
         let path = req.uri().path().to_owned();
         if path == "/healthz" {
             return text(StatusCode::OK, "ok\n".to_owned());
+        }
+        if path == "/admin/close-tcp-echo" {
+            // notify_one keeps the permit if the echo task is between polls.
+            self.close_tcp_echo.notify_one();
+            return text(StatusCode::OK, "tcp echo closed\n".to_owned());
         }
         if path == "/headers" {
             let mut s = String::new();
@@ -241,9 +254,16 @@ async fn serve_http(listener: TcpListener, app: Arc<App>) {
     }
 }
 
-async fn serve_tcp_echo(listener: TcpListener, name: String) {
+async fn serve_tcp_echo(listener: TcpListener, name: String, close: Arc<tokio::sync::Notify>) {
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            () = close.notified() => {
+                tracing::info!("tcp echo listener closed on request");
+                return;
+            }
+        };
+        let Ok((stream, _)) = accepted else {
             continue;
         };
         let banner = format!("{name} echo ready\n");
@@ -262,6 +282,27 @@ async fn serve_tcp_echo(listener: TcpListener, name: String) {
     }
 }
 
+/// The batch-job mode: one GET, the answer on stdout, exit status from the HTTP status.
+async fn once(client: &Client<HttpConnector, Empty<Bytes>>, url: Uri) -> Result<()> {
+    let mut req = Request::new(Empty::<Bytes>::new());
+    *req.uri_mut() = url.clone();
+    let call = async {
+        let resp = client.request(req).await?;
+        let status = resp.status();
+        let body = resp.into_body().collect().await?.to_bytes();
+        anyhow::Ok((status, body))
+    };
+    let (status, body) = tokio::time::timeout(DOWNSTREAM_TIMEOUT, call)
+        .await
+        .with_context(|| format!("GET {url} timed out"))?
+        .with_context(|| format!("GET {url}"))?;
+    println!("{status} {}", String::from_utf8_lossy(&body).trim_end());
+    if !status.is_success() {
+        bail!("GET {url} answered {status}");
+    }
+    Ok(())
+}
+
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<()> {
     tracing_subscriber::fmt()
@@ -275,6 +316,13 @@ async fn main() -> Result<()> {
     if args.name.trim().is_empty() {
         bail!("--name must not be empty");
     }
+    let mut connector = HttpConnector::new();
+    connector.set_connect_timeout(Some(Duration::from_secs(5)));
+    let client = Client::builder(TokioExecutor::new()).build(connector);
+    if let Some(url) = args.once {
+        return once(&client, url).await;
+    }
+    let close_tcp_echo = Arc::new(tokio::sync::Notify::new());
     let listener = TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("binding {}", args.listen))?;
@@ -282,16 +330,14 @@ async fn main() -> Result<()> {
         let l = TcpListener::bind(addr)
             .await
             .with_context(|| format!("binding {addr}"))?;
-        tokio::spawn(serve_tcp_echo(l, args.name.clone()));
+        tokio::spawn(serve_tcp_echo(l, args.name.clone(), close_tcp_echo.clone()));
     }
-    let mut connector = HttpConnector::new();
-    connector.set_connect_timeout(Some(Duration::from_secs(5)));
-    let client = Client::builder(TokioExecutor::new()).build(connector);
     tracing::info!(listen = %args.listen, name = %args.name, routes = args.routes.len(), "demo app up");
     let app = Arc::new(App {
         name: args.name,
         routes: args.routes,
         client,
+        close_tcp_echo,
     });
     tokio::select! {
         () = serve_http(listener, app) => Ok(()),
