@@ -5,34 +5,19 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::ResourceExt;
+use kube::core::{Selector, SelectorExt};
 
 use crate::TracedService;
 
-/// Whether `labels` satisfy `selector` (matchLabels and matchExpressions, ANDed). An empty
-/// selector matches nothing here: the CRD forbids it, and claiming every pod would surprise.
+/// Whether `labels` satisfy `selector` (matchLabels and matchExpressions, ANDed), by kube's
+/// own [`Selector`]. An empty selector matches nothing here: the CRD forbids it, and claiming
+/// every pod would surprise. A selector kube cannot parse (an unknown operator, `In` without
+/// values) matches nothing either, as the apiserver would reject it anyway.
 pub fn selector_matches(selector: &LabelSelector, labels: &BTreeMap<String, String>) -> bool {
-    let match_labels = selector.match_labels.as_ref();
-    let exprs = selector.match_expressions.as_deref().unwrap_or_default();
-    if match_labels.is_none_or(|m| m.is_empty()) && exprs.is_empty() {
-        return false;
+    match Selector::try_from(selector.clone()) {
+        Ok(parsed) => !parsed.selects_all() && parsed.matches(labels),
+        Err(_) => false,
     }
-    if let Some(m) = match_labels
-        && !m.iter().all(|(k, v)| labels.get(k) == Some(v))
-    {
-        return false;
-    }
-    exprs.iter().all(|e| {
-        let values = e.values.as_deref().unwrap_or_default();
-        let value = labels.get(&e.key);
-        match e.operator.as_str() {
-            "In" => value.is_some_and(|v| values.contains(v)),
-            "NotIn" => value.is_none_or(|v| !values.contains(v)),
-            "Exists" => value.is_some(),
-            "DoesNotExist" => value.is_none(),
-            // Unknown operators match nothing, as the apiserver would reject them anyway.
-            _ => false,
-        }
-    })
 }
 
 /// Orders TracedServices so the first is the one that wins: oldest creation, then name.
@@ -116,6 +101,27 @@ mod tests {
         assert!(!selector_matches(
             &LabelSelector::default(),
             &labels(&[("app", "x")])
+        ));
+    }
+
+    #[test]
+    fn a_selector_kube_cannot_parse_matches_nothing() {
+        let unknown = LabelSelector {
+            match_expressions: Some(vec![expr("app", "Like", &["a"])]),
+            ..Default::default()
+        };
+        assert!(!selector_matches(&unknown, &labels(&[("app", "a")])));
+        let in_without_values = LabelSelector {
+            match_expressions: Some(vec![LabelSelectorRequirement {
+                key: "app".into(),
+                operator: "In".into(),
+                values: None,
+            }]),
+            ..Default::default()
+        };
+        assert!(!selector_matches(
+            &in_without_values,
+            &labels(&[("app", "a")])
         ));
     }
 
