@@ -22,7 +22,10 @@ COLD=${SIDETRACE_COLD_DIR:-/var/tmp/sidetrace-cold}
 # images/build.sh): removing them proves the install steps.
 PURGE=(iptables runc containernetworking-plugins buildah podman)
 
-log() { printf '[ci-cold %5ss] %s\n' "$SECONDS" "$*" >&2; }
+LOG_TAG=ci-cold
+T_START=0
+# shellcheck source=e2e/lib.sh
+source "$ROOT/e2e/lib.sh"
 
 [[ -z "$(git -C "$ROOT" status --porcelain --untracked-files=no)" ]] ||
 	log "WARNING: uncommitted changes are not part of the clone (commit first to test them)"

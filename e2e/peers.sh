@@ -61,7 +61,9 @@ mkdir -p "$BIN" "$SRC" "$LOGS" "$GOCACHE"
 T_START=$SECONDS
 CURRENT_STEP=""
 
-log() { printf '[peers %5ss] %s\n' "$((SECONDS - T_START))" "$*" >&2; }
+LOG_TAG=peers
+# shellcheck source=e2e/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 on_exit() {
 	local rc=$?

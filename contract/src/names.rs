@@ -83,8 +83,8 @@ pub mod env {
     pub const COLLECTOR_CA: &str = "SIDETRACE_COLLECTOR_CA";
     pub const SAMPLING: &str = "SIDETRACE_SAMPLING";
     /// Set by the webhook only from a pod annotation: beats the TracedService config file
-    /// (annotations override, as DESIGN.md promises), while SERVICE_NAME/SAMPLING are the
-    /// defaults the file may replace.
+    /// (a pod's own annotation is its most specific setting, so it wins), while
+    /// SERVICE_NAME/SAMPLING are the defaults the file may replace.
     pub const SERVICE_NAME_OVERRIDE: &str = "SIDETRACE_SERVICE_NAME_OVERRIDE";
     /// Sampling rate from the pod annotation; beats the config file. See SERVICE_NAME_OVERRIDE.
     pub const SAMPLING_OVERRIDE: &str = "SIDETRACE_SAMPLING_OVERRIDE";

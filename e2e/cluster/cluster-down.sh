@@ -110,7 +110,7 @@ main() {
 		cp -a /var/log/pods/. "$keep/pods/" 2>/dev/null || true
 	fi
 	# Paths the kubelet and libcni hard-code outside our directories: container logs (only a
-	# kubelet writes /var/log/pods and /var/log/containers, and this machine runs no other) and
+	# kubelet writes /var/log/pods and /var/log/containers, and a host for this cluster runs no other) and
 	# libcni's result cache for our network and containerd's loopback ("<network>-<container>-<if>").
 	find /var/log/containers -maxdepth 1 -type l -lname '/var/log/pods/*' -delete 2>/dev/null
 	rm -rf /var/log/pods/* 2>/dev/null

@@ -181,7 +181,7 @@ network() {
 	# rewrite them (the apiserver calling a webhook Service). The route points at the pod bridge,
 	# created here (the CNI bridge plugin adopts it): a packet no Service rule rewrote is ARPed for
 	# on the bridge, answered by nobody, and dropped — it never leaves the namespace. (No `dummy`
-	# device: this machine's kernel lacks it.)
+	# device: not every kernel builds the dummy driver.)
 	in_ns ip link add cni0 type bridge
 	in_ns ip link set cni0 up
 	in_ns ip route add "$SERVICE_CIDR" dev cni0

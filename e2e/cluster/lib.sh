@@ -32,12 +32,9 @@ PAUSE_REF=docker.io/sidetrace/pause:0.1.0
 
 export PATH="$BIN:$PATH:/usr/sbin:/sbin"
 
-T_START=${T_START:-$SECONDS}
-log() { printf '[cluster %5ss] %s\n' "$((SECONDS - T_START))" "$*" >&2; }
-die() {
-	log "ERROR: $*"
-	exit 1
-}
+LOG_TAG=cluster
+# shellcheck source=e2e/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
 
 # tail_log NAME — the last lines of a component's log, indented.
 tail_log() {

@@ -47,7 +47,9 @@ PF_PIDS=()
 CREATED=0
 T_START=$SECONDS
 
-log() { printf '[kind %5ss] %s\n' "$((SECONDS - T_START))" "$*" >&2; }
+LOG_TAG=kind
+# shellcheck source=e2e/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
 fail() {
 	log "FAIL: $*"
 	exit 1
