@@ -8,6 +8,7 @@
 //! - [`names`]: labels, annotations, container names, env var names.
 //! - [`defaults`]: ports, uid/gid and other well-known values (Istio's, so rules read familiar).
 //! - [`capture`]: capture choices the webhook passes to the init container (IPv6).
+//! - [`exit`]: the process exit codes every sidetrace binary shares.
 //! - [`duration`]: the one duration syntax of flags, the config file and the CRD (`500ms`).
 //! - [`injection`]: whether a pod carries the sidecar, decided once for the webhook and the
 //!   operator.
@@ -17,6 +18,7 @@
 pub mod capture;
 pub mod defaults;
 pub mod duration;
+pub mod exit;
 pub mod injection;
 pub mod names;
 pub mod proxy_config;

@@ -617,8 +617,25 @@ async fn scenario(cp: &ControlPlane) -> Result<()> {
     })
     .await
     .with_context(|| op_a.tail())?;
-    // Give the injector's TracedService cache a moment after the operator saw the object.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // The injector's TracedService cache has the object once a dry-run pod it selects is
+    // admitted with its config mounted.
+    let shop_pods: Api<Pod> = Api::namespaced(client.clone(), "shop");
+    poll(
+        WAIT,
+        "the injector's cache has TracedService service1",
+        || async {
+            let dry = PostParams {
+                dry_run: true,
+                ..PostParams::default()
+            };
+            Ok(shop_pods
+                .create(&dry, &pod("cache-probe", &[("app", "service1")]))
+                .await
+                .is_ok_and(|p| mounts_config(&p, "sidetrace-service1")))
+        },
+    )
+    .await
+    .with_context(|| injector.tail())?;
 
     // 5. Pods: a Deployment in the labelled namespace is injected with the config mounted.
     let deploy: Deployment = serde_json::from_value(json!({
@@ -825,17 +842,29 @@ async fn scenario(cp: &ControlPlane) -> Result<()> {
         &[("KUBECONFIG", &op_kubeconfig)],
     )?;
     let leases: Api<Lease> = Api::namespaced(client.clone(), NS);
-    tokio::time::sleep(Duration::from_secs(4)).await;
     let holder = |l: Lease| l.spec.and_then(|s| s.holder_identity).unwrap_or_default();
-    ensure!(
-        holder(leases.get("sidetrace-operator").await?) == "op-a",
-        "op-a should lead"
-    );
+    let renewed = |l: &Lease| l.spec.as_ref().and_then(|s| s.renew_time.clone());
     poll(WAIT, "op-b reports follower", || async {
         Ok(metrics_leader(metrics_b).await.as_deref() == Some("0"))
     })
     .await
     .with_context(|| op_b.tail())?;
+    // op-b is up and contending: op-a still leads when it next renews the Lease.
+    let seen = renewed(&leases.get("sidetrace-operator").await?);
+    poll(WAIT, "op-a renews the lease while op-b runs", || async {
+        let l = leases.get("sidetrace-operator").await?;
+        Ok(renewed(&l) != seen && holder(l) == "op-a")
+    })
+    .await
+    .with_context(|| op_b.tail())?;
+    ensure!(
+        holder(leases.get("sidetrace-operator").await?) == "op-a",
+        "op-a should lead"
+    );
+    ensure!(
+        metrics_leader(metrics_b).await.as_deref() == Some("0"),
+        "op-b should follow"
+    );
     op_a.stop();
     poll(WAIT, "op-b takes the lease", || async {
         Ok(holder(leases.get("sidetrace-operator").await?) == "op-b")

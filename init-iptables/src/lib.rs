@@ -54,10 +54,7 @@ pub mod config;
 pub mod loopback;
 pub mod rules;
 
-/// Exit code for bad configuration (sysexits' EX_USAGE).
-pub const EXIT_USAGE: i32 = 64;
-/// Exit code for a failure to apply the rules.
-pub const EXIT_FAILURE: i32 = 1;
+use sidetrace_contract::exit;
 
 /// Everything that can go wrong, one variant per way it can be reported.
 #[derive(Debug, thiserror::Error)]
@@ -133,8 +130,8 @@ impl Error {
     /// Process exit code: 64 for bad configuration, 1 for anything that failed to apply.
     pub fn exit_code(&self) -> i32 {
         match self {
-            Error::InvalidConfig { .. } => EXIT_USAGE,
-            _ => EXIT_FAILURE,
+            Error::InvalidConfig { .. } => exit::USAGE,
+            _ => exit::FAILURE,
         }
     }
 }

@@ -9,7 +9,7 @@ use sidetrace_contract::Ipv6Capture;
 use sidetrace_init::backend::{self, System};
 use sidetrace_init::config::{Args, Config, has_global_ipv6};
 use sidetrace_init::rules::Family;
-use sidetrace_init::{EXIT_USAGE, Error, apply, loopback, rules};
+use sidetrace_init::{Error, apply, loopback, rules};
 
 /// The kernel's list of this network namespace's IPv6 addresses.
 const IF_INET6: &str = "/proc/net/if_inet6";
@@ -25,7 +25,7 @@ fn main() -> ExitCode {
             let _ = e.print();
             return match e.kind() {
                 ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => ExitCode::SUCCESS,
-                _ => exit(EXIT_USAGE),
+                _ => exit(sidetrace_contract::exit::USAGE),
             };
         }
     };

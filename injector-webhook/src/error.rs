@@ -1,6 +1,9 @@
 //! The crate's error type.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
+
+use sidetrace_contract::exit;
 
 /// Everything that can go wrong in the injector outside the pure core (which cannot fail).
 #[derive(Debug, thiserror::Error)]
@@ -28,6 +31,9 @@ pub enum Error {
     /// The kubeconfig or in-cluster configuration could not be loaded.
     #[error("Kubernetes client configuration: {0}")]
     KubeConfig(#[from] kube::config::InferConfigError),
+    /// The listening socket could not be bound.
+    #[error("binding --listen {0}: {1}")]
+    Listen(SocketAddr, #[source] std::io::Error),
     /// The apiserver reported a version the injector cannot parse.
     #[error("unparseable Kubernetes version {0:?}")]
     Version(String),
@@ -44,6 +50,16 @@ impl Error {
             Self::Kube(_) => "kube",
             Self::KubeConfig(_) => "kube-config",
             Self::Version(_) => "version",
+            Self::Listen(..) => "listen",
+        }
+    }
+
+    /// The process exit code when this error ends the injector: unusable TLS material is bad
+    /// configuration ([`exit::USAGE`]); anything else is a failure at run time.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Self::Tls { .. } | Self::Rustls(_) => exit::USAGE,
+            _ => exit::FAILURE,
         }
     }
 }

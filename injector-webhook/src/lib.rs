@@ -26,6 +26,7 @@
 //! request, and the proxy does not trace requests from `kube-probe/` user agents.
 
 pub mod cluster;
+pub mod config;
 pub mod decision;
 pub mod error;
 pub mod metrics;

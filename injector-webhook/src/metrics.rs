@@ -1,11 +1,14 @@
-//! Prometheus text metrics: admissions by outcome and reason, admission latency histogram,
-//! bad requests and certificate reloads. Hand-rolled because the set is tiny and fixed.
+//! Prometheus metrics: admissions by outcome and reason, admission latency histogram, bad
+//! requests and certificate reloads, registered once and rendered by prometheus-client.
 
-use std::collections::BTreeMap;
-use std::fmt::Write as _;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
 
 use crate::review::Outcome;
 
@@ -15,16 +18,69 @@ pub const LATENCY_BUCKETS: &[f64] = &[
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
 ];
 
-/// All counters.
-#[derive(Debug, Default)]
+/// The content type of the OpenMetrics text that prometheus-client writes.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AdmissionLabels {
+    outcome: &'static str,
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabel {
+    result: &'static str,
+}
+
+/// All metrics of the injector.
+#[derive(Debug)]
 pub struct Metrics {
-    outcomes: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
-    buckets: [AtomicU64; LATENCY_BUCKETS.len()],
-    count: AtomicU64,
-    sum_nanos: AtomicU64,
-    bad_requests: AtomicU64,
-    tls_reloads: AtomicU64,
-    tls_reload_errors: AtomicU64,
+    registry: Registry,
+    admissions: Family<AdmissionLabels, Counter>,
+    duration: Histogram,
+    bad_requests: Counter,
+    tls_reloads: Counter,
+    tls_reload_errors: Counter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::default();
+        let admissions = Family::<AdmissionLabels, Counter>::default();
+        let duration = Histogram::new(LATENCY_BUCKETS.iter().copied());
+        let bad_requests = Counter::default();
+        let reloads = Family::<ResultLabel, Counter>::default();
+        let result = |r| reloads.get_or_create(&ResultLabel { result: r }).clone();
+        let (tls_reloads, tls_reload_errors) = (result("ok"), result("error"));
+        registry.register(
+            "sidetrace_injector_admissions",
+            "Pod admissions answered, by outcome and skip reason.",
+            admissions.clone(),
+        );
+        registry.register(
+            "sidetrace_injector_bad_requests",
+            "Requests rejected with HTTP 400 (not an AdmissionReview).",
+            bad_requests.clone(),
+        );
+        registry.register(
+            "sidetrace_injector_admission_duration_seconds",
+            "Time to answer POST /mutate.",
+            duration.clone(),
+        );
+        registry.register(
+            "sidetrace_injector_tls_reloads",
+            "Serving certificate reloads, by result.",
+            reloads,
+        );
+        Self {
+            registry,
+            admissions,
+            duration,
+            bad_requests,
+            tls_reloads,
+            tls_reload_errors,
+        }
+    }
 }
 
 impl Metrics {
@@ -34,101 +90,35 @@ impl Metrics {
             Outcome::Skipped(r) => r,
             _ => "",
         };
-        {
-            let mut m = self.outcomes.lock().unwrap_or_else(|p| p.into_inner());
-            *m.entry((outcome.label(), reason)).or_default() += 1;
-        }
-        self.observe(elapsed);
+        self.admissions
+            .get_or_create(&AdmissionLabels {
+                outcome: outcome.label(),
+                reason,
+            })
+            .inc();
+        self.duration.observe(elapsed.as_secs_f64());
     }
 
     /// Records one request answered with HTTP 400/413.
     pub fn bad_request(&self, elapsed: Duration) {
-        self.bad_requests.fetch_add(1, Ordering::Relaxed);
-        self.observe(elapsed);
+        self.bad_requests.inc();
+        self.duration.observe(elapsed.as_secs_f64());
     }
 
     /// Records a certificate reload attempt.
     pub fn tls_reloaded(&self, ok: bool) {
-        let c = if ok {
-            &self.tls_reloads
+        if ok {
+            self.tls_reloads.inc();
         } else {
-            &self.tls_reload_errors
-        };
-        c.fetch_add(1, Ordering::Relaxed);
-    }
-
-    fn observe(&self, elapsed: Duration) {
-        let secs = elapsed.as_secs_f64();
-        for (bound, bucket) in LATENCY_BUCKETS.iter().zip(&self.buckets) {
-            if secs <= *bound {
-                bucket.fetch_add(1, Ordering::Relaxed);
-            }
+            self.tls_reload_errors.inc();
         }
-        self.count.fetch_add(1, Ordering::Relaxed);
-        let nanos = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
-        self.sum_nanos.fetch_add(nanos, Ordering::Relaxed);
     }
 
-    /// The Prometheus text exposition.
+    /// The OpenMetrics text exposition.
     pub fn render(&self) -> String {
         let mut out = String::new();
-        out.push_str("# HELP sidetrace_injector_admissions_total Pod admissions answered, by outcome and skip reason.\n");
-        out.push_str("# TYPE sidetrace_injector_admissions_total counter\n");
-        {
-            let m = self.outcomes.lock().unwrap_or_else(|p| p.into_inner());
-            for ((outcome, reason), n) in m.iter() {
-                let _ = writeln!(
-                    out,
-                    "sidetrace_injector_admissions_total{{outcome=\"{outcome}\",reason=\"{reason}\"}} {n}"
-                );
-            }
-        }
-        out.push_str("# HELP sidetrace_injector_bad_requests_total Requests rejected with HTTP 400 (not an AdmissionReview).\n");
-        out.push_str("# TYPE sidetrace_injector_bad_requests_total counter\n");
-        let _ = writeln!(
-            out,
-            "sidetrace_injector_bad_requests_total {}",
-            self.bad_requests.load(Ordering::Relaxed)
-        );
-        out.push_str(
-            "# HELP sidetrace_injector_admission_duration_seconds Time to answer POST /mutate.\n",
-        );
-        out.push_str("# TYPE sidetrace_injector_admission_duration_seconds histogram\n");
-        for (bound, bucket) in LATENCY_BUCKETS.iter().zip(&self.buckets) {
-            let _ = writeln!(
-                out,
-                "sidetrace_injector_admission_duration_seconds_bucket{{le=\"{bound}\"}} {}",
-                bucket.load(Ordering::Relaxed)
-            );
-        }
-        let count = self.count.load(Ordering::Relaxed);
-        let _ = writeln!(
-            out,
-            "sidetrace_injector_admission_duration_seconds_bucket{{le=\"+Inf\"}} {count}"
-        );
-        let sum = self.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
-        let _ = writeln!(
-            out,
-            "sidetrace_injector_admission_duration_seconds_sum {sum}"
-        );
-        let _ = writeln!(
-            out,
-            "sidetrace_injector_admission_duration_seconds_count {count}"
-        );
-        out.push_str(
-            "# HELP sidetrace_injector_tls_reloads_total Serving certificate reloads, by result.\n",
-        );
-        out.push_str("# TYPE sidetrace_injector_tls_reloads_total counter\n");
-        let _ = writeln!(
-            out,
-            "sidetrace_injector_tls_reloads_total{{result=\"ok\"}} {}",
-            self.tls_reloads.load(Ordering::Relaxed)
-        );
-        let _ = writeln!(
-            out,
-            "sidetrace_injector_tls_reloads_total{{result=\"error\"}} {}",
-            self.tls_reload_errors.load(Ordering::Relaxed)
-        );
+        // Writing into a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
         out
     }
 }

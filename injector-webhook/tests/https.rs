@@ -240,7 +240,28 @@ async fn rotated_certificate_files_are_served_without_a_restart() {
     // A half-written rotation (new cert, old key) must not break serving.
     let second = self_signed();
     std::fs::write(&inj.cert_path, &second.cert_pem).expect("write cert");
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    // The injector has looked at the inconsistent pair once it counts a failed reload.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let text = request(
+            inj.addr,
+            client_config(&first.der, false),
+            "GET",
+            "/metrics",
+            vec![],
+        )
+        .await
+        .map(|r| String::from_utf8_lossy(&r.body).into_owned())
+        .unwrap_or_default();
+        if text.contains("sidetrace_injector_tls_reloads_total{result=\"error\"} 1") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the half-written rotation was never read: {text}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let reply = request(
         inj.addr,
         client_config(&first.der, false),
@@ -537,10 +558,28 @@ async fn empty_certificate_files_are_waited_for() {
         ])
         .env("KUBECONFIG", dir.0.join("none"))
         .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("spawn");
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // The injector says it waits; read its log (and keep draining it) rather than guess a time.
+    let stderr = child.stderr.take().expect("stderr");
+    let (waiting_tx, waiting_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if line.contains("waiting for the webhook certificate") {
+                let _ = waiting_tx.send(());
+            }
+        }
+    });
+    // Twice: it kept waiting after its first look rather than giving up.
+    for _ in 0..2 {
+        waiting_rx
+            .recv_timeout(Duration::from_secs(15))
+            .expect("the injector never said it waits for the certificate");
+    }
     assert!(
         matches!(child.try_wait(), Ok(None)),
         "exited instead of waiting for the certificate"

@@ -180,9 +180,7 @@ async fn publish(ctx: &Context, ts: &TracedService, reason: &str, note: String, 
     };
     match ctx.recorder.publish(&event, &ts.object_ref(&())).await {
         Ok(()) => {
-            ctx.metrics
-                .events_published
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            ctx.metrics.events_published.inc();
         }
         // Events are best effort: a failure must not fail the reconcile.
         Err(e) => tracing::warn!(error = %e, "publishing event failed"),
@@ -197,9 +195,7 @@ pub async fn reconcile(ts: Arc<TracedService>, ctx: Arc<Context>) -> Result<Acti
     ctx.metrics.observe_reconcile(started.elapsed());
     let key = ObjectRef::from_obj(ts.as_ref());
     if result.is_ok() {
-        ctx.metrics
-            .reconcile_ok
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        ctx.metrics.reconcile_ok.inc();
         if let Ok(mut f) = ctx.failures.lock() {
             f.remove(&key);
         }
@@ -221,9 +217,7 @@ async fn reconcile_inner(ts: &TracedService, ctx: &Context) -> Result<Action> {
     match ts.spec.validate() {
         Err(invalid) => {
             tracing::info!(reason = %invalid, "invalid spec; keeping the last rendered config");
-            ctx.metrics
-                .invalid_specs
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            ctx.metrics.invalid_specs.inc();
             observed.invalid_spec = Some(invalid.to_string());
         }
         Ok(()) => {
@@ -239,9 +233,7 @@ async fn reconcile_inner(ts: &TracedService, ctx: &Context) -> Result<Action> {
                 let params = PatchParams::apply(names::OPERATOR_FIELD_MANAGER).force();
                 cms.patch(&cm_name, &params, &Patch::Apply(&desired))
                     .await?;
-                ctx.metrics
-                    .config_map_writes
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                ctx.metrics.config_map_writes.inc();
                 tracing::info!(config_map = %cm_name, "sidecar config rendered");
                 publish(
                     ctx,
@@ -290,9 +282,7 @@ async fn reconcile_inner(ts: &TracedService, ctx: &Context) -> Result<Action> {
         let params = PatchParams::apply(names::OPERATOR_FIELD_MANAGER).force();
         api.patch_status(&name, &params, &Patch::Apply(&patch))
             .await?;
-        ctx.metrics
-            .status_writes
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        ctx.metrics.status_writes.inc();
         for t in transitions(ts.status.as_ref(), &status) {
             publish(ctx, ts, &t.reason, t.message, t.warning).await;
         }
@@ -302,9 +292,7 @@ async fn reconcile_inner(ts: &TracedService, ctx: &Context) -> Result<Action> {
 
 /// Failed reconciles back off exponentially per object, bounded by [`BACKOFF_MAX`].
 pub fn error_policy(ts: Arc<TracedService>, error: &Error, ctx: Arc<Context>) -> Action {
-    ctx.metrics
-        .reconcile_errors
-        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    ctx.metrics.reconcile_errors.inc();
     let key = ObjectRef::from_obj(ts.as_ref());
     let n = ctx
         .failures

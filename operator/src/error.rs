@@ -15,6 +15,9 @@ pub enum Error {
     /// Leadership was lost; the process exits so a fresh start re-elects cleanly.
     #[error("leadership lost: {0}")]
     LeadershipLost(String),
+    /// A call to the Kubernetes API did not answer within its deadline.
+    #[error("timed out: {0}")]
+    Timeout(String),
     /// Bad operator configuration (flags), exit code 64.
     #[error("configuration: {0}")]
     Config(String),
@@ -25,9 +28,10 @@ impl Error {
     pub fn metric_label(&self) -> &'static str {
         match self {
             Self::Kube(_) => "kube",
-            Self::MissingField(..) => "missing_field",
+            Self::MissingField(..) => "missing-field",
             Self::Certificate(_) => "certificate",
             Self::LeadershipLost(_) => "leadership",
+            Self::Timeout(_) => "timeout",
             Self::Config(_) => "config",
         }
     }

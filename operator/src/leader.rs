@@ -3,7 +3,7 @@
 //! an expired Lease exactly one wins. A leader that fails to renew exits (like
 //! controller-runtime), and restarts as a follower.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::api::core::v1::Secret;
@@ -31,6 +31,13 @@ impl LeaderSettings {
     pub fn renew_every(&self) -> Duration {
         self.lease_duration / 3
     }
+
+    /// A leader that has not renewed for this long stops leading: two thirds of the lease
+    /// duration (client-go's 10 s of 15 s), so it stops well before another replica may take
+    /// the Lease.
+    pub fn renew_deadline(&self) -> Duration {
+        self.lease_duration * 2 / 3
+    }
 }
 
 /// What to do with the Lease as it is now.
@@ -44,8 +51,53 @@ pub enum Decision {
     Wait,
 }
 
-/// Decides from the Lease's spec. Pure.
-pub fn decide(spec: Option<&LeaseSpec>, me: &str, now: Timestamp) -> Decision {
+/// The parts of another holder's Lease record that change whenever it renews. Two reads with
+/// equal records mean the holder has not renewed in between.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Record {
+    holder: Option<String>,
+    renew_time: Option<MicroTime>,
+    acquire_time: Option<MicroTime>,
+    transitions: Option<i32>,
+}
+
+impl Record {
+    /// The record of `spec`.
+    pub fn of(spec: &LeaseSpec) -> Self {
+        Self {
+            holder: spec.holder_identity.clone(),
+            renew_time: spec.renew_time.clone(),
+            acquire_time: spec.acquire_time.clone(),
+            transitions: spec.lease_transitions,
+        }
+    }
+}
+
+/// A Lease record and the local instant this replica first saw it. Expiry is judged from that
+/// instant on our own monotonic clock, never from the holder's `renewTime`: the holder's wall
+/// clock may be ahead of or behind ours (client-go's rule).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Observed {
+    /// What the Lease said.
+    pub record: Record,
+    /// When this replica first read it.
+    pub since: Instant,
+}
+
+/// Remembers when the Lease's record last changed: keeps `previous` when the record is the
+/// same, starts a new observation at `now` otherwise. Pure.
+pub fn observe(previous: Option<Observed>, spec: &LeaseSpec, now: Instant) -> Observed {
+    let record = Record::of(spec);
+    match previous {
+        Some(p) if p.record == record => p,
+        _ => Observed { record, since: now },
+    }
+}
+
+/// Decides from the Lease's spec and from when this replica first saw that spec (`seen_since`,
+/// from [`observe`]). Another holder's Lease has expired once it has stayed unchanged for its
+/// whole duration by our clock. Pure.
+pub fn decide(spec: Option<&LeaseSpec>, me: &str, seen_since: Instant, now: Instant) -> Decision {
     let Some(spec) = spec else {
         return Decision::Create;
     };
@@ -53,16 +105,23 @@ pub fn decide(spec: Option<&LeaseSpec>, me: &str, now: Timestamp) -> Decision {
     if holder.is_empty() || holder == me {
         return Decision::Take;
     }
-    let duration = i64::from(spec.lease_duration_seconds.unwrap_or(15));
-    let renewed = spec
-        .renew_time
-        .as_ref()
-        .or(spec.acquire_time.as_ref())
-        .map(|t| t.0.as_second());
-    match renewed {
-        Some(t) if now.as_second() - t < duration => Decision::Wait,
-        _ => Decision::Take,
+    let seconds = u64::try_from(spec.lease_duration_seconds.unwrap_or(15)).unwrap_or(0);
+    if now.saturating_duration_since(seen_since) < Duration::from_secs(seconds) {
+        Decision::Wait
+    } else {
+        Decision::Take
     }
+}
+
+/// How long this replica may still act as leader, having last renewed successfully with a
+/// request sent at `renewed_at`; None once it must stop. Another replica takes over no sooner
+/// than a full lease duration after it saw that renewal, and it saw it after we sent it, so
+/// stopping at `renew_deadline` (shorter than the lease duration) leaves the difference as a
+/// margin for stopping work. Pure.
+pub fn time_left(renewed_at: Instant, now: Instant, renew_deadline: Duration) -> Option<Duration> {
+    renew_deadline
+        .checked_sub(now.saturating_duration_since(renewed_at))
+        .filter(|left| !left.is_zero())
 }
 
 fn spec_for(s: &LeaderSettings, previous: Option<&LeaseSpec>, now: Timestamp) -> LeaseSpec {
@@ -118,15 +177,30 @@ async fn missing_owner(
     }
 }
 
-/// One attempt: returns whether we hold the Lease afterwards.
-pub async fn try_acquire_or_renew(api: &Api<Lease>, s: &LeaderSettings) -> Result<bool> {
-    let now = Timestamp::now();
+/// One attempt: returns whether we hold the Lease afterwards. `observed` carries what this
+/// replica last saw of the Lease between attempts, so expiry is judged by the local clock.
+pub async fn try_acquire_or_renew(
+    api: &Api<Lease>,
+    s: &LeaderSettings,
+    observed: &mut Option<Observed>,
+) -> Result<bool> {
     let existing = api.get_opt(&s.lease_name).await?;
-    let decision = decide(
-        existing.as_ref().and_then(|l| l.spec.as_ref()),
-        &s.identity,
-        now,
-    );
+    let now = Timestamp::now();
+    let local_now = Instant::now();
+    let spec = existing.as_ref().and_then(|l| l.spec.as_ref());
+    let seen_since = match spec {
+        Some(spec) => {
+            let o = observe(observed.take(), spec, local_now);
+            let since = o.since;
+            *observed = Some(o);
+            since
+        }
+        None => {
+            *observed = None;
+            local_now
+        }
+    };
+    let decision = decide(spec, &s.identity, seen_since, local_now);
     let result = match (decision, existing) {
         (Decision::Wait, _) => return Ok(false),
         (Decision::Create, _) => {
@@ -160,14 +234,30 @@ pub async fn try_acquire_or_renew(api: &Api<Lease>, s: &LeaderSettings) -> Resul
     }
 }
 
-/// Waits until this replica holds the Lease.
-pub async fn acquire(client: kube::Client, s: &LeaderSettings) -> Result<()> {
+/// [`try_acquire_or_renew`] bounded by `limit`: kube's client has no read timeout of its own
+/// that would end a hung request in time.
+async fn attempt(
+    api: &Api<Lease>,
+    s: &LeaderSettings,
+    observed: &mut Option<Observed>,
+    limit: Duration,
+) -> Result<bool> {
+    tokio::time::timeout(limit, try_acquire_or_renew(api, s, observed))
+        .await
+        .unwrap_or_else(|_| Err(Error::Timeout(format!("lease {}", s.lease_name))))
+}
+
+/// Waits until this replica holds the Lease. Returns the instant the successful request was
+/// sent, from which [`hold`] counts the renew deadline.
+pub async fn acquire(client: kube::Client, s: &LeaderSettings) -> Result<Instant> {
     let api: Api<Lease> = Api::namespaced(client, &s.namespace);
+    let mut observed = None;
     loop {
-        match try_acquire_or_renew(&api, s).await {
+        let sent = Instant::now();
+        match attempt(&api, s, &mut observed, s.renew_every()).await {
             Ok(true) => {
                 tracing::info!(lease = %s.lease_name, identity = %s.identity, "became leader");
-                return Ok(());
+                return Ok(sent);
             }
             Ok(false) => {}
             Err(e) => tracing::warn!(error = %e, "leader election attempt failed"),
@@ -176,14 +266,29 @@ pub async fn acquire(client: kube::Client, s: &LeaderSettings) -> Result<()> {
     }
 }
 
-/// Renews until a renewal fails for longer than the lease duration; then returns the error.
-pub async fn hold(client: kube::Client, s: LeaderSettings) -> Error {
+/// Renews until the Lease is taken or no renewal has succeeded within the renew deadline
+/// (counted from when the last successful renewal was sent, `renewed_at`); then returns the
+/// error. Every renewal is bounded by the time left, so a hung request cannot keep this
+/// replica leading after another could take the Lease.
+pub async fn hold(client: kube::Client, s: LeaderSettings, renewed_at: Instant) -> Error {
     let api: Api<Lease> = Api::namespaced(client, &s.namespace);
-    let mut last_ok = tokio::time::Instant::now();
+    let mut renewed_at = renewed_at;
+    let mut observed = None;
+    let mut wait = s.renew_every();
     loop {
-        tokio::time::sleep(s.renew_every()).await;
-        match try_acquire_or_renew(&api, &s).await {
-            Ok(true) => last_ok = tokio::time::Instant::now(),
+        let Some(left) = time_left(renewed_at, Instant::now(), s.renew_deadline()) else {
+            return deadline_passed(&s);
+        };
+        tokio::time::sleep(wait.min(left)).await;
+        let sent = Instant::now();
+        let Some(left) = time_left(renewed_at, sent, s.renew_deadline()) else {
+            return deadline_passed(&s);
+        };
+        match attempt(&api, &s, &mut observed, left).await {
+            Ok(true) => {
+                renewed_at = sent;
+                wait = s.renew_every();
+            }
             Ok(false) => {
                 return Error::LeadershipLost(format!(
                     "lease {} taken by another replica",
@@ -192,15 +297,19 @@ pub async fn hold(client: kube::Client, s: LeaderSettings) -> Error {
             }
             Err(e) => {
                 tracing::warn!(error = %e, "lease renewal failed");
-                if last_ok.elapsed() >= s.lease_duration {
-                    return Error::LeadershipLost(format!(
-                        "could not renew lease {}: {e}",
-                        s.lease_name
-                    ));
-                }
+                // Retry sooner than a regular renewal, still within the deadline.
+                wait = s.renew_every() / 3;
             }
         }
     }
+}
+
+fn deadline_passed(s: &LeaderSettings) -> Error {
+    Error::LeadershipLost(format!(
+        "lease {} not renewed within {:?}",
+        s.lease_name,
+        s.renew_deadline()
+    ))
 }
 
 #[cfg(test)]
@@ -220,16 +329,103 @@ mod tests {
         }
     }
 
+    /// Local monotonic instants, `s` seconds after a fixed origin.
+    fn local(origin: Instant, s: u64) -> Instant {
+        origin + Duration::from_secs(s)
+    }
+
     #[test]
     fn decisions() {
-        assert_eq!(decide(None, "a", at(0)), Decision::Create);
-        assert_eq!(decide(Some(&held_by("a", 0)), "a", at(5)), Decision::Take);
-        assert_eq!(decide(Some(&held_by("b", 0)), "a", at(5)), Decision::Wait);
-        assert_eq!(decide(Some(&held_by("b", 0)), "a", at(16)), Decision::Take);
+        let t0 = Instant::now();
+        assert_eq!(decide(None, "a", t0, t0), Decision::Create);
+        let b = held_by("b", 0);
         assert_eq!(
-            decide(Some(&LeaseSpec::default()), "a", at(0)),
+            decide(Some(&held_by("a", 0)), "a", t0, local(t0, 5)),
             Decision::Take
         );
+        assert_eq!(decide(Some(&b), "a", t0, local(t0, 5)), Decision::Wait);
+        assert_eq!(decide(Some(&b), "a", t0, local(t0, 16)), Decision::Take);
+        assert_eq!(
+            decide(Some(&LeaseSpec::default()), "a", t0, t0),
+            Decision::Take
+        );
+    }
+
+    #[test]
+    fn expiry_is_judged_by_the_local_clock_not_the_holders_renew_time() {
+        let t0 = Instant::now();
+        // The holder's clock is an hour behind ours: its renewTime looks stale, but we have
+        // only just seen it, so it is not expired.
+        let skewed = held_by("b", -3600);
+        let seen = observe(None, &skewed, t0);
+        assert_eq!(
+            decide(Some(&skewed), "a", seen.since, local(t0, 1)),
+            Decision::Wait
+        );
+        // An hour ahead: its renewTime lies in our future, yet once it stays unchanged for
+        // the lease duration by our clock, the holder is gone.
+        let ahead = held_by("b", 3600);
+        let seen = observe(None, &ahead, t0);
+        let seen = observe(Some(seen), &ahead, local(t0, 10));
+        assert_eq!(
+            seen.since, t0,
+            "an unchanged record keeps its first sighting"
+        );
+        assert_eq!(
+            decide(Some(&ahead), "a", seen.since, local(t0, 14)),
+            Decision::Wait
+        );
+        assert_eq!(
+            decide(Some(&ahead), "a", seen.since, local(t0, 15)),
+            Decision::Take
+        );
+    }
+
+    #[test]
+    fn a_renewal_restarts_the_local_expiry_clock() {
+        let t0 = Instant::now();
+        let seen = observe(None, &held_by("b", 0), t0);
+        // Renewed: a new renewTime seen at t0+10 counts from t0+10.
+        let seen = observe(Some(seen), &held_by("b", 5), local(t0, 10));
+        assert_eq!(seen.since, local(t0, 10));
+        assert_eq!(
+            decide(Some(&held_by("b", 5)), "a", seen.since, local(t0, 20)),
+            Decision::Wait
+        );
+        assert_eq!(
+            decide(Some(&held_by("b", 5)), "a", seen.since, local(t0, 25)),
+            Decision::Take
+        );
+        // A change of holder or of transitions counts as a change too.
+        let mut other = held_by("c", 5);
+        let seen = observe(Some(seen), &other, local(t0, 30));
+        assert_eq!(seen.since, local(t0, 30));
+        other.lease_transitions = Some(7);
+        let seen = observe(Some(seen), &other, local(t0, 31));
+        assert_eq!(seen.since, local(t0, 31));
+    }
+
+    #[test]
+    fn a_leader_stops_before_another_replica_may_take_over() {
+        let s = LeaderSettings {
+            namespace: "ns".into(),
+            lease_name: "l".into(),
+            identity: "a".into(),
+            lease_duration: Duration::from_secs(15),
+            owner_secret: None,
+        };
+        let t0 = Instant::now();
+        assert_eq!(s.renew_deadline(), Duration::from_secs(10));
+        assert_eq!(
+            time_left(t0, local(t0, 4), s.renew_deadline()),
+            Some(Duration::from_secs(6))
+        );
+        // A renewal that hangs past the deadline ends leadership at the deadline, five
+        // seconds before the earliest moment another replica could take the Lease (it sees
+        // our last renewal no earlier than we sent it, and then waits the lease duration).
+        assert_eq!(time_left(t0, local(t0, 10), s.renew_deadline()), None);
+        assert_eq!(time_left(t0, local(t0, 60), s.renew_deadline()), None);
+        assert!(s.renew_deadline() < s.lease_duration);
     }
 
     #[test]

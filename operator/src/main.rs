@@ -1,17 +1,14 @@
 //! sidetrace-operator binary: flags → leader election → controller + certificate loop.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use clap::Parser;
+use sidetrace_contract::exit;
 use sidetrace_operator::certs::{self, CertSettings, CertTargets};
 use sidetrace_operator::config::{Args, CertMode};
 use sidetrace_operator::controller;
 use sidetrace_operator::leader::{self, LeaderSettings};
 use sidetrace_operator::telemetry::{self, Metrics};
-
-/// Exit code for bad configuration (EX_USAGE).
-const EXIT_CONFIG: i32 = 64;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -20,12 +17,12 @@ async fn main() -> anyhow::Result<()> {
         Err(e) => {
             let _ = e.print();
             // --help and --version are not errors.
-            std::process::exit(if e.use_stderr() { EXIT_CONFIG } else { 0 });
+            std::process::exit(if e.use_stderr() { exit::USAGE } else { 0 });
         }
     };
     if let Err(e) = args.validate() {
         eprintln!("sidetrace-operator: {e}");
-        std::process::exit(EXIT_CONFIG);
+        std::process::exit(exit::USAGE);
     }
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -57,15 +54,15 @@ async fn main() -> anyhow::Result<()> {
             lease_duration: args.lease_duration,
             owner_secret: Some(args.webhook_secret.clone()),
         };
-        leader::acquire(client.clone(), &settings).await?;
+        let renewed_at = leader::acquire(client.clone(), &settings).await?;
         let hold_client = client.clone();
         tokio::spawn(async move {
-            let lost = leader::hold(hold_client, settings).await;
+            let lost = leader::hold(hold_client, settings, renewed_at).await;
             tracing::error!(error = %lost, "exiting so that a fresh start re-elects");
-            std::process::exit(1);
+            std::process::exit(exit::FAILURE);
         });
     }
-    metrics.leader.store(true, Ordering::Relaxed);
+    metrics.set_leader(true);
 
     if args.webhook_cert_mode == CertMode::Managed {
         let targets = CertTargets {

@@ -1,118 +1,133 @@
 //! Health and Prometheus metrics for the operator, served on `--metrics-addr`.
 
-use std::fmt::Write as _;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
 use axum::routing::get;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
 
 /// Upper bounds (seconds) of the reconcile duration histogram.
 const BUCKETS: [f64; 8] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0];
 
-/// Counters the controller updates; rendered as Prometheus text.
-#[derive(Debug, Default)]
+/// The content type of the OpenMetrics text that prometheus-client writes.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabel {
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabel {
+    kind: &'static str,
+}
+
+/// Counters the controller updates, registered once and rendered by prometheus-client. Every
+/// labelled series exists from the start, so a scrape shows zeros rather than gaps.
+#[derive(Debug)]
 pub struct Metrics {
-    pub reconcile_ok: AtomicU64,
-    pub reconcile_errors: AtomicU64,
-    pub invalid_specs: AtomicU64,
-    pub config_map_writes: AtomicU64,
-    pub status_writes: AtomicU64,
-    pub events_published: AtomicU64,
-    duration_buckets: [AtomicU64; BUCKETS.len()],
-    duration_count: AtomicU64,
-    duration_sum_micros: AtomicU64,
-    /// Whether this replica leads.
-    pub leader: AtomicBool,
+    registry: Registry,
+    /// Reconciles that succeeded.
+    pub reconcile_ok: Counter,
+    /// Reconciles that failed (retried with backoff).
+    pub reconcile_errors: Counter,
+    /// Reconciles that found an invalid spec (the last rendered config is kept).
+    pub invalid_specs: Counter,
+    /// ConfigMaps written.
+    pub config_map_writes: Counter,
+    /// Status subresource writes.
+    pub status_writes: Counter,
+    /// Events published.
+    pub events_published: Counter,
+    duration: Histogram,
+    leader: Gauge,
     /// Whether the controller's caches are running (readiness).
     pub ready: AtomicBool,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::default();
+        let reconciles = Family::<OutcomeLabel, Counter>::default();
+        let outcome = |o| {
+            reconciles
+                .get_or_create(&OutcomeLabel { outcome: o })
+                .clone()
+        };
+        let (reconcile_ok, reconcile_errors, invalid_specs) =
+            (outcome("ok"), outcome("error"), outcome("invalid_spec"));
+        let writes = Family::<KindLabel, Counter>::default();
+        let kind = |k| writes.get_or_create(&KindLabel { kind: k }).clone();
+        let (config_map_writes, status_writes, events_published) =
+            (kind("configmap"), kind("status"), kind("event"));
+        let duration = Histogram::new(BUCKETS);
+        let leader = Gauge::default();
+        registry.register(
+            "sidetrace_operator_reconciles",
+            "TracedService reconciles, by outcome.",
+            reconciles,
+        );
+        registry.register(
+            "sidetrace_operator_writes",
+            "Writes to the Kubernetes API, by kind of object.",
+            writes,
+        );
+        registry.register(
+            "sidetrace_operator_reconcile_duration_seconds",
+            "Time one reconcile took.",
+            duration.clone(),
+        );
+        registry.register(
+            "sidetrace_operator_leader",
+            "1 while this replica holds the leader Lease and reconciles, else 0.",
+            leader.clone(),
+        );
+        Self {
+            registry,
+            reconcile_ok,
+            reconcile_errors,
+            invalid_specs,
+            config_map_writes,
+            status_writes,
+            events_published,
+            duration,
+            leader,
+            ready: AtomicBool::new(false),
+        }
+    }
 }
 
 impl Metrics {
     /// Records one reconcile's duration.
     pub fn observe_reconcile(&self, took: Duration) {
-        let secs = took.as_secs_f64();
-        for (i, bound) in BUCKETS.iter().enumerate() {
-            if secs <= *bound {
-                self.duration_buckets[i].fetch_add(1, Ordering::Relaxed);
-            }
-        }
-        self.duration_count.fetch_add(1, Ordering::Relaxed);
-        self.duration_sum_micros.fetch_add(
-            u64::try_from(took.as_micros()).unwrap_or(u64::MAX),
-            Ordering::Relaxed,
-        );
+        self.duration.observe(took.as_secs_f64());
     }
 
-    /// Prometheus text exposition.
+    /// Marks whether this replica leads.
+    pub fn set_leader(&self, leading: bool) {
+        self.leader.set(i64::from(leading));
+    }
+
+    /// Whether this replica leads.
+    pub fn is_leader(&self) -> bool {
+        self.leader.get() == 1
+    }
+
+    /// The OpenMetrics text exposition.
     pub fn render(&self) -> String {
         let mut out = String::new();
-        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        let _ = writeln!(out, "# TYPE sidetrace_operator_reconciles_total counter");
-        let _ = writeln!(
-            out,
-            "sidetrace_operator_reconciles_total{{outcome=\"ok\"}} {}",
-            g(&self.reconcile_ok)
-        );
-        let _ = writeln!(
-            out,
-            "sidetrace_operator_reconciles_total{{outcome=\"error\"}} {}",
-            g(&self.reconcile_errors)
-        );
-        let _ = writeln!(
-            out,
-            "sidetrace_operator_reconciles_total{{outcome=\"invalid_spec\"}} {}",
-            g(&self.invalid_specs)
-        );
-        let _ = writeln!(out, "# TYPE sidetrace_operator_writes_total counter");
-        let _ = writeln!(
-            out,
-            "sidetrace_operator_writes_total{{kind=\"configmap\"}} {}",
-            g(&self.config_map_writes)
-        );
-        let _ = writeln!(
-            out,
-            "sidetrace_operator_writes_total{{kind=\"status\"}} {}",
-            g(&self.status_writes)
-        );
-        let _ = writeln!(
-            out,
-            "sidetrace_operator_writes_total{{kind=\"event\"}} {}",
-            g(&self.events_published)
-        );
-        let _ = writeln!(
-            out,
-            "# TYPE sidetrace_operator_reconcile_duration_seconds histogram"
-        );
-        for (i, bound) in BUCKETS.iter().enumerate() {
-            let _ = writeln!(
-                out,
-                "sidetrace_operator_reconcile_duration_seconds_bucket{{le=\"{bound}\"}} {}",
-                g(&self.duration_buckets[i])
-            );
-        }
-        let count = g(&self.duration_count);
-        let _ = writeln!(
-            out,
-            "sidetrace_operator_reconcile_duration_seconds_bucket{{le=\"+Inf\"}} {count}"
-        );
-        let _ = writeln!(
-            out,
-            "sidetrace_operator_reconcile_duration_seconds_sum {}",
-            g(&self.duration_sum_micros) as f64 / 1e6
-        );
-        let _ = writeln!(
-            out,
-            "sidetrace_operator_reconcile_duration_seconds_count {count}"
-        );
-        let _ = writeln!(out, "# TYPE sidetrace_operator_leader gauge");
-        let _ = writeln!(
-            out,
-            "sidetrace_operator_leader {}",
-            u8::from(self.leader.load(Ordering::Relaxed))
-        );
+        // Writing into a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
         out
     }
 }
@@ -125,7 +140,7 @@ pub fn router(metrics: Arc<Metrics>) -> axum::Router {
         .route(
             "/readyz",
             get(|State(m): State<Arc<Metrics>>| async move {
-                if m.ready.load(Ordering::Relaxed) || !m.leader.load(Ordering::Relaxed) {
+                if m.ready.load(Ordering::Relaxed) || !m.is_leader() {
                     (StatusCode::OK, "ready")
                 } else {
                     (StatusCode::SERVICE_UNAVAILABLE, "caches starting")
@@ -134,7 +149,9 @@ pub fn router(metrics: Arc<Metrics>) -> axum::Router {
         )
         .route(
             "/metrics",
-            get(|State(m): State<Arc<Metrics>>| async move { m.render() }),
+            get(|State(m): State<Arc<Metrics>>| async move {
+                ([(header::CONTENT_TYPE, CONTENT_TYPE)], m.render()).into_response()
+            }),
         )
         .with_state(metrics)
 }
@@ -151,8 +168,33 @@ mod tests {
         let text = m.render();
         assert!(text.contains("le=\"0.005\"} 0"), "{text}");
         assert!(text.contains("le=\"0.01\"} 1"), "{text}");
-        assert!(text.contains("le=\"5\"} 2"), "{text}");
+        assert!(text.contains("le=\"5.0\"} 2"), "{text}");
         assert!(text.contains("le=\"+Inf\"} 2"), "{text}");
         assert!(text.contains("sidetrace_operator_reconcile_duration_seconds_count 2"));
+    }
+
+    #[test]
+    fn every_series_is_named_helped_and_present_from_the_start() {
+        let m = Metrics::default();
+        m.set_leader(true);
+        m.reconcile_errors.inc();
+        let text = m.render();
+        for line in [
+            "# HELP sidetrace_operator_reconciles TracedService reconciles, by outcome.",
+            "sidetrace_operator_reconciles_total{outcome=\"ok\"} 0",
+            "sidetrace_operator_reconciles_total{outcome=\"error\"} 1",
+            "sidetrace_operator_reconciles_total{outcome=\"invalid_spec\"} 0",
+            "sidetrace_operator_writes_total{kind=\"configmap\"} 0",
+            "sidetrace_operator_writes_total{kind=\"status\"} 0",
+            "sidetrace_operator_writes_total{kind=\"event\"} 0",
+            "# HELP sidetrace_operator_leader ",
+            "sidetrace_operator_leader 1",
+        ] {
+            assert!(
+                text.lines().any(|l| l.starts_with(line)),
+                "{line} in {text}"
+            );
+        }
+        assert!(m.is_leader());
     }
 }
