@@ -9,6 +9,7 @@
 //! - [`defaults`]: ports, uid/gid and other well-known values (Istio's, so rules read familiar).
 //! - [`capture`]: capture choices the webhook passes to the init container (IPv6).
 //! - [`duration`]: the one duration syntax of flags, the config file and the CRD (`500ms`).
+//! - [`workload`]: the pod's owning workload as OpenTelemetry resource attributes.
 //! - [`proxy_config`]: the YAML file the operator renders into a ConfigMap and
 //!   `sidetrace-proxy --config` reads.
 
@@ -17,10 +18,11 @@ pub mod defaults;
 pub mod duration;
 pub mod names;
 pub mod proxy_config;
+pub mod workload;
 
 pub use capture::Ipv6Capture;
 pub use duration::parse_duration;
 pub use proxy_config::{
-    Direction, OperationRule, PortSpec, PropagationFormat, Protocol, ProxyConfig, ProxyConfigError,
-    check_collector_endpoint,
+    CollectorProtocol, Direction, OperationRule, PortSpec, PropagationFormat, Protocol,
+    ProxyConfig, ProxyConfigError, check_collector_endpoint,
 };
