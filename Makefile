@@ -37,7 +37,8 @@ e2e-local: ## local end-to-end data plane tests (root, iptables, network namespa
 	e2e/peers.sh system zipkin
 	$(CARGO) build -p sidetrace-init -p sidetrace-proxy -p sidetrace-e2e --bins
 	$(CARGO) test -p sidetrace-e2e --test dataplane
-	@if [ -x "$(CACHE)/bin/jaeger" ]; then SIDETRACE_E2E_COLLECTOR=jaeger $(CARGO) test -p sidetrace-e2e --test dataplane -- --skip span_endpoints_name_the_right_pods; \
+	@if [ -x "$(CACHE)/bin/jaeger" ]; then SIDETRACE_E2E_COLLECTOR=jaeger $(CARGO) test -p sidetrace-e2e --test dataplane -- --skip span_endpoints_name_the_right_pods \
+	&& SIDETRACE_E2E_COLLECTOR=jaeger SIDETRACE_E2E_COLLECTOR_PROTOCOL=otlp-http $(CARGO) test -p sidetrace-e2e --test dataplane -- --skip span_endpoints_name_the_right_pods; \
 	else echo "e2e-local: Jaeger tier not run: $(CACHE)/bin/jaeger is not built (e2e/peers.sh jaeger)"; fi
 
 e2e-kind: ## the kind-based end-to-end suite (needs Docker and kind)

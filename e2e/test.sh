@@ -15,7 +15,8 @@
 #                 the end when this script started it
 #   7. tests      cargo test --workspace --all-targets (unit, component, netns data plane with
 #                 Zipkin, control plane, chart, images, one-node cluster)
-#   8. jaeger-dataplane  the netns data-plane tier again, against Jaeger
+#   8. jaeger-dataplane  the netns data-plane tier again, against Jaeger (Zipkin v2 receiver)
+#      jaeger-otlp-dataplane  and once more, the proxies speaking OTLP/HTTP to Jaeger
 #
 # Switches for a quicker local loop (never set by CI): SIDETRACE_TEST_NO_NODE=1 leaves out
 # steps 3, 5 and 6; SIDETRACE_TEST_NO_JAEGER=1 leaves out 2 and 8. What they leave out is listed
@@ -136,8 +137,13 @@ step tests "$CARGO" test --workspace --all-targets --no-fail-fast
 
 # 8. the data plane against Jaeger. span_endpoints_name_the_right_pods checks Zipkin's
 # endpoints, which Jaeger's query API does not return: it belongs to the Zipkin pass only.
+# Twice: the proxies posting Zipkin v2 to Jaeger's 9411 receiver, then OTLP/HTTP to its 4318
+# receiver (the product's default), with the same assertions on the trace read back.
 if [[ $want_jaeger == 1 ]]; then
 	SIDETRACE_E2E_COLLECTOR=jaeger step jaeger-dataplane "$CARGO" test -p sidetrace-e2e --test dataplane \
+		-- --skip span_endpoints_name_the_right_pods
+	SIDETRACE_E2E_COLLECTOR=jaeger SIDETRACE_E2E_COLLECTOR_PROTOCOL=otlp-http \
+		step jaeger-otlp-dataplane "$CARGO" test -p sidetrace-e2e --test dataplane \
 		-- --skip span_endpoints_name_the_right_pods
 fi
 

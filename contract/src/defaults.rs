@@ -20,8 +20,10 @@ pub const PASSTHROUGH_SOURCE_V6: std::net::Ipv6Addr =
 pub const PROXY_UID: u32 = 1337;
 /// gid the proxy runs as.
 pub const PROXY_GID: u32 = 1337;
-/// Collector endpoint of the chart's in-cluster Jaeger (Zipkin v2 receiver).
-pub const COLLECTOR_ENDPOINT: &str = "http://jaeger-collector.sidetrace-system:9411/api/v2/spans";
+/// Collector endpoint of the chart's in-cluster Jaeger: its OTLP/HTTP receiver (Jaeger v2 is
+/// built on the OpenTelemetry Collector and recommends OTLP; its Zipkin receiver on 9411 stays
+/// for Zipkin clients).
+pub const COLLECTOR_ENDPOINT: &str = "http://jaeger-collector.sidetrace-system:4318/v1/traces";
 /// Sampling rate when nothing else says: trace everything (a demo-friendly default, like the
 /// Envoy tracing sandbox; production users set a TracedService rate).
 pub const SAMPLING_RATE: f64 = 1.0;

@@ -12,6 +12,7 @@
 //! - [`duration`]: the one duration syntax of flags, the config file and the CRD (`500ms`).
 //! - [`injection`]: whether a pod carries the sidecar, decided once for the webhook and the
 //!   operator.
+//! - [`workload`]: the pod's owning workload as OpenTelemetry resource attributes.
 //! - [`proxy_config`]: the YAML file the operator renders into a ConfigMap and
 //!   `sidetrace-proxy --config` reads.
 
@@ -22,10 +23,11 @@ pub mod exit;
 pub mod injection;
 pub mod names;
 pub mod proxy_config;
+pub mod workload;
 
 pub use capture::Ipv6Capture;
 pub use duration::parse_duration;
 pub use proxy_config::{
-    Direction, OperationRule, PortSpec, PropagationFormat, Protocol, ProxyConfig, ProxyConfigError,
-    check_collector_endpoint,
+    CollectorProtocol, Direction, OperationRule, PortSpec, PropagationFormat, Protocol,
+    ProxyConfig, ProxyConfigError, check_collector_endpoint,
 };

@@ -37,6 +37,9 @@ pub mod annotations {
     pub const PROXY_MEMORY: &str = "sidetrace.dev/proxy-memory";
     /// Log level of the proxy (error, warn, info, debug, trace).
     pub const LOG_LEVEL: &str = "sidetrace.dev/log-level";
+    /// Wire protocol towards the collector (`otlp-http` or `zipkin`, checked by
+    /// [`crate::CollectorProtocol::parse`]); beats the TracedService and the chart.
+    pub const COLLECTOR_PROTOCOL: &str = "sidetrace.dev/collector-protocol";
 }
 
 /// Name of the injected init container that programs iptables.
@@ -77,6 +80,12 @@ pub mod env {
     pub const ADMIN_PORT: &str = "SIDETRACE_ADMIN_PORT";
     pub const SERVICE_NAME: &str = "SIDETRACE_SERVICE_NAME";
     pub const COLLECTOR: &str = "SIDETRACE_COLLECTOR";
+    /// The proxy's `--collector-protocol`: the protocol of `COLLECTOR` (the chart's or the
+    /// TracedService's choice); when absent it follows the endpoint's path.
+    pub const COLLECTOR_PROTOCOL: &str = "SIDETRACE_COLLECTOR_PROTOCOL";
+    /// Set by the webhook only from the pod's collector-protocol annotation: beats the
+    /// config file's `collectorProtocol` (see SERVICE_NAME_OVERRIDE).
+    pub const COLLECTOR_PROTOCOL_OVERRIDE: &str = "SIDETRACE_COLLECTOR_PROTOCOL_OVERRIDE";
     /// PEM bundle file the proxy verifies an https collector against.
     pub const COLLECTOR_CA_FILE: &str = "SIDETRACE_COLLECTOR_CA_FILE";
     /// The same bundle as PEM text (what the webhook injects from the chart's value).
@@ -95,6 +104,13 @@ pub mod env {
     pub const POD_NAME: &str = "SIDETRACE_POD_NAME";
     pub const POD_NAMESPACE: &str = "SIDETRACE_POD_NAMESPACE";
     pub const POD_IP: &str = "SIDETRACE_POD_IP";
+    /// The node the pod runs on (downward API `spec.nodeName`): `k8s.node.name`.
+    pub const NODE_NAME: &str = "SIDETRACE_NODE_NAME";
+    /// The pod's owning workload as OTLP resource attributes, `key=value` pairs joined by
+    /// commas (`OTEL_RESOURCE_ATTRIBUTES`' format), e.g.
+    /// `k8s.replicaset.name=shop-7c9d8,k8s.deployment.name=shop`. The webhook derives it from
+    /// the pod's owner references ([`crate::workload::workload_attributes`]).
+    pub const WORKLOAD_ATTRIBUTES: &str = "SIDETRACE_WORKLOAD_ATTRIBUTES";
 }
 
 /// Name of the ConfigMap the operator renders for a TracedService (and the webhook mounts).

@@ -54,6 +54,86 @@ pub enum Protocol {
     Tcp,
 }
 
+/// Wire protocol towards the span collector.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub enum CollectorProtocol {
+    /// OTLP/HTTP with protobuf bodies (`POST /v1/traces`): Jaeger v2's and every
+    /// OpenTelemetry backend's native receiver.
+    #[serde(rename = "otlp-http")]
+    OtlpHttp,
+    /// Zipkin v2 JSON (`POST /api/v2/spans`): Zipkin servers and Jaeger's Zipkin receiver.
+    #[serde(rename = "zipkin")]
+    Zipkin,
+}
+
+impl CollectorProtocol {
+    /// Every protocol the proxy speaks, in the spelling of flags, annotations and the CRD.
+    pub const ALL: &[Self] = &[Self::OtlpHttp, Self::Zipkin];
+
+    /// The name used in flags, env, the annotation, the CRD and the config file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::OtlpHttp => "otlp-http",
+            Self::Zipkin => "zipkin",
+        }
+    }
+
+    /// The one rule for a protocol name, applied by every layer (proxy flag and config file,
+    /// webhook annotation and flag, CRD enum): exactly one of [`CollectorProtocol::ALL`].
+    pub fn parse(text: &str) -> Result<Self, String> {
+        Self::ALL
+            .iter()
+            .copied()
+            .find(|p| p.as_str() == text)
+            .ok_or_else(|| {
+                let names: Vec<&str> = Self::ALL.iter().map(|p| p.as_str()).collect();
+                format!("{text:?} is not one of {}", names.join(", "))
+            })
+    }
+
+    /// The protocol a collector URL names by its path: `.../v1/traces` is OTLP/HTTP,
+    /// `.../api/v2/spans` is Zipkin v2; `None` when the path says neither.
+    pub fn from_endpoint(endpoint: &str) -> Option<Self> {
+        let after_scheme = endpoint.split_once("://").map_or(endpoint, |(_, r)| r);
+        let path = after_scheme
+            .split(['?', '#'])
+            .next()
+            .unwrap_or_default()
+            .split_once('/')
+            .map_or("", |(_, p)| p)
+            .trim_end_matches('/');
+        if path.ends_with("v1/traces") {
+            Some(Self::OtlpHttp)
+        } else if path.ends_with("api/v2/spans") {
+            Some(Self::Zipkin)
+        } else {
+            None
+        }
+    }
+
+    /// The protocol to use: an explicit choice wins, else the URL's path, else Zipkin v2 (what
+    /// every endpoint meant before OTLP existed here, so old configurations keep working).
+    pub fn resolve(explicit: Option<Self>, endpoint: &str) -> Self {
+        explicit
+            .or_else(|| Self::from_endpoint(endpoint))
+            .unwrap_or(Self::Zipkin)
+    }
+}
+
+impl std::fmt::Display for CollectorProtocol {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for CollectorProtocol {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Self::parse(s)
+    }
+}
+
 /// Direction of a request relative to the pod.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
@@ -201,9 +281,14 @@ pub struct ProxyConfig {
     /// Empty means the default (B3 multi-header and W3C).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub propagation: Vec<PropagationFormat>,
-    /// Zipkin v2 endpoint spans are posted to; the proxy's flag/env value when absent.
+    /// Collector endpoint spans are posted to (OTLP/HTTP `.../v1/traces` or Zipkin v2
+    /// `.../api/v2/spans`); the proxy's flag/env value when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub collector: Option<String>,
+    /// Wire protocol towards `collector`; when absent it follows the endpoint's path
+    /// ([`CollectorProtocol::resolve`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub collector_protocol: Option<CollectorProtocol>,
     /// Static tags added to every span.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub tags: BTreeMap<String, String>,
@@ -535,5 +620,35 @@ recordQueryString: true
             let e = check_collector_endpoint(bad).unwrap_err();
             assert!(e.contains(why), "{bad}: {e}");
         }
+    }
+
+    #[test]
+    fn collector_protocols_follow_one_rule() {
+        for p in CollectorProtocol::ALL {
+            assert_eq!(CollectorProtocol::parse(p.as_str()), Ok(*p));
+        }
+        for bad in ["otlp", "OTLP-HTTP", "otlp-grpc", "", "zipkin "] {
+            let e = CollectorProtocol::parse(bad).unwrap_err();
+            assert!(e.contains("otlp-http, zipkin"), "{bad}: {e}");
+        }
+        use CollectorProtocol::{OtlpHttp, Zipkin};
+        for (url, want) in [
+            ("http://jaeger:4318/v1/traces", Some(OtlpHttp)),
+            ("https://otel.example.com/v1/traces/", Some(OtlpHttp)),
+            ("http://jaeger:9411/api/v2/spans", Some(Zipkin)),
+            ("http://jaeger:9411/api/v2/spans?x=1", Some(Zipkin)),
+            ("http://jaeger:9411", None),
+            ("http://jaeger:4318/", None),
+        ] {
+            assert_eq!(CollectorProtocol::from_endpoint(url), want, "{url}");
+        }
+        assert_eq!(CollectorProtocol::resolve(None, "http://j:9411/x"), Zipkin);
+        assert_eq!(
+            CollectorProtocol::resolve(Some(Zipkin), "http://j:4318/v1/traces"),
+            Zipkin
+        );
+        let cfg = ProxyConfig::from_yaml("collectorProtocol: otlp-http\n").expect("valid");
+        assert_eq!(cfg.collector_protocol, Some(OtlpHttp));
+        assert!(ProxyConfig::from_yaml("collectorProtocol: otlp\n").is_err());
     }
 }

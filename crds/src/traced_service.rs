@@ -4,7 +4,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector};
 use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
-use sidetrace_contract::{OperationRule, PortSpec, PropagationFormat, ProxyConfig};
+use sidetrace_contract::{
+    CollectorProtocol, OperationRule, PortSpec, PropagationFormat, ProxyConfig,
+};
 
 /// Desired tracing behaviour for the pods a TracedService selects.
 #[derive(CustomResource, Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -85,10 +87,15 @@ pub struct Sampling {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Collector {
-    /// Zipkin v2 JSON endpoint, e.g. http://jaeger-collector.tracing:9411/api/v2/spans, or
-    /// https:// (verified against the system roots or the chart's collector.caBundle).
+    /// Collector endpoint: OTLP/HTTP, e.g. http://jaeger-collector.tracing:4318/v1/traces, or
+    /// Zipkin v2 JSON, e.g. http://jaeger-collector.tracing:9411/api/v2/spans; https:// is
+    /// verified against the system roots or the chart's collector.caBundle.
     #[schemars(regex(pattern = r"^https?://[^\s/@]+(/.*)?$"))]
     pub endpoint: String,
+    /// Wire protocol: otlp-http (protobuf to /v1/traces) or zipkin (Zipkin v2 JSON). When
+    /// absent it follows the endpoint's path (/v1/traces is OTLP, anything else Zipkin v2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<CollectorProtocol>,
 }
 
 /// What the operator observed, written through the status subresource.
@@ -195,6 +202,7 @@ impl TracedServiceSpec {
             operations: self.operations.clone(),
             propagation: self.propagation.clone(),
             collector: self.collector.as_ref().map(|c| c.endpoint.clone()),
+            collector_protocol: self.collector.as_ref().and_then(|c| c.protocol),
             tags: self.tags.clone(),
             exclude_paths: self.exclude_paths.clone(),
             record_query_string: self.record_query_string,
@@ -206,6 +214,9 @@ impl TracedServiceSpec {
 fn spec_field(config_field: &str) -> String {
     if let Some(rest) = config_field.strip_prefix("samplingRate") {
         return format!("sampling.rate{rest}");
+    }
+    if let Some(rest) = config_field.strip_prefix("collectorProtocol") {
+        return format!("collector.protocol{rest}");
     }
     if let Some(rest) = config_field.strip_prefix("collector") {
         return format!("collector.endpoint{rest}");

@@ -4,8 +4,10 @@
 //!   `java -jar`, in-memory storage, collector and query on one port (9411):
 //!   `POST /api/v2/spans`, `GET /api/v2/trace/{id}`, `GET /api/v2/traces`.
 //! - Jaeger (v2, `bin/jaeger` from `e2e/peers.sh jaeger`, when built): all-in-one with memory
-//!   storage; its Zipkin receiver takes the same `POST /api/v2/spans` on 9411, its query API
-//!   (`GET /api/traces/{id}`, UI) listens on 16686. Its JSON is mapped onto the same [`Span`].
+//!   storage; the proxies post either to its OTLP/HTTP receiver (`POST /v1/traces` on 4318) or
+//!   to its Zipkin receiver (the same `POST /api/v2/spans` on 9411), per [`Kind::Jaeger`]'s
+//!   protocol; its query API (`GET /api/traces/{id}`, UI) listens on 16686. Its JSON is mapped
+//!   onto the same [`Span`], OTLP resource attributes as [`Span::process_tags`].
 //!
 //! The collector runs in a network namespace of the topology and is queried from inside it
 //! (see [`crate::netns::client`]); it can be stopped and started again at the same address, for
@@ -24,12 +26,16 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use serde::Deserialize;
 
+use sidetrace_contract::CollectorProtocol;
+
 use crate::netns::{client, ns};
 
 /// Zipkin's collector and query port (also Jaeger's Zipkin receiver).
 pub const ZIPKIN_PORT: u16 = 9411;
 /// Jaeger's query API and UI port.
 pub const JAEGER_QUERY_PORT: u16 = 16686;
+/// Jaeger's OTLP/HTTP receiver port.
+pub const OTLP_HTTP_PORT: u16 = 4318;
 
 /// How long a cold JVM (or Jaeger) may take to answer, on a busy 2-core machine.
 const START_TIMEOUT: Duration = Duration::from_secs(120);
@@ -48,10 +54,28 @@ pub enum Kind {
     Jaeger {
         /// The `jaeger` binary.
         bin: PathBuf,
+        /// Which of its receivers the proxies post to.
+        protocol: CollectorProtocol,
     },
 }
 
 impl Kind {
+    /// The protocol the proxies speak to it (the Zipkin server speaks only Zipkin v2).
+    pub fn protocol(&self) -> CollectorProtocol {
+        match self {
+            Self::Zipkin { .. } => CollectorProtocol::Zipkin,
+            Self::Jaeger { protocol, .. } => *protocol,
+        }
+    }
+
+    /// The port the proxies post spans to.
+    pub fn receiver_port(&self) -> u16 {
+        match self.protocol() {
+            CollectorProtocol::OtlpHttp => OTLP_HTTP_PORT,
+            CollectorProtocol::Zipkin => ZIPKIN_PORT,
+        }
+    }
+
     /// Short name for messages.
     pub fn label(&self) -> &'static str {
         match self {
@@ -119,7 +143,20 @@ pub struct Span {
     /// Whether the span shares its id with the caller's (Envoy's shared_span_context).
     #[serde(default)]
     pub shared: Option<bool>,
+    /// Jaeger's process tags: the OTLP resource attributes (`k8s.pod.name`, ...) of spans that
+    /// arrived over OTLP. Empty for Zipkin's JSON.
+    #[serde(skip)]
+    pub process_tags: BTreeMap<String, String>,
 }
+
+/// Zipkin tag names and the OpenTelemetry semantic-convention attributes that carry the same
+/// value in a span that arrived over OTLP.
+const SEMCONV_EQUIVALENTS: &[(&str, &str)] = &[
+    ("http.method", "http.request.method"),
+    ("http.status_code", "http.response.status_code"),
+    ("http.path", "url.path"),
+    ("user_agent", "user_agent.original"),
+];
 
 impl Span {
     /// The recording service's name, or "".
@@ -140,9 +177,14 @@ impl Span {
         self.name.as_deref().unwrap_or("")
     }
 
-    /// A tag's value.
+    /// A tag's value by its Zipkin name; for a span that arrived over OTLP, the semantic-
+    /// convention attribute with the same meaning (`http.method` reads
+    /// `http.request.method`), so one assertion holds for both encodings.
     pub fn tag(&self, key: &str) -> Option<&str> {
-        self.tags.get(key).map(String::as_str)
+        self.tags.get(key).map(String::as_str).or_else(|| {
+            let (_, otel) = SEMCONV_EQUIVALENTS.iter().find(|(z, _)| *z == key)?;
+            self.tags.get(*otel).map(String::as_str)
+        })
     }
 }
 
@@ -244,9 +286,12 @@ impl Collector {
         &self.ns
     }
 
-    /// The URL proxies post spans to.
+    /// The URL proxies post spans to (the path names the protocol).
     pub fn spans_url(&self) -> String {
-        format!("http://{}:{ZIPKIN_PORT}/api/v2/spans", self.ip)
+        match self.kind.protocol() {
+            CollectorProtocol::OtlpHttp => format!("http://{}:{OTLP_HTTP_PORT}/v1/traces", self.ip),
+            CollectorProtocol::Zipkin => format!("http://{}:{ZIPKIN_PORT}/api/v2/spans", self.ip),
+        }
     }
 
     /// Where the query API / UI listens, inside the namespace.
@@ -288,7 +333,7 @@ impl Collector {
                 .env("STORAGE_TYPE", "mem");
                 c
             }
-            Kind::Jaeger { bin } => {
+            Kind::Jaeger { bin, .. } => {
                 let mut c = Command::new(bin);
                 // The default all-in-one config binds to localhost unless told otherwise.
                 c.env("JAEGER_LISTEN_HOST", "0.0.0.0");
@@ -322,8 +367,8 @@ impl Collector {
             if let Ok(r) = client::get(&self.ns, addr, path, &[]).await
                 && r.status.is_success()
             {
-                // Jaeger's query API can be up before its Zipkin receiver; probe that too.
-                let receiver = SocketAddr::from((self.ip, ZIPKIN_PORT));
+                // Jaeger's query API can be up before its receivers; probe the one in use.
+                let receiver = SocketAddr::from((self.ip, self.kind.receiver_port()));
                 if ns::connect_in(&self.ns, receiver, Duration::from_secs(2))
                     .await
                     .is_ok()
@@ -453,23 +498,7 @@ pub fn jaeger_spans(v: &serde_json::Value) -> Vec<Span> {
             .flatten()
         {
             let str_of = |k: &str| s.get(k).and_then(|x| x.as_str()).map(str::to_owned);
-            let mut tags = BTreeMap::new();
-            for tag in s
-                .get("tags")
-                .and_then(|t| t.as_array())
-                .into_iter()
-                .flatten()
-            {
-                let Some(key) = tag.get("key").and_then(|k| k.as_str()) else {
-                    continue;
-                };
-                let value = match tag.get("value") {
-                    Some(serde_json::Value::String(s)) => s.clone(),
-                    Some(other) => other.to_string(),
-                    None => String::new(),
-                };
-                tags.insert(key.to_owned(), value);
-            }
+            let mut tags = key_values(s.get("tags"));
             let parent = s
                 .get("references")
                 .and_then(|r| r.as_array())
@@ -477,13 +506,15 @@ pub fn jaeger_spans(v: &serde_json::Value) -> Vec<Span> {
                 .flatten()
                 .find(|r| r.get("refType").and_then(|t| t.as_str()) == Some("CHILD_OF"))
                 .and_then(|r| r.get("spanID").and_then(|x| x.as_str()).map(str::to_owned));
-            let service = s
+            let process = s
                 .get("processID")
                 .and_then(|p| p.as_str())
-                .and_then(|p| processes?.get(p))
+                .and_then(|p| processes?.get(p));
+            let service = process
                 .and_then(|p| p.get("serviceName"))
                 .and_then(|n| n.as_str())
                 .map(str::to_owned);
+            let process_tags = key_values(process.and_then(|p| p.get("tags")));
             let kind = tags.remove("span.kind").map(|k| k.to_ascii_uppercase());
             out.push(Span {
                 trace_id: str_of("traceID").unwrap_or_default(),
@@ -500,8 +531,27 @@ pub fn jaeger_spans(v: &serde_json::Value) -> Vec<Span> {
                 remote_endpoint: None,
                 tags,
                 shared: None,
+                process_tags,
             });
         }
+    }
+    out
+}
+
+/// Jaeger's `[{"key": .., "type": .., "value": ..}]` as a map; non-string values in their
+/// JSON text (`200`, `true`).
+fn key_values(v: Option<&serde_json::Value>) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    for tag in v.and_then(|t| t.as_array()).into_iter().flatten() {
+        let Some(key) = tag.get("key").and_then(|k| k.as_str()) else {
+            continue;
+        };
+        let value = match tag.get("value") {
+            Some(serde_json::Value::String(s)) => s.clone(),
+            Some(other) => other.to_string(),
+            None => String::new(),
+        };
+        out.insert(key.to_owned(), value);
     }
     out
 }
@@ -602,12 +652,27 @@ mod tests {
              "startTime": 5, "duration": 7, "processID": "p1",
              "tags": [{"key": "span.kind", "type": "string", "value": "client"},
                       {"key": "http.status_code", "type": "int64", "value": 200}]}],
-            "processes": {"p1": {"serviceName": "service1", "tags": []}}}]});
+            "processes": {"p1": {"serviceName": "service1", "tags": [
+                {"key": "k8s.pod.name", "type": "string", "value": "service1-0"}]}}}]});
         let spans = jaeger_spans(&v);
         assert_eq!(spans.len(), 1);
         assert_eq!(spans[0].kind(), "CLIENT");
         assert_eq!(spans[0].service(), "service1");
         assert_eq!(spans[0].parent_id.as_deref(), Some("a"));
         assert_eq!(spans[0].tag("http.status_code"), Some("200"));
+        assert_eq!(spans[0].process_tags["k8s.pod.name"], "service1-0");
+    }
+
+    #[test]
+    fn zipkin_tag_names_read_otlp_attributes() {
+        let mut s = span("a", None, "s", "SERVER", "n", 1);
+        s.tags.insert("http.request.method".into(), "GET".into());
+        s.tags
+            .insert("http.response.status_code".into(), "200".into());
+        assert_eq!(s.tag("http.method"), Some("GET"));
+        assert_eq!(s.tag("http.status_code"), Some("200"));
+        s.tags.insert("http.method".into(), "POST".into());
+        assert_eq!(s.tag("http.method"), Some("POST"), "the Zipkin tag wins");
+        assert_eq!(s.tag("guid:x-request-id"), None);
     }
 }

@@ -122,8 +122,29 @@ fn chart_lints_renders_and_rejects_bad_values() {
             assert_eq!(c["securityContext"]["capabilities"]["drop"][0], "ALL");
         }
     }
-    let collector = "--collector=http://jaeger-collector.sidetrace-system:9411/api/v2/spans";
-    assert!(container_args(&docs, "sidetrace-injector").contains(&collector.to_owned()));
+    // The default collector is the in-cluster Jaeger's OTLP/HTTP receiver, which its Service
+    // and container expose; the protocol follows the path unless set.
+    let collector = "--collector=http://jaeger-collector.sidetrace-system:4318/v1/traces";
+    let args = container_args(&docs, "sidetrace-injector");
+    assert!(args.contains(&collector.to_owned()), "{args:?}");
+    assert!(!args.iter().any(|a| a.starts_with("--collector-protocol")));
+    let svc = find(&docs, "Service", "jaeger-collector").expect("jaeger-collector Service");
+    assert!(
+        svc["spec"]["ports"]
+            .as_array()
+            .expect("ports")
+            .iter()
+            .any(|p| p["port"] == 4318 && p["targetPort"] == "otlp-http"),
+        "{svc}"
+    );
+    let jaeger = find(&docs, "Deployment", "jaeger").expect("jaeger Deployment");
+    assert!(
+        jaeger["spec"]["template"]["spec"]["containers"][0]["ports"]
+            .as_array()
+            .expect("ports")
+            .iter()
+            .any(|p| p["containerPort"] == 4318 && p["name"] == "otlp-http")
+    );
 
     // Non-default values.
     let docs = template(
@@ -133,6 +154,7 @@ fn chart_lints_renders_and_rejects_bad_values() {
             "webhook.failurePolicy=Fail",
             "jaeger.enabled=false",
             "collector.endpoint=http://zipkin.tracing:9411/api/v2/spans",
+            "collector.protocol=zipkin",
             "images.registry=registry.example",
             "images.tag=dev",
             "webhook.certMode=external",
@@ -150,6 +172,7 @@ fn chart_lints_renders_and_rejects_bad_values() {
     assert!(find(&docs, "Deployment", "jaeger").is_none());
     let args = container_args(&docs, "sidetrace-injector");
     assert!(args.contains(&"--collector=http://zipkin.tracing:9411/api/v2/spans".to_owned()));
+    assert!(args.contains(&"--collector-protocol=zipkin".to_owned()));
     assert!(args.contains(&"--proxy-image=registry.example/sidetrace/proxy:dev".to_owned()));
 
     // Values the schema or the templates must reject, each with a message naming the value.
@@ -160,6 +183,7 @@ fn chart_lints_renders_and_rejects_bad_values() {
         ("operator.replica=2", "replica"),
         ("webhook.url=http://insecure", "url"),
         ("jaeger.enabled=false", "collector.endpoint is required"),
+        ("collector.protocol=otlp", "protocol"),
     ] {
         let err = template(&helm, &[set]).expect_err(set);
         assert!(

@@ -72,11 +72,16 @@ pub struct Args {
         default_value = "auto"
     )]
     pub native_sidecars: NativeSidecars,
-    /// Collector endpoint (Zipkin v2 JSON) when no TracedService overrides it; checked with the
-    /// same rule as the proxy's (`http://` or `https://`, a host, no credentials).
+    /// Collector endpoint (OTLP/HTTP `.../v1/traces` or Zipkin v2 `.../api/v2/spans`) when no
+    /// TracedService overrides it; checked with the same rule as the proxy's (`http://` or
+    /// `https://`, a host, no credentials).
     #[arg(long, env = "SIDETRACE_INJECTOR_COLLECTOR", default_value = defaults::COLLECTOR_ENDPOINT,
           value_parser = parse_collector)]
     pub collector: String,
+    /// Protocol of `--collector` (`otlp-http` or `zipkin`), passed to every proxy; by default
+    /// the proxy follows the endpoint's path.
+    #[arg(long, env = "SIDETRACE_INJECTOR_COLLECTOR_PROTOCOL")]
+    pub collector_protocol: Option<sidetrace_contract::CollectorProtocol>,
     /// PEM bundle of the CAs an `https://` collector is verified against (instead of the
     /// system's roots), passed to every injected proxy.
     #[arg(long, env = "SIDETRACE_INJECTOR_COLLECTOR_CA_BUNDLE", hide_env_values = true,
@@ -309,6 +314,7 @@ pub async fn run(args: Args) -> Result<()> {
             SidecarMode::Classic
         },
         collector: args.collector,
+        collector_protocol: args.collector_protocol,
         collector_ca_bundle: args.collector_ca_bundle,
         inbound_port: args.inbound_port,
         outbound_port: args.outbound_port,

@@ -98,13 +98,17 @@ pub fn mutate(pod: &Pod, ctx: PodContext<'_>, settings: &Settings) -> Mutation {
         .clone()
         .or_else(|| ts.and_then(|t| t.spec.service_name.clone()))
         .unwrap_or_else(|| selection::default_service_name(pod, ctx.namespace));
-    let collector = ts
-        .and_then(|t| t.spec.collector.as_ref())
-        .map(|c| c.endpoint.clone())
-        .unwrap_or_else(|| settings.collector.clone());
+    // A TracedService's endpoint brings its own protocol (or none: the proxy follows the
+    // path); the chart's protocol belongs to the chart's endpoint.
+    let (collector, collector_protocol) = match ts.and_then(|t| t.spec.collector.as_ref()) {
+        Some(c) => (c.endpoint.clone(), c.protocol),
+        None => (settings.collector.clone(), settings.collector_protocol),
+    };
     let resolved = Resolved {
         service_name,
         collector,
+        collector_protocol,
+        workload_attributes: workload_attributes(pod),
         sampling: overrides.sampling.unwrap_or(settings.sampling),
         log_level: overrides
             .log_level
@@ -122,6 +126,26 @@ pub fn mutate(pod: &Pod, ctx: PodContext<'_>, settings: &Settings) -> Mutation {
         status: Some(status),
         warnings,
     }
+}
+
+/// The pod's owning workload as OTLP resource attributes (the env text the proxy reads), from
+/// its controlling owner reference; `None` for a bare pod or an unknown controller.
+fn workload_attributes(pod: &Pod) -> Option<String> {
+    let owner = pod
+        .metadata
+        .owner_references
+        .as_deref()
+        .unwrap_or_default()
+        .iter()
+        .find(|o| o.controller == Some(true))?;
+    let hash = pod
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(sidetrace_contract::workload::POD_TEMPLATE_HASH_LABEL))
+        .map(String::as_str);
+    let attrs = sidetrace_contract::workload::workload_attributes(&owner.kind, &owner.name, hash);
+    (!attrs.is_empty()).then(|| sidetrace_contract::workload::format_attributes(&attrs))
 }
 
 /// A Job's pod (CronJobs run Jobs) in classic mode never completes by itself: the sidecar is a

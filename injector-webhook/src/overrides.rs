@@ -8,6 +8,7 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
+use sidetrace_contract::CollectorProtocol;
 use sidetrace_contract::names::annotations as ann;
 
 /// Proxy log levels the sidecar understands.
@@ -39,6 +40,8 @@ pub struct Overrides {
     pub proxy_memory: Option<String>,
     /// `sidetrace.dev/log-level`, lower-cased.
     pub log_level: Option<String>,
+    /// `sidetrace.dev/collector-protocol`, by the one rule ([`CollectorProtocol::parse`]).
+    pub collector_protocol: Option<CollectorProtocol>,
 }
 
 /// Parses every override annotation. `named_ports` maps the pod's container port names to
@@ -98,6 +101,11 @@ pub fn parse(
             field(annotations, ann::LOG_LEVEL),
             &mut warnings,
             parse_log_level,
+        ),
+        collector_protocol: checked(
+            field(annotations, ann::COLLECTOR_PROTOCOL),
+            &mut warnings,
+            parse_collector_protocol,
         ),
     };
     (o, warnings)
@@ -259,6 +267,14 @@ pub fn parse_quantity(raw: &str) -> Result<String, String> {
         return Err("is zero".into());
     }
     Ok(v.to_owned())
+}
+
+/// The contract's rule, worded for a warning that already quotes the value.
+fn parse_collector_protocol(raw: &str) -> Result<CollectorProtocol, String> {
+    CollectorProtocol::parse(raw).map_err(|_| {
+        let names: Vec<&str> = CollectorProtocol::ALL.iter().map(|p| p.as_str()).collect();
+        format!("is not one of {}", names.join(", "))
+    })
 }
 
 fn parse_log_level(raw: &str) -> Result<String, String> {

@@ -61,6 +61,11 @@ pub struct Resolved {
     pub service_name: String,
     /// Collector endpoint.
     pub collector: String,
+    /// Protocol chosen for that endpoint (TracedService or chart); `None`: the proxy follows
+    /// the endpoint's path.
+    pub collector_protocol: Option<sidetrace_contract::CollectorProtocol>,
+    /// The pod's owning workload as OTLP resource attributes (`key=value,...`).
+    pub workload_attributes: Option<String>,
     /// Sampling rate: the pod's annotation, else the injector's default. (Inside the proxy a
     /// mounted TracedService config's rate takes precedence and hot-reloads.)
     pub sampling: f64,
@@ -175,6 +180,7 @@ pub fn proxy_container(settings: &Settings, resolved: &Resolved) -> Value {
         json!({"name": names::env::POD_NAME, "valueFrom": field("metadata.name")}),
         json!({"name": names::env::POD_NAMESPACE, "valueFrom": field("metadata.namespace")}),
         json!({"name": names::env::POD_IP, "valueFrom": field("status.podIP")}),
+        json!({"name": names::env::NODE_NAME, "valueFrom": field("spec.nodeName")}),
         json!({"name": names::env::INBOUND_PORT, "value": settings.inbound_port.to_string()}),
         json!({"name": names::env::OUTBOUND_PORT, "value": settings.outbound_port.to_string()}),
         json!({"name": names::env::ADMIN_PORT, "value": settings.admin_port.to_string()}),
@@ -182,6 +188,12 @@ pub fn proxy_container(settings: &Settings, resolved: &Resolved) -> Value {
         json!({"name": names::env::COLLECTOR, "value": resolved.collector}),
     ];
     env.push(json!({"name": names::env::SAMPLING, "value": resolved.sampling.to_string()}));
+    if let Some(p) = resolved.collector_protocol {
+        env.push(json!({"name": names::env::COLLECTOR_PROTOCOL, "value": p.as_str()}));
+    }
+    if let Some(attrs) = &resolved.workload_attributes {
+        env.push(json!({"name": names::env::WORKLOAD_ATTRIBUTES, "value": attrs}));
+    }
     if let Some(pem) = &settings.collector_ca_bundle {
         env.push(json!({"name": names::env::COLLECTOR_CA, "value": pem}));
     }
@@ -192,6 +204,9 @@ pub fn proxy_container(settings: &Settings, resolved: &Resolved) -> Value {
     }
     if let Some(rate) = o.sampling {
         env.push(json!({"name": names::env::SAMPLING_OVERRIDE, "value": rate.to_string()}));
+    }
+    if let Some(p) = o.collector_protocol {
+        env.push(json!({"name": names::env::COLLECTOR_PROTOCOL_OVERRIDE, "value": p.as_str()}));
     }
     env.push(json!({"name": names::env::LOG_LEVEL, "value": resolved.log_level}));
     if settings.mode == SidecarMode::Native {
@@ -451,6 +466,8 @@ mod tests {
         Resolved {
             service_name: "web".into(),
             collector: sidetrace_contract::defaults::COLLECTOR_ENDPOINT.into(),
+            collector_protocol: None,
+            workload_attributes: None,
             sampling: 1.0,
             log_level: "info".into(),
             traced_service: None,

@@ -1,6 +1,6 @@
 //! Injector-wide settings: what the command line configures, shared by every admission.
 
-use sidetrace_contract::{Ipv6Capture, defaults};
+use sidetrace_contract::{CollectorProtocol, Ipv6Capture, defaults};
 
 /// How the sidecar is placed in the pod.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -33,6 +33,8 @@ pub struct Settings {
     pub mode: SidecarMode,
     /// Collector endpoint when no TracedService overrides it.
     pub collector: String,
+    /// Protocol of `collector` when set explicitly; `None` lets the proxy follow the path.
+    pub collector_protocol: Option<CollectorProtocol>,
     /// PEM bundle an https collector is verified against, passed to every proxy.
     pub collector_ca_bundle: Option<String>,
     /// Port the proxy listens on for redirected inbound connections.
@@ -77,6 +79,7 @@ impl Default for Settings {
             init_image: "sidetrace/init:latest".into(),
             mode: SidecarMode::Native,
             collector: defaults::COLLECTOR_ENDPOINT.into(),
+            collector_protocol: None,
             collector_ca_bundle: None,
             inbound_port: defaults::INBOUND_CAPTURE_PORT,
             outbound_port: defaults::OUTBOUND_CAPTURE_PORT,

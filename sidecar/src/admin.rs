@@ -186,6 +186,9 @@ pub fn effective_config(shared: &Shared) -> serde_json::Value {
         "propagation": live.tracer.formats,
         "tags": live.tracer.tags,
         "collector": live.collector.to_string(),
+        "collectorProtocol": live.collector_protocol.as_str(),
+        "nodeName": a.node_name,
+        "workloadAttributes": a.workload_attributes,
         "file": serde_json::to_value(&live.file).unwrap_or(serde_json::Value::Null),
     })
 }

@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use clap::Parser;
 use sidetrace_contract::names::env;
-use sidetrace_contract::{ProxyConfig, defaults};
-use sidetrace_trace::CollectorRoots;
+use sidetrace_contract::{CollectorProtocol, ProxyConfig, defaults};
+use sidetrace_trace::{CollectorRoots, Resource};
 
 use crate::error::{Error, Result};
 
@@ -29,7 +29,7 @@ pub const MIN_HEADER_BYTES: usize = 8192;
 pub const DEFAULT_MAX_CONNECTIONS: usize = 2048;
 
 /// Transparent tracing sidecar: intercepts a pod's HTTP traffic, propagates B3/W3C context and
-/// exports Zipkin v2 spans.
+/// exports spans over OTLP/HTTP or as Zipkin v2 JSON.
 #[derive(Debug, Clone, Parser)]
 #[command(name = "sidetrace-proxy", version, about)]
 pub struct Args {
@@ -52,10 +52,20 @@ pub struct Args {
     /// Service name in spans (the config file's `serviceName` wins when set).
     #[arg(long, env = env::SERVICE_NAME)]
     pub service_name: Option<String>,
-    /// Zipkin v2 endpoint spans are POSTed to (the config file's `collector` wins when set):
+    /// Collector endpoint spans are POSTed to (the config file's `collector` wins when set):
     /// `http://` or `https://` (verified against the system's roots or `--collector-ca-file`).
+    /// A path ending in `/v1/traces` speaks OTLP/HTTP, `/api/v2/spans` Zipkin v2, unless
+    /// `--collector-protocol` says otherwise.
     #[arg(long, env = env::COLLECTOR, default_value = defaults::COLLECTOR_ENDPOINT)]
     pub collector: String,
+    /// Protocol of `--collector`: `otlp-http` or `zipkin`; by default it follows the
+    /// endpoint's path (Zipkin v2 when the path says neither).
+    #[arg(long, env = env::COLLECTOR_PROTOCOL)]
+    pub collector_protocol: Option<CollectorProtocol>,
+    /// Protocol that beats the config file's `collectorProtocol` (the webhook sets it from the
+    /// pod's `sidetrace.dev/collector-protocol` annotation only).
+    #[arg(long, env = env::COLLECTOR_PROTOCOL_OVERRIDE)]
+    pub collector_protocol_override: Option<CollectorProtocol>,
     /// PEM bundle of the CAs an `https://` collector's certificate must chain to, instead of
     /// the system's roots (a collector signed by a private, in-cluster CA).
     #[arg(long, env = env::COLLECTOR_CA_FILE, conflicts_with = "collector_ca")]
@@ -88,9 +98,17 @@ pub struct Args {
     /// Pod name, added to every span as tag `k8s.pod.name` (the file's `tags` win on a clash).
     #[arg(long, env = env::POD_NAME)]
     pub pod_name: Option<String>,
-    /// Pod namespace, added to every span as tag `k8s.namespace.name`.
+    /// Pod namespace, added to every span as tag `k8s.namespace.name`; with the pod name, the
+    /// OTLP resource's `service.namespace` and `service.instance.id` (`<namespace>.<pod>`).
     #[arg(long, env = env::POD_NAMESPACE)]
     pub pod_namespace: Option<String>,
+    /// Node the pod runs on: the OTLP resource's `k8s.node.name`.
+    #[arg(long, env = env::NODE_NAME)]
+    pub node_name: Option<String>,
+    /// The owning workload as OTLP resource attributes, `key=value,...` (the webhook derives
+    /// it from the pod's owner references: `k8s.deployment.name=shop,...`).
+    #[arg(long, env = env::WORKLOAD_ATTRIBUTES)]
+    pub workload_attributes: Option<String>,
     /// Explicit mode: send inbound connections that were not redirected by iptables here
     /// instead of refusing them (component tests on loopback, local runs).
     #[arg(long, env = "SIDETRACE_INBOUND_FORWARD_TO")]
@@ -393,6 +411,35 @@ pub fn parse_collector(text: &str) -> std::result::Result<http::Uri, String> {
     Ok(uri)
 }
 
+/// The OTLP resource attributes of this pod besides `service.name` (fixed for the life of the
+/// process: the pod does not move). Kubernetes attributes follow OpenTelemetry's conventions;
+/// `service.instance.id` is `<namespace>.<pod>`, unique per pod in the cluster.
+pub fn resource(args: &Args) -> Resource {
+    let mut r = Resource::default();
+    if let Some(attrs) = &args.workload_attributes {
+        for (k, v) in sidetrace_contract::workload::parse_attributes(attrs) {
+            r.set(&k, v);
+        }
+    }
+    if let Some(ns) = &args.pod_namespace {
+        r.set("k8s.namespace.name", ns.clone());
+        r.set("service.namespace", ns.clone());
+    }
+    if let Some(pod) = &args.pod_name {
+        r.set("k8s.pod.name", pod.clone());
+    }
+    if let Some(node) = &args.node_name {
+        r.set("k8s.node.name", node.clone());
+    }
+    if let (Some(ns), Some(pod)) = (&args.pod_namespace, &args.pod_name)
+        && !ns.is_empty()
+        && !pod.is_empty()
+    {
+        r.set("service.instance.id", format!("{ns}.{pod}"));
+    }
+    r
+}
+
 /// Fallback bind address when `::` is not available (IPv6 disabled in the pod).
 pub fn ipv4_fallback(ip: IpAddr) -> Option<IpAddr> {
     (ip == IpAddr::V6(Ipv6Addr::UNSPECIFIED)).then_some(IpAddr::V4(Ipv4Addr::UNSPECIFIED))
@@ -415,7 +462,9 @@ mod tests {
         assert_eq!(s.args.outbound_port, 15001);
         assert_eq!(s.args.admin_port, 15021);
         assert_eq!(s.args.detect_timeout, Duration::from_millis(100));
-        assert_eq!(s.collector_flag.path(), "/api/v2/spans");
+        // The chart's Jaeger, over OTLP/HTTP (its Zipkin receiver stays for Zipkin clients).
+        assert_eq!(s.collector_flag.path(), "/v1/traces");
+        assert_eq!(s.collector_flag.port_u16(), Some(4318));
     }
 
     #[test]

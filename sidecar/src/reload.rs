@@ -53,9 +53,12 @@ pub fn apply(shared: &Shared, text: &str) -> Result<(), String> {
     let file = parse_file(text)?;
     let live = Live::build(&shared.settings, file).map_err(|e| e.to_string())?;
     let old = shared.live();
-    if old.collector != live.collector {
-        tracing::info!(collector = %live.collector, "collector endpoint changed");
-        shared.export.set_endpoint(live.collector.clone());
+    if old.collector != live.collector || old.collector_protocol != live.collector_protocol {
+        // Only the exporter changes: request connections and listeners are not touched.
+        tracing::info!(collector = %live.collector, protocol = %live.collector_protocol, "collector changed");
+        shared
+            .export
+            .set_collector(live.collector.clone(), live.collector_protocol);
     }
     shared.set_live(live);
     Ok(())

@@ -38,6 +38,8 @@ pub async fn run(settings: Settings) -> Result<()> {
         request_timeout: a.export_timeout,
         max_retries: a.export_retries,
         roots: settings.collector_roots.clone(),
+        protocol: live.collector_protocol,
+        resource: crate::config::resource(&settings.args),
         ..ExporterConfig::new(live.collector.clone())
     });
     // Signal handlers first: a SIGTERM during startup must still drain, not kill.

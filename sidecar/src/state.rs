@@ -8,7 +8,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
-use sidetrace_contract::{Direction, ProxyConfig};
+use sidetrace_contract::{CollectorProtocol, Direction, ProxyConfig};
 use sidetrace_trace::{ExportHandle, TracerConfig};
 use tokio::sync::watch;
 
@@ -34,6 +34,8 @@ pub struct Live {
     pub tracer: TracerConfig,
     /// Effective collector endpoint.
     pub collector: http::Uri,
+    /// Effective protocol towards it.
+    pub collector_protocol: CollectorProtocol,
     /// Upstream response timeouts: `--response-timeout` and the file's port and operation
     /// `timeout`s.
     pub timeouts: ResponseTimeouts,
@@ -43,10 +45,23 @@ impl Live {
     /// Combines the flags with a (validated) config file; the file wins where both speak.
     pub fn build(settings: &Settings, file: ProxyConfig) -> Result<Self> {
         let args = &settings.args;
-        let collector = match &file.collector {
-            Some(c) => parse_collector(c).map_err(|r| Error::config("collector", r))?,
-            None => settings.collector_flag.clone(),
+        // The protocol goes with the endpoint it was chosen for: the file's endpoint with the
+        // file's protocol (or its path), the flag's with the file's protocol, else the flag's
+        // (or its path); the pod's annotation beats them all.
+        let (collector, protocol) = match &file.collector {
+            Some(c) => (
+                parse_collector(c).map_err(|r| Error::config("collector", r))?,
+                CollectorProtocol::resolve(file.collector_protocol, c),
+            ),
+            None => (
+                settings.collector_flag.clone(),
+                CollectorProtocol::resolve(
+                    file.collector_protocol.or(args.collector_protocol),
+                    &args.collector,
+                ),
+            ),
         };
+        let collector_protocol = args.collector_protocol_override.unwrap_or(protocol);
         let service_name = args
             .service_name_override
             .clone()
@@ -84,6 +99,7 @@ impl Live {
             file,
             tracer,
             collector,
+            collector_protocol,
             timeouts,
         })
     }
@@ -266,6 +282,94 @@ mod tests {
         assert_eq!(live.tracer.tags["k8s.pod.name"], "override");
         assert_eq!(live.tracer.tags["k8s.namespace.name"], "shop");
         assert_eq!(live.tracer.tags["team"], "a");
+    }
+
+    #[test]
+    fn the_protocol_goes_with_its_endpoint() {
+        use CollectorProtocol::{OtlpHttp, Zipkin};
+        let build = |args: &[&str], file: &str| {
+            let live = Live::build(&settings(args), ProxyConfig::from_yaml(file).expect("file"))
+                .expect("live");
+            (live.collector.to_string(), live.collector_protocol)
+        };
+        let otlp = "http://jaeger:4318/v1/traces";
+        let zipkin = "http://jaeger:9411/api/v2/spans";
+        // The path decides when nobody says.
+        assert_eq!(build(&["--collector", otlp], ""), (otlp.into(), OtlpHttp));
+        assert_eq!(build(&["--collector", zipkin], ""), (zipkin.into(), Zipkin));
+        // An explicit flag beats the path.
+        assert_eq!(
+            build(
+                &[
+                    "--collector",
+                    "http://c:1/x",
+                    "--collector-protocol",
+                    "otlp-http"
+                ],
+                ""
+            ),
+            ("http://c:1/x".into(), OtlpHttp)
+        );
+        // The file's endpoint brings its own protocol; the flag's does not leak onto it.
+        assert_eq!(
+            build(
+                &["--collector", otlp, "--collector-protocol", "otlp-http"],
+                &format!("collector: {zipkin}\n")
+            ),
+            (zipkin.into(), Zipkin)
+        );
+        assert_eq!(
+            build(&["--collector", otlp], "collectorProtocol: zipkin\n"),
+            (otlp.into(), Zipkin)
+        );
+        // The annotation's override beats everything.
+        assert_eq!(
+            build(
+                &["--collector-protocol-override", "zipkin"],
+                &format!("collector: {otlp}\ncollectorProtocol: otlp-http\n")
+            ),
+            (otlp.into(), Zipkin)
+        );
+        assert!(
+            crate::config::Args::try_parse_from(["p", "--collector-protocol", "otlp"]).is_err()
+        );
+    }
+
+    #[test]
+    fn the_resource_names_the_pod_and_its_workload() {
+        let s = settings(&[
+            "--pod-name",
+            "cart-7d9f8-x2x4k",
+            "--pod-namespace",
+            "shop",
+            "--node-name",
+            "node-1",
+            "--workload-attributes",
+            "k8s.replicaset.name=cart-7d9f8,k8s.deployment.name=cart",
+        ]);
+        let r = crate::config::resource(&s.args);
+        let got: Vec<(&str, &str)> = r
+            .attributes
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("k8s.deployment.name", "cart"),
+                ("k8s.namespace.name", "shop"),
+                ("k8s.node.name", "node-1"),
+                ("k8s.pod.name", "cart-7d9f8-x2x4k"),
+                ("k8s.replicaset.name", "cart-7d9f8"),
+                ("service.instance.id", "shop.cart-7d9f8-x2x4k"),
+                ("service.namespace", "shop"),
+            ]
+        );
+        assert!(
+            crate::config::resource(&settings(&[]).args)
+                .attributes
+                .is_empty()
+        );
     }
 
     #[test]

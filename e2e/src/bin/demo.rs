@@ -117,6 +117,14 @@ async fn main() -> ExitCode {
 async fn run(args: Args, bins: Binaries) -> Result<()> {
     let label = bins.collector.label();
     println!("==> starting pods front-proxy, service1, service2 and {label} in network namespaces");
+    // OTLP/HTTP to Jaeger (its native receiver), Zipkin v2 JSON to the Zipkin server.
+    println!(
+        "    the sidecars export {} to {label}",
+        match bins.collector.protocol() {
+            sidetrace_contract::CollectorProtocol::OtlpHttp => "OTLP/HTTP (protobuf, /v1/traces)",
+            sidetrace_contract::CollectorProtocol::Zipkin => "Zipkin v2 JSON (/api/v2/spans)",
+        }
+    );
     let t0 = Instant::now();
     let front = if args.envoy_front {
         if bins.envoy.is_none() {

@@ -41,7 +41,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use sidetrace_contract::{defaults, names};
+use sidetrace_contract::{CollectorProtocol, defaults, names};
 
 use crate::collector::{self, Collector};
 use crate::controlplane::peers;
@@ -202,12 +202,26 @@ pub fn init_args() -> Vec<String> {
     ]
 }
 
+/// The node every netns pod "runs on" (the OTLP resource's `k8s.node.name`).
+pub const NODE_NAME: &str = "e2e-node";
+
+/// A pod's owning workload as the webhook would pass it: each netns pod stands for the one
+/// replica of a Deployment named after it (`front-proxy-0` of ReplicaSet `front-proxy-5d8c7`).
+pub fn workload_attributes(pod: Pod) -> String {
+    let rs = format!("{}-5d8c7", pod.name());
+    sidetrace_contract::workload::format_attributes(
+        &sidetrace_contract::workload::workload_attributes("ReplicaSet", &rs, Some("5d8c7")),
+    )
+}
+
 /// The proxy's environment as the webhook injects it (the downward API values filled in).
 pub fn proxy_env(pod: Pod, collector_url: &str, config: Option<&Path>) -> Vec<(String, String)> {
     let mut env = vec![
         (names::env::POD_NAME, format!("{}-0", pod.name())),
         (names::env::POD_NAMESPACE, POD_NAMESPACE.to_owned()),
         (names::env::POD_IP, pod.ip().to_string()),
+        (names::env::NODE_NAME, NODE_NAME.to_owned()),
+        (names::env::WORKLOAD_ATTRIBUTES, workload_attributes(pod)),
         (
             names::env::INBOUND_PORT,
             defaults::INBOUND_CAPTURE_PORT.to_string(),
@@ -303,6 +317,28 @@ impl CollectorChoice {
     }
 }
 
+/// The protocol the tests' proxies speak: Zipkin v2 to the Zipkin server, else
+/// [`jaeger_protocol`] (Zipkin v2 when the variable is malformed; `Binaries::find` reports it).
+pub fn collector_protocol() -> CollectorProtocol {
+    match CollectorChoice::from_env() {
+        CollectorChoice::Zipkin => CollectorProtocol::Zipkin,
+        c => jaeger_protocol(c).unwrap_or(CollectorProtocol::Zipkin),
+    }
+}
+
+/// The protocol the proxies speak to Jaeger: `SIDETRACE_E2E_COLLECTOR_PROTOCOL` (`otlp-http`
+/// or `zipkin`) when set, else OTLP for the demo (Jaeger's native receiver) and Zipkin v2
+/// for the test tier (its first pass; e2e/test.sh runs the OTLP pass with the variable set).
+/// A value outside the contract's names is an error, not a silent fallback.
+pub fn jaeger_protocol(choice: CollectorChoice) -> Result<CollectorProtocol, String> {
+    match std::env::var("SIDETRACE_E2E_COLLECTOR_PROTOCOL") {
+        Ok(v) => CollectorProtocol::parse(&v)
+            .map_err(|e| format!("SIDETRACE_E2E_COLLECTOR_PROTOCOL: {e}")),
+        Err(_) if choice == CollectorChoice::PreferJaeger => Ok(CollectorProtocol::OtlpHttp),
+        Err(_) => Ok(CollectorProtocol::Zipkin),
+    }
+}
+
 impl Binaries {
     /// Find every binary and check root, iptables and java; `Err` is the reason to skip.
     pub fn find(choice: CollectorChoice) -> Result<Self, String> {
@@ -358,7 +394,10 @@ impl Binaries {
             ));
         }
         let collector = if choice != CollectorChoice::Zipkin && jaeger.is_file() {
-            collector::Kind::Jaeger { bin: jaeger }
+            collector::Kind::Jaeger {
+                bin: jaeger,
+                protocol: jaeger_protocol(choice)?,
+            }
         } else {
             let java = in_path("java").ok_or_else(|| {
                 "`java` not found: the Zipkin server needs Java 17+ (apt-get install openjdk-17-jre-headless)"

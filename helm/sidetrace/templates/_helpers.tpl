@@ -18,7 +18,7 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- if .Values.collector.endpoint -}}
 {{ .Values.collector.endpoint }}
 {{- else if .Values.jaeger.enabled -}}
-{{ printf "http://jaeger-collector.%s:9411/api/v2/spans" .Release.Namespace }}
+{{ printf "http://jaeger-collector.%s:4318/v1/traces" .Release.Namespace }}
 {{- else -}}
 {{ fail "collector.endpoint is required when jaeger.enabled is false" }}
 {{- end -}}

@@ -1,12 +1,19 @@
-//! The batched Zipkin v2 exporter.
+//! The batched span exporter: OTLP/HTTP (protobuf) or Zipkin v2 JSON, one queue for both.
 //!
 //! Data flow: the request path calls [`ExportHandle::record`], which `try_send`s into a bounded
 //! queue and, when the queue is full, drops the span and counts it: it never waits. One tokio
 //! task drains the queue into a batch and POSTs it when it reaches `max_batch` spans or when
-//! `flush_interval` ticks. A failed POST (connection error, timeout, 5xx) is retried with
-//! exponential backoff up to `max_retries` times, then dropped and counted; a 4xx is dropped at
-//! once (counted as rejected). While a batch is being sent, new spans wait in the queue, so
-//! memory is bounded by the queue capacity plus one batch in flight.
+//! `flush_interval` ticks, encoded for the collector's protocol ([`encode_otlp`] to
+//! `.../v1/traces`, [`encode_zipkin_v2`] to `.../api/v2/spans`). A failed POST that the
+//! protocol calls retryable (connection error, timeout; OTLP: 429/502/503/504; Zipkin: 429 and
+//! 5xx) is retried with exponential backoff, or after the collector's `Retry-After` (capped at
+//! [`MAX_RETRY_AFTER`]), up to `max_retries` times, then dropped and counted; any other answer
+//! is dropped at once (a 4xx counted as rejected). While a batch is being sent, new spans wait
+//! in the queue, so memory is bounded by the queue capacity plus one batch in flight.
+//!
+//! The exporter keeps its own queue rather than the OpenTelemetry SDK's pipeline: the SDK's
+//! batch processor would take away the drop counters, the per-reason accounting and the
+//! switch of endpoint and protocol on config reload.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
@@ -23,16 +30,23 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use crate::error::{Error, Result};
+use crate::otlp::{Resource, encode_otlp};
 use crate::propagation::malformed_context_total;
 use crate::span::{Span, encode_zipkin_v2};
 use crate::tls::CollectorRoots;
+use sidetrace_contract::CollectorProtocol;
 
 /// Exporter settings.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ExporterConfig {
-    /// Zipkin v2 endpoint, e.g. `http://jaeger-collector:9411/api/v2/spans`; `https://` is
-    /// verified against [`ExporterConfig::roots`] and the endpoint's host name.
+    /// Collector endpoint, e.g. `http://jaeger-collector:4318/v1/traces` (OTLP) or
+    /// `http://jaeger-collector:9411/api/v2/spans` (Zipkin v2); `https://` is verified against
+    /// [`ExporterConfig::roots`] and the endpoint's host name.
     pub endpoint: Uri,
+    /// How batches are encoded and which answers are retried.
+    pub protocol: CollectorProtocol,
+    /// OTLP resource attributes besides `service.name` (the pod, its workload).
+    pub resource: Resource,
     /// Trust anchors of `https://` endpoints (the system's by default).
     pub roots: CollectorRoots,
     /// Spans waiting to be sent; beyond it spans are dropped (`queue_full`).
@@ -52,11 +66,20 @@ pub struct ExporterConfig {
 /// Longest wait between two attempts at one batch.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
+/// Longest `Retry-After` honoured: the batch in hand waits that long at most, while new spans
+/// queue (and are dropped once the queue is full), so an overloaded collector asking for
+/// minutes cannot park the exporter for minutes.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(10);
+
 impl ExporterConfig {
     /// Defaults: 1000 queued spans (Linkerd holds 100; a bigger queue rides out a collector
-    /// restart), batches of 100, 1 s interval, 2 s timeout, 3 retries from 200 ms.
+    /// restart), batches of 100, 1 s interval, 2 s timeout, 3 retries from 200 ms; the
+    /// protocol the endpoint's path names ([`CollectorProtocol::resolve`]); no resource
+    /// attributes.
     pub fn new(endpoint: Uri) -> Self {
         Self {
+            protocol: CollectorProtocol::resolve(None, &endpoint.to_string()),
+            resource: Resource::default(),
             endpoint,
             roots: CollectorRoots::System,
             queue_capacity: 1000,
@@ -121,15 +144,22 @@ fn add(counter: &AtomicU64, n: usize) {
 
 struct Shared {
     counters: Counters,
-    endpoint: RwLock<Uri>,
+    collector: RwLock<(Uri, CollectorProtocol)>,
 }
 
 impl Shared {
-    fn endpoint(&self) -> Uri {
-        // A poisoned lock still holds a valid Uri; keep exporting rather than panic.
-        match self.endpoint.read() {
+    fn collector(&self) -> (Uri, CollectorProtocol) {
+        // A poisoned lock still holds a valid pair; keep exporting rather than panic.
+        match self.collector.read() {
             Ok(g) => g.clone(),
             Err(p) => p.into_inner().clone(),
+        }
+    }
+
+    fn set_collector(&self, f: impl FnOnce(&mut (Uri, CollectorProtocol))) {
+        match self.collector.write() {
+            Ok(mut g) => f(&mut g),
+            Err(p) => f(&mut p.into_inner()),
         }
     }
 }
@@ -163,7 +193,7 @@ impl Exporter {
         let (flush_tx, flush_rx) = mpsc::channel(4);
         let shared = Arc::new(Shared {
             counters: Counters::default(),
-            endpoint: RwLock::new(cfg.endpoint.clone()),
+            collector: RwLock::new((cfg.endpoint.clone(), cfg.protocol)),
         });
         let client = build_client(&cfg.roots);
         let task = Task {
@@ -226,13 +256,23 @@ impl ExportHandle {
         }
     }
 
-    /// Points later batches at a new collector (config reload).
+    /// Points later batches at a new collector, same protocol (config reload).
     pub fn set_endpoint(&self, uri: Uri) {
         warn_if_unusable(&uri);
-        match self.shared.endpoint.write() {
-            Ok(mut g) => *g = uri,
-            Err(p) => *p.into_inner() = uri,
-        }
+        self.shared.set_collector(|c| c.0 = uri);
+    }
+
+    /// Points later batches at a new collector and protocol (config reload): the batch in
+    /// flight, if retried, goes to the new one in the new encoding. Request connections are
+    /// not touched.
+    pub fn set_collector(&self, uri: Uri, protocol: CollectorProtocol) {
+        warn_if_unusable(&uri);
+        self.shared.set_collector(|c| *c = (uri, protocol));
+    }
+
+    /// The collector and protocol later batches go to.
+    pub fn collector(&self) -> (Uri, CollectorProtocol) {
+        self.shared.collector()
     }
 }
 
@@ -331,15 +371,30 @@ impl Task {
     /// Delivers one batch with retries, and accounts for every span in it exactly once.
     async fn send(&mut self, batch: Vec<Span>) {
         let n = batch.len();
-        let body = Bytes::from(encode_zipkin_v2(&batch));
-        drop(batch);
         let c = &self.shared.counters;
         let mut attempt = 0;
+        // Encoded once per protocol: a reload that switches protocol between two attempts
+        // re-encodes, otherwise retries reuse the bytes.
+        let mut encoded: Option<(CollectorProtocol, Bytes)> = None;
         loop {
-            let endpoint = self.shared.endpoint();
-            match self.post(&endpoint, body.clone()).await {
-                Ok(()) => {
-                    add(&c.exported, n);
+            let (endpoint, protocol) = self.shared.collector();
+            let body = match &encoded {
+                Some((p, body)) if *p == protocol => body.clone(),
+                _ => {
+                    let body = Bytes::from(match protocol {
+                        CollectorProtocol::OtlpHttp => encode_otlp(&batch, &self.cfg.resource),
+                        CollectorProtocol::Zipkin => encode_zipkin_v2(&batch),
+                    });
+                    encoded = Some((protocol, body.clone()));
+                    body
+                }
+            };
+            match self.post(&endpoint, protocol, body).await {
+                Ok(rejected) => {
+                    // OTLP partial success: the collector took the batch but refused some.
+                    let rejected = usize::try_from(rejected).unwrap_or(n).min(n);
+                    add(&c.exported, n - rejected);
+                    add(&c.dropped_rejected, rejected);
                     add(&c.batches_sent, 1);
                     if self.failing > 0 {
                         tracing::info!(
@@ -350,21 +405,22 @@ impl Task {
                     }
                     return;
                 }
-                Err(e) if e.is_retryable() && attempt < self.cfg.max_retries => {
+                Err(e) if e.is_retryable(protocol) && attempt < self.cfg.max_retries => {
                     add(&c.retries, 1);
                     let backoff = self
                         .cfg
                         .initial_backoff
                         .saturating_mul(1 << attempt.min(16))
                         .min(MAX_BACKOFF);
-                    tracing::debug!(error = %e, attempt, ?backoff, spans = n, "span batch failed; retrying");
+                    let wait = retry_wait(backoff, &e);
+                    tracing::debug!(error = %e, attempt, ?wait, spans = n, "span batch failed; retrying");
                     attempt += 1;
-                    tokio::time::sleep(backoff).await;
+                    tokio::time::sleep(wait).await;
                 }
                 Err(e) => {
                     let counter = match &e {
                         Error::InvalidEndpoint { .. } => &c.dropped_invalid_endpoint,
-                        Error::Status(s) if *s < 500 => &c.dropped_rejected,
+                        e if e.is_rejection() => &c.dropped_rejected,
                         _ => &c.dropped_send_failed,
                     };
                     add(counter, n);
@@ -373,6 +429,7 @@ impl Task {
                         tracing::warn!(
                             error = %e,
                             reason = e.metric_label(),
+                            %protocol,
                             spans = n,
                             attempts = attempt + 1,
                             consecutive_failed_batches = self.failing,
@@ -387,10 +444,16 @@ impl Task {
         }
     }
 
-    async fn post(&self, endpoint: &Uri, body: Bytes) -> Result<()> {
+    /// One POST. `Ok` carries the spans an OTLP collector reported as rejected in a partial
+    /// success (0 otherwise).
+    async fn post(&self, endpoint: &Uri, protocol: CollectorProtocol, body: Bytes) -> Result<i64> {
         check_endpoint(endpoint)?;
+        let content_type = match protocol {
+            CollectorProtocol::OtlpHttp => OTLP_CONTENT_TYPE,
+            CollectorProtocol::Zipkin => "application/json",
+        };
         let req = Request::post(endpoint.clone())
-            .header(header::CONTENT_TYPE, "application/json")
+            .header(header::CONTENT_TYPE, content_type)
             .body(Full::new(body))
             .map_err(|e| Error::Request(e.to_string()))?;
         let timeout = self.cfg.request_timeout;
@@ -401,18 +464,54 @@ impl Task {
                 .await
                 .map_err(|e| Error::Request(error_chain(&e)))?;
             let status = resp.status();
+            let retry_after = resp
+                .headers()
+                .get(header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(parse_retry_after);
             // Read (a bounded amount of) the body so the connection can be reused.
-            let _ = Limited::new(resp.into_body(), 64 * 1024).collect().await;
+            let body = Limited::new(resp.into_body(), 64 * 1024)
+                .collect()
+                .await
+                .map(|b| b.to_bytes())
+                .unwrap_or_default();
             if status.is_success() {
-                Ok(())
+                Ok(match protocol {
+                    CollectorProtocol::OtlpHttp => crate::otlp::rejected_spans(&body),
+                    CollectorProtocol::Zipkin => 0,
+                })
             } else {
-                Err(Error::Status(status.as_u16()))
+                Err(Error::Status {
+                    status: status.as_u16(),
+                    retry_after,
+                })
             }
         };
         tokio::time::timeout(timeout, exchange)
             .await
             .map_err(|_| Error::Timeout(timeout))?
     }
+}
+
+/// Content type of OTLP/HTTP protobuf bodies.
+pub const OTLP_CONTENT_TYPE: &str = "application/x-protobuf";
+
+/// How long to wait before retrying after `e`: the collector's `Retry-After` when it sent
+/// one (at least the backoff, at most [`MAX_RETRY_AFTER`]), else the backoff.
+fn retry_wait(backoff: Duration, e: &Error) -> Duration {
+    match e {
+        Error::Status {
+            retry_after: Some(after),
+            ..
+        } => (*after).min(MAX_RETRY_AFTER).max(backoff),
+        _ => backoff,
+    }
+}
+
+/// `Retry-After` as delay-seconds. The HTTP-date form is not honoured (collectors send
+/// seconds); the exponential backoff applies instead.
+fn parse_retry_after(text: &str) -> Option<Duration> {
+    text.trim().parse::<u64>().ok().map(Duration::from_secs)
 }
 
 /// The hyper client's error plus its sources ("client error (Connect): tcp connect error:
@@ -546,12 +645,22 @@ mod tests {
     /// A tiny real HTTP/1.1 collector on loopback that answers with `statuses` in order,
     /// then 202.
     async fn start_collector(statuses: &[u16]) -> Collector {
+        let answers: Vec<(u16, Option<&str>)> = statuses.iter().map(|s| (*s, None)).collect();
+        start_collector_answering(&answers).await
+    }
+
+    /// Like [`start_collector`], each answer with an optional `Retry-After`. It stands in for
+    /// a collector's overload answers (429, 503 + Retry-After), which a real Jaeger does not
+    /// produce on demand.
+    async fn start_collector_answering(answers: &[(u16, Option<&str>)]) -> Collector {
+        let statuses: Vec<(u16, Option<String>)> = answers
+            .iter()
+            .map(|(s, h)| (*s, h.map(str::to_owned)))
+            .collect();
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let (tx, posts) = mpsc::unbounded_channel();
-        let statuses = Arc::new(Mutex::new(
-            statuses.iter().copied().collect::<VecDeque<_>>(),
-        ));
+        let statuses = Arc::new(Mutex::new(statuses.into_iter().collect::<VecDeque<_>>()));
         tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
                 let tx = tx.clone();
@@ -579,10 +688,20 @@ mod tests {
                                 content_type,
                                 body,
                             });
-                            let status = statuses.lock().expect("lock").pop_front().unwrap_or(202);
+                            let (status, retry_after) = statuses
+                                .lock()
+                                .expect("lock")
+                                .pop_front()
+                                .unwrap_or((202, None));
                             let mut resp = Response::new(Full::new(Bytes::new()));
                             *resp.status_mut() =
                                 http::StatusCode::from_u16(status).expect("test status");
+                            if let Some(after) = retry_after {
+                                resp.headers_mut().insert(
+                                    header::RETRY_AFTER,
+                                    after.parse().expect("header value"),
+                                );
+                            }
                             Ok::<_, std::convert::Infallible>(resp)
                         }
                     });
@@ -919,6 +1038,174 @@ mod tests {
         handle.flush(WAIT).await;
         assert_eq!(handle.stats().exported, 1);
         assert!(String::from_utf8_lossy(&collector.next().await.body).contains("/moved"));
+    }
+
+    fn otlp_endpoint(c: &Collector) -> Uri {
+        format!("http://{}/v1/traces", c.addr).parse().expect("uri")
+    }
+
+    fn decode_otlp(
+        body: &[u8],
+    ) -> opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest {
+        use prost::Message;
+        opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest::decode(body)
+            .expect("an OTLP protobuf body")
+    }
+
+    #[tokio::test]
+    async fn a_v1_traces_endpoint_gets_otlp_protobuf_with_the_resource() {
+        let mut collector = start_collector(&[]).await;
+        let mut resource = Resource::default();
+        resource.set("k8s.pod.name", "p-1");
+        let cfg = ExporterConfig {
+            max_batch: 2,
+            resource: resource.clone(),
+            ..config(otlp_endpoint(&collector))
+        };
+        assert_eq!(
+            cfg.protocol,
+            CollectorProtocol::OtlpHttp,
+            "follows the path"
+        );
+        let (handle, _task) = Exporter::spawn(cfg);
+        let spans = [span("/a"), span("/b")];
+        for s in &spans {
+            handle.record(s.clone());
+        }
+        let post = collector.next().await;
+        assert_eq!(post.path, "/v1/traces");
+        assert_eq!(post.content_type, "application/x-protobuf");
+        assert_eq!(post.body, encode_otlp(&spans, &resource));
+        let req = decode_otlp(&post.body);
+        assert_eq!(req.resource_spans[0].scope_spans[0].spans.len(), 2);
+        wait_for(&handle, "exported", |s| s.exported == 2).await;
+    }
+
+    #[tokio::test]
+    async fn otlp_overload_answers_are_retried_after_retry_after() {
+        let mut collector =
+            start_collector_answering(&[(429, Some("1")), (503, Some("1")), (502, None)]).await;
+        let (handle, _task) = Exporter::spawn(ExporterConfig {
+            max_retries: 3,
+            ..config(otlp_endpoint(&collector))
+        });
+        handle.record(span("/busy"));
+        let started = std::time::Instant::now();
+        handle.flush(WAIT).await;
+        // Two Retry-After: 1 answers: the exporter waited for them, not its 1 ms backoff.
+        assert!(
+            started.elapsed() >= Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
+        for _ in 0..4 {
+            let post = collector.next().await;
+            assert_eq!(post.content_type, "application/x-protobuf");
+        }
+        let stats = handle.stats();
+        assert_eq!(
+            (stats.exported, stats.retries, stats.dropped_total()),
+            (1, 3, 0),
+            "{stats:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn otlp_rejections_and_other_server_errors_are_not_retried() {
+        let mut collector = start_collector(&[400, 500]).await;
+        let (handle, _task) = Exporter::spawn(config(otlp_endpoint(&collector)));
+        handle.record(span("/bad"));
+        handle.flush(WAIT).await;
+        handle.record(span("/broken"));
+        handle.flush(WAIT).await;
+        collector.next().await;
+        collector.next().await;
+        let stats = handle.stats();
+        assert_eq!(
+            (
+                stats.dropped_rejected,
+                stats.dropped_send_failed,
+                stats.retries,
+                stats.exported
+            ),
+            (1, 1, 0, 0),
+            "{stats:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn overload_beyond_the_retries_drops_and_counts() {
+        let mut collector = start_collector(&[429, 429, 429]).await;
+        let (handle, _task) = Exporter::spawn(config(otlp_endpoint(&collector)));
+        handle.record(span("/x"));
+        handle.flush(WAIT).await;
+        for _ in 0..3 {
+            collector.next().await;
+        }
+        let stats = handle.stats();
+        assert_eq!(
+            (stats.exported, stats.retries, stats.dropped_send_failed),
+            (0, 2, 1),
+            "{stats:?}"
+        );
+    }
+
+    #[test]
+    fn retry_after_is_honoured_within_bounds() {
+        let status = |s: u16, after: Option<u64>| Error::Status {
+            status: s,
+            retry_after: after.map(Duration::from_secs),
+        };
+        let backoff = Duration::from_millis(200);
+        assert_eq!(
+            retry_wait(backoff, &status(503, Some(3))),
+            Duration::from_secs(3)
+        );
+        assert_eq!(
+            retry_wait(backoff, &status(429, Some(3600))),
+            MAX_RETRY_AFTER
+        );
+        assert_eq!(retry_wait(backoff, &status(429, Some(0))), backoff);
+        assert_eq!(retry_wait(backoff, &status(503, None)), backoff);
+        assert_eq!(retry_wait(backoff, &Error::Timeout(backoff)), backoff);
+        assert_eq!(parse_retry_after(" 7 "), Some(Duration::from_secs(7)));
+        assert_eq!(parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"), None);
+    }
+
+    #[test]
+    fn retryable_statuses_follow_each_protocol() {
+        let status = |s: u16| Error::Status {
+            status: s,
+            retry_after: None,
+        };
+        let otlp: Vec<u16> = (400..600)
+            .filter(|s| status(*s).is_retryable(CollectorProtocol::OtlpHttp))
+            .collect();
+        assert_eq!(otlp, [429, 502, 503, 504]);
+        let zipkin = (400..600)
+            .filter(|s| status(*s).is_retryable(CollectorProtocol::Zipkin))
+            .count();
+        assert_eq!(zipkin, 101, "429 and every 5xx");
+        assert!(status(400).is_rejection() && !status(429).is_rejection());
+    }
+
+    #[tokio::test]
+    async fn set_collector_switches_protocol_for_later_batches() {
+        let mut collector = start_collector(&[]).await;
+        let (handle, _task) = Exporter::spawn(config(collector.endpoint()));
+        handle.record(span("/zipkin"));
+        handle.flush(WAIT).await;
+        assert_eq!(collector.next().await.content_type, "application/json");
+        handle.set_collector(otlp_endpoint(&collector), CollectorProtocol::OtlpHttp);
+        handle.record(span("/otlp"));
+        handle.flush(WAIT).await;
+        let post = collector.next().await;
+        assert_eq!(
+            (post.path.as_str(), post.content_type.as_str()),
+            ("/v1/traces", "application/x-protobuf")
+        );
+        decode_otlp(&post.body);
+        assert_eq!(handle.stats().exported, 2);
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! The tracing core of the sidetrace proxy: pure decisions about trace context and spans,
-//! plus the exporter that ships finished spans to a Zipkin v2 collector. It knows nothing
+//! plus the exporter that ships finished spans to a collector over OTLP/HTTP or Zipkin v2. It knows nothing
 //! about sockets or listeners; the proxy (`sidetrace-proxy`) calls it per request.
 //!
 //! Data flow for one request through the proxy:
@@ -16,7 +16,9 @@
 //! 2. The proxy forwards the request and, when the exchange ends, calls [`Hop::finish`] (or
 //!    [`Hop::finish_after`]) with a [`ResponseInfo`]; a sampled hop yields a Zipkin v2 [`Span`].
 //! 3. The proxy hands the span to [`ExportHandle::record`], which never blocks; the
-//!    [`Exporter`] task batches spans and POSTs [`encode_zipkin_v2`] JSON to the collector.
+//!    [`Exporter`] task batches spans and POSTs them to the collector, encoded by
+//!    [`encode_otlp`] (protobuf, OpenTelemetry semantic conventions, the pod's [`Resource`])
+//!    or [`encode_zipkin_v2`] (JSON): one span model, two encodings, so they cannot drift.
 //!
 //! API relative to `notes/trace_api.md` (the suggested contract), refinements only:
 //! - [`ExporterConfig`] has one more field, `initial_backoff`, and a constructor
@@ -33,6 +35,7 @@ pub mod export;
 pub mod hop;
 pub mod id;
 pub mod naming;
+pub mod otlp;
 pub mod propagation;
 pub mod span;
 pub mod tls;
@@ -42,7 +45,9 @@ pub use export::{ExportHandle, ExportStats, Exporter, ExporterConfig, render_met
 pub use hop::{Hop, RequestInfo, ResponseInfo, TracerConfig, start_hop};
 pub use id::{SpanContext, SpanId, TraceId};
 pub use naming::{MAX_DEFAULT_NAMES, NameBudget, route_template};
+pub use otlp::{Resource, encode_otlp};
 pub use propagation::{Extracted, Formats, malformed_context_total};
+pub use sidetrace_contract::CollectorProtocol;
 pub use sidetrace_contract::{Direction, OperationRule, PropagationFormat};
 pub use span::{Endpoint, Span, SpanKind, encode_zipkin_v2};
 pub use tls::CollectorRoots;

@@ -1,0 +1,616 @@
+//! The OTLP encoding of the one span model ([`Span`]).
+//!
+//! A finished span is built once, in the Zipkin-shaped [`Span`] the proxy has always made;
+//! this module derives the OTLP message from it, so the two encodings cannot drift: whatever
+//! a span says in Zipkin v2 JSON it says here, in OpenTelemetry's vocabulary.
+//! - Ids: the trace id as 16 bytes (a 64-bit B3 id is left-padded with zeros, as
+//!   OpenTelemetry's B3 propagator does), span and parent ids as 8 bytes.
+//! - Kind SERVER/CLIENT; times in nanoseconds from the span's microseconds.
+//! - Attributes follow the HTTP semantic conventions: `http.request.method`, `url.path`,
+//!   `url.scheme` (and `url.full` on CLIENT spans), `http.response.status_code`,
+//!   `server.address`/`server.port` (from the request's authority), `network.peer.address`/
+//!   `network.peer.port` (the remote endpoint), `user_agent.original`, `error.type`.
+//!   Tags with no convention (static tags, `guid:x-request-id`, `upstream_cluster`, ...) are
+//!   kept under their Zipkin names; Zipkin-only duplicates (`http.method`, `http.url`, ...)
+//!   are not repeated.
+//! - Status Error, with the proxy's failure message, when the Zipkin span carries `error`.
+//! - Resource: `service.name` (the span's local service) plus the pod's [`Resource`]
+//!   attributes (`k8s.*`, `service.namespace`, `service.instance.id`, the owning workload).
+//!
+//! The body of `POST /v1/traces` is the protobuf `ExportTraceServiceRequest`.
+
+use std::collections::BTreeMap;
+
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+use opentelemetry_proto::tonic::common::v1::{AnyValue, InstrumentationScope, KeyValue, any_value};
+use opentelemetry_proto::tonic::resource::v1::Resource as OtlpResource;
+use opentelemetry_proto::tonic::trace::v1::{
+    ResourceSpans, ScopeSpans, Span as OtlpSpan, Status, span::SpanKind as OtlpKind,
+    status::StatusCode,
+};
+use prost::Message;
+
+use crate::span::{Endpoint, Span, SpanKind};
+
+/// Instrumentation scope of every span: the proxy made them, not the app.
+pub const SCOPE_NAME: &str = "sidetrace-proxy";
+
+/// Resource attributes the pod's proxy adds to every OTLP batch besides `service.name`:
+/// OpenTelemetry's names (`k8s.pod.name`, `service.namespace`, ...) to values. The proxy
+/// fills it at start from the environment the webhook gave it; empty values are left out.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Resource {
+    /// Attribute name to value, sorted (a stable encoding for golden tests).
+    pub attributes: BTreeMap<String, String>,
+}
+
+impl Resource {
+    /// Adds `key=value` unless the value is empty (an unset downward-API field).
+    pub fn set(&mut self, key: &str, value: impl Into<String>) {
+        let value = value.into();
+        if !value.trim().is_empty() {
+            self.attributes.insert(key.to_owned(), value);
+        }
+    }
+}
+
+/// Encodes a batch as the protobuf body `POST /v1/traces` takes.
+pub fn encode_otlp(spans: &[Span], resource: &Resource) -> Vec<u8> {
+    to_otlp_request(spans, resource).encode_to_vec()
+}
+
+/// The OTLP request for a batch: one `ResourceSpans` per local service name (a proxy has one;
+/// the grouping keeps `service.name` right if a batch ever spans a rename on reload).
+pub fn to_otlp_request(spans: &[Span], resource: &Resource) -> ExportTraceServiceRequest {
+    let mut by_service: BTreeMap<&str, Vec<OtlpSpan>> = BTreeMap::new();
+    for span in spans {
+        let service = span.local_endpoint.service_name.as_deref().unwrap_or("");
+        by_service
+            .entry(service)
+            .or_default()
+            .push(to_otlp_span(span, resource));
+    }
+    let resource_spans = by_service
+        .into_iter()
+        .map(|(service, spans)| {
+            let mut attributes = vec![string_kv("service.name", service)];
+            attributes.extend(
+                resource
+                    .attributes
+                    .iter()
+                    .filter(|(k, _)| k.as_str() != "service.name")
+                    .map(|(k, v)| string_kv(k, v)),
+            );
+            ResourceSpans {
+                resource: Some(OtlpResource {
+                    attributes,
+                    ..OtlpResource::default()
+                }),
+                scope_spans: vec![ScopeSpans {
+                    scope: Some(InstrumentationScope {
+                        name: SCOPE_NAME.to_owned(),
+                        version: env!("CARGO_PKG_VERSION").to_owned(),
+                        ..InstrumentationScope::default()
+                    }),
+                    spans,
+                    schema_url: String::new(),
+                }],
+                schema_url: String::new(),
+            }
+        })
+        .collect();
+    ExportTraceServiceRequest { resource_spans }
+}
+
+/// Zipkin tags that become a semantic-convention attribute (or the status) instead of being
+/// copied under their own name.
+const MAPPED_TAGS: &[&str] = &[
+    "http.method",
+    "http.path",
+    "http.url",
+    "http.status_code",
+    "http.protocol",
+    "peer.address",
+    "user_agent",
+    "response_size",
+    "grpc.status_code",
+    "error",
+    "error.type",
+];
+
+/// One span in OTLP form; see the module docs for the mapping. Tags that `resource` already
+/// carries (the proxy tags spans with `k8s.pod.name` for Zipkin) are not repeated per span.
+pub fn to_otlp_span(span: &Span, resource: &Resource) -> OtlpSpan {
+    let tags = &span.tags;
+    let tag = |k: &str| tags.get(k).map(String::as_str);
+    let mut attrs: Vec<KeyValue> = Vec::with_capacity(tags.len() + 4);
+
+    if let Some(m) = tag("http.method") {
+        attrs.push(string_kv("http.request.method", m));
+    }
+    let url = tag("http.url").map(split_url);
+    if let Some((scheme, authority, _)) = url {
+        attrs.push(string_kv("url.scheme", scheme));
+        if let Some((host, port)) = split_authority(authority, scheme) {
+            attrs.push(string_kv("server.address", host));
+            if let Some(port) = port {
+                attrs.push(int_kv("server.port", i64::from(port)));
+            }
+        }
+    }
+    if let Some(p) = tag("http.path") {
+        attrs.push(string_kv("url.path", p));
+    }
+    if span.kind == SpanKind::Client
+        && let Some(full) = tag("http.url")
+    {
+        attrs.push(string_kv("url.full", full));
+    }
+    if let Some(q) = url.and_then(|(_, _, q)| q) {
+        // Present only when the TracedService opted in to query strings.
+        attrs.push(string_kv("url.query", q));
+    }
+    let status = tag("http.status_code").and_then(|s| s.parse::<i64>().ok());
+    if let Some(s) = status {
+        attrs.push(int_kv("http.response.status_code", s));
+    }
+    if let Some(proto) = tag("http.protocol") {
+        let (name, version) = protocol_name_version(proto);
+        attrs.push(string_kv("network.protocol.name", name));
+        if let Some(v) = version {
+            attrs.push(string_kv("network.protocol.version", v));
+        }
+        if name == "grpc" {
+            attrs.push(string_kv("rpc.system", "grpc"));
+        }
+    }
+    if let Some(remote) = &span.remote_endpoint {
+        push_endpoint(&mut attrs, "network.peer", remote);
+    }
+    push_endpoint(&mut attrs, "network.local", &span.local_endpoint);
+    if let Some(ua) = tag("user_agent") {
+        attrs.push(string_kv("user_agent.original", ua));
+    }
+    if let Some(size) = tag("response_size").and_then(|s| s.parse::<i64>().ok()) {
+        attrs.push(int_kv("http.response.body.size", size));
+    }
+    if let Some(code) = tag("grpc.status_code") {
+        match code.parse::<i64>() {
+            Ok(c) => attrs.push(int_kv("rpc.grpc.status_code", c)),
+            Err(_) => attrs.push(string_kv("rpc.grpc.status_code", code)),
+        }
+    }
+    let error = tag("error");
+    // error.type: the proxy's own failure class, else (convention for HTTP) the status code.
+    match (tag("error.type"), error, status) {
+        (Some(t), _, _) => attrs.push(string_kv("error.type", t)),
+        (None, Some(_), Some(s)) => attrs.push(string_kv("error.type", &s.to_string())),
+        (None, Some(_), None) => attrs.push(string_kv("error.type", "_OTHER")),
+        _ => {}
+    }
+    for (k, v) in tags {
+        if !MAPPED_TAGS.contains(&k.as_str()) && !resource.attributes.contains_key(k) {
+            attrs.push(string_kv(k, v));
+        }
+    }
+
+    let status = error.map(|e| Status {
+        // `error=true` is Zipkin's bare flag (5xx, gRPC failure): no message to carry.
+        message: if e == "true" {
+            String::new()
+        } else {
+            e.to_owned()
+        },
+        code: StatusCode::Error as i32,
+    });
+    let start = span.timestamp.saturating_mul(1000);
+    OtlpSpan {
+        trace_id: span.trace_id.as_u128().to_be_bytes().to_vec(),
+        span_id: span.id.as_u64().to_be_bytes().to_vec(),
+        parent_span_id: span
+            .parent_id
+            .map(|p| p.as_u64().to_be_bytes().to_vec())
+            .unwrap_or_default(),
+        name: span.name.clone(),
+        kind: match span.kind {
+            SpanKind::Server => OtlpKind::Server,
+            SpanKind::Client => OtlpKind::Client,
+        } as i32,
+        start_time_unix_nano: start,
+        end_time_unix_nano: start.saturating_add(span.duration.saturating_mul(1000)),
+        attributes: attrs,
+        status,
+        ..OtlpSpan::default()
+    }
+}
+
+/// Spans an OTLP collector says it rejected in a 2xx answer (`partial_success`); 0 when the
+/// body is empty or not an `ExportTraceServiceResponse`.
+pub fn rejected_spans(body: &[u8]) -> i64 {
+    ExportTraceServiceResponse::decode(body)
+        .ok()
+        .and_then(|r| r.partial_success)
+        .map_or(0, |p| p.rejected_spans.max(0))
+}
+
+fn push_endpoint(attrs: &mut Vec<KeyValue>, prefix: &str, e: &Endpoint) {
+    let ip = e
+        .ipv4
+        .map(|ip| ip.to_string())
+        .or_else(|| e.ipv6.map(|ip| ip.to_string()));
+    if let Some(ip) = ip {
+        attrs.push(string_kv(&format!("{prefix}.address"), &ip));
+    }
+    if let Some(port) = e.port {
+        attrs.push(int_kv(&format!("{prefix}.port"), i64::from(port)));
+    }
+}
+
+/// `scheme://authority/path?query` → (scheme, authority, query). The proxy built the URL, so
+/// it always has a scheme; anything else is taken as an authority-less path.
+fn split_url(url: &str) -> (&str, &str, Option<&str>) {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("http", url));
+    let (before_query, query) = match rest.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (rest, None),
+    };
+    let authority = before_query.split('/').next().unwrap_or_default();
+    (scheme, authority, query)
+}
+
+/// `host[:port]` or `[v6][:port]` → host and port; the scheme's default port when absent.
+fn split_authority<'a>(authority: &'a str, scheme: &str) -> Option<(&'a str, Option<u16>)> {
+    let default_port = match scheme {
+        "http" => Some(80),
+        "https" => Some(443),
+        _ => None,
+    };
+    let (host, port) = if let Some(rest) = authority.strip_prefix('[') {
+        let (h, after) = rest.split_once(']')?;
+        (h, after.strip_prefix(':'))
+    } else {
+        match authority.rsplit_once(':') {
+            Some((h, p)) if !h.contains(':') => (h, Some(p)),
+            _ => (authority, None),
+        }
+    };
+    if host.is_empty() {
+        return None;
+    }
+    let port = match port {
+        Some(p) => p.parse::<u16>().ok(),
+        None => default_port,
+    };
+    Some((host, port))
+}
+
+/// `HTTP/1.1` → (`http`, `1.1`), `HTTP/2` → (`http`, `2`), `gRPC` → (`grpc`, none).
+fn protocol_name_version(proto: &str) -> (&'static str, Option<&str>) {
+    match proto.split_once('/') {
+        Some((name, v)) if name.eq_ignore_ascii_case("http") => ("http", Some(v)),
+        _ if proto.eq_ignore_ascii_case("grpc") => ("grpc", None),
+        _ => ("http", None),
+    }
+}
+
+fn string_kv(key: &str, value: &str) -> KeyValue {
+    KeyValue {
+        key: key.to_owned(),
+        value: Some(AnyValue {
+            value: Some(any_value::Value::StringValue(value.to_owned())),
+        }),
+        ..KeyValue::default()
+    }
+}
+
+fn int_kv(key: &str, value: i64) -> KeyValue {
+    KeyValue {
+        key: key.to_owned(),
+        value: Some(AnyValue {
+            value: Some(any_value::Value::IntValue(value)),
+        }),
+        ..KeyValue::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::id::{SpanId, TraceId};
+    use crate::span::encode_zipkin_v2;
+
+    /// The span of the golden tests: a SERVER span that failed upstream, as the proxy makes
+    /// it (the tags are the ones `Hop::finish_after` writes).
+    fn server_span() -> Span {
+        let tags = [
+            ("component", "proxy"),
+            ("error", "upstream connect error: connection refused"),
+            ("error.type", "connect"),
+            ("guid:x-request-id", "0f0e0d0c-0b0a-4009-8807-060504030201"),
+            ("http.method", "GET"),
+            ("http.path", "/trace/1"),
+            ("http.protocol", "HTTP/1.1"),
+            ("http.status_code", "503"),
+            ("http.url", "http://service1:8000/trace/1"),
+            ("k8s.pod.name", "service1-7c9d8-abcde"),
+            ("peer.address", "10.1.2.9:43210"),
+            ("response_size", "19"),
+            ("team", "shop"),
+            ("upstream_address", "10.1.2.3:8080"),
+            ("upstream_cluster", "inbound|8080"),
+            ("user_agent", "curl/8.5.0"),
+        ];
+        Span {
+            trace_id: TraceId::from_hex("463ac35c9f6413ad48485a3953bb6124").expect("id"),
+            parent_id: SpanId::from_hex("0020000000000001"),
+            id: SpanId::from_hex("a2fb4a1d1a96d312").expect("id"),
+            kind: SpanKind::Server,
+            name: "GET /trace/{id}".into(),
+            timestamp: 1_700_000_000_000_000,
+            duration: 1234,
+            local_endpoint: Endpoint::from_addr(
+                Some("service1".into()),
+                "10.1.2.3:8080".parse().expect("addr"),
+                true,
+            ),
+            remote_endpoint: Some(Endpoint::from_addr(
+                None,
+                "10.1.2.9:43210".parse().expect("addr"),
+                true,
+            )),
+            debug: false,
+            tags: tags
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        }
+    }
+
+    fn client_span() -> Span {
+        let tags = [
+            ("component", "proxy"),
+            ("http.method", "POST"),
+            ("http.path", "/orders"),
+            ("http.protocol", "HTTP/2"),
+            ("http.status_code", "201"),
+            ("http.url", "http://[fd00::2]:8000/orders?page=2"),
+            ("peer.address", "[fd00::2]:8000"),
+        ];
+        Span {
+            trace_id: TraceId::from_hex("463ac35c9f6413ad").expect("id"),
+            parent_id: None,
+            id: SpanId::from_hex("00000000000000ff").expect("id"),
+            kind: SpanKind::Client,
+            name: "POST [fd00::2]:8000/orders".into(),
+            timestamp: 1,
+            duration: 1,
+            local_endpoint: Endpoint::from_addr(
+                Some("shop".into()),
+                "10.0.0.1:50000".parse().expect("addr"),
+                false,
+            ),
+            remote_endpoint: Some(Endpoint::from_addr(
+                None,
+                "[fd00::2]:8000".parse().expect("addr"),
+                true,
+            )),
+            debug: true,
+            tags: tags
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        }
+    }
+
+    fn resource() -> Resource {
+        let mut r = Resource::default();
+        r.set("k8s.namespace.name", "shop");
+        r.set("k8s.pod.name", "service1-7c9d8-abcde");
+        r.set("k8s.node.name", "node-1");
+        r.set("k8s.deployment.name", "service1");
+        r.set("k8s.replicaset.name", "service1-7c9d8");
+        r.set("service.namespace", "shop");
+        r.set("service.instance.id", "shop.service1-7c9d8-abcde");
+        r.set("service.name", "ignored: the span's own service wins");
+        r.set("k8s.statefulset.name", "  ");
+        r
+    }
+
+    /// An attribute value in a readable form: `"text"` for strings, bare for integers.
+    fn show(kv: &KeyValue) -> (String, String) {
+        let v = match kv.value.as_ref().and_then(|v| v.value.as_ref()) {
+            Some(any_value::Value::StringValue(s)) => format!("{s:?}"),
+            Some(any_value::Value::IntValue(i)) => i.to_string(),
+            other => format!("unexpected {other:?}"),
+        };
+        (kv.key.clone(), v)
+    }
+
+    fn shown(attrs: &[KeyValue]) -> Vec<(String, String)> {
+        attrs.iter().map(show).collect()
+    }
+
+    fn pairs(want: &[(&str, &str)]) -> Vec<(String, String)> {
+        want.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn decode(bytes: &[u8]) -> ExportTraceServiceRequest {
+        ExportTraceServiceRequest::decode(bytes).expect("the protobuf decodes")
+    }
+
+    #[test]
+    fn golden_server_span_in_both_encodings() {
+        let span = server_span();
+        // Zipkin v2: the tags exactly as the proxy always sent them.
+        let json = String::from_utf8(encode_zipkin_v2(std::slice::from_ref(&span))).expect("utf8");
+        assert_eq!(
+            json,
+            r#"[{"traceId":"463ac35c9f6413ad48485a3953bb6124","parentId":"0020000000000001","id":"a2fb4a1d1a96d312","kind":"SERVER","name":"GET /trace/{id}","timestamp":1700000000000000,"duration":1234,"localEndpoint":{"serviceName":"service1","ipv4":"10.1.2.3","port":8080},"remoteEndpoint":{"ipv4":"10.1.2.9","port":43210},"tags":{"component":"proxy","error":"upstream connect error: connection refused","error.type":"connect","guid:x-request-id":"0f0e0d0c-0b0a-4009-8807-060504030201","http.method":"GET","http.path":"/trace/1","http.protocol":"HTTP/1.1","http.status_code":"503","http.url":"http://service1:8000/trace/1","k8s.pod.name":"service1-7c9d8-abcde","peer.address":"10.1.2.9:43210","response_size":"19","team":"shop","upstream_address":"10.1.2.3:8080","upstream_cluster":"inbound|8080","user_agent":"curl/8.5.0"}}]"#
+        );
+
+        // OTLP: the same span, decoded again with the same crate, field by field.
+        let req = decode(&encode_otlp(std::slice::from_ref(&span), &resource()));
+        assert_eq!(req.resource_spans.len(), 1);
+        let rs = &req.resource_spans[0];
+        assert_eq!(
+            shown(&rs.resource.as_ref().expect("resource").attributes),
+            pairs(&[
+                ("service.name", "\"service1\""),
+                ("k8s.deployment.name", "\"service1\""),
+                ("k8s.namespace.name", "\"shop\""),
+                ("k8s.node.name", "\"node-1\""),
+                ("k8s.pod.name", "\"service1-7c9d8-abcde\""),
+                ("k8s.replicaset.name", "\"service1-7c9d8\""),
+                ("service.instance.id", "\"shop.service1-7c9d8-abcde\""),
+                ("service.namespace", "\"shop\""),
+            ])
+        );
+        assert_eq!(rs.scope_spans.len(), 1);
+        let scope = rs.scope_spans[0].scope.as_ref().expect("scope");
+        assert_eq!(scope.name, "sidetrace-proxy");
+        assert_eq!(rs.scope_spans[0].spans.len(), 1);
+        let s = &rs.scope_spans[0].spans[0];
+        assert_eq!(hex(&s.trace_id), "463ac35c9f6413ad48485a3953bb6124");
+        assert_eq!(hex(&s.span_id), "a2fb4a1d1a96d312");
+        assert_eq!(hex(&s.parent_span_id), "0020000000000001");
+        assert_eq!(s.name, "GET /trace/{id}");
+        assert_eq!(s.kind, OtlpKind::Server as i32);
+        assert_eq!(s.start_time_unix_nano, 1_700_000_000_000_000_000);
+        assert_eq!(s.end_time_unix_nano - s.start_time_unix_nano, 1_234_000);
+        assert_eq!(
+            s.status,
+            Some(Status {
+                message: "upstream connect error: connection refused".into(),
+                code: StatusCode::Error as i32,
+            })
+        );
+        assert_eq!(
+            shown(&s.attributes),
+            pairs(&[
+                ("http.request.method", "\"GET\""),
+                ("url.scheme", "\"http\""),
+                ("server.address", "\"service1\""),
+                ("server.port", "8000"),
+                ("url.path", "\"/trace/1\""),
+                ("http.response.status_code", "503"),
+                ("network.protocol.name", "\"http\""),
+                ("network.protocol.version", "\"1.1\""),
+                ("network.peer.address", "\"10.1.2.9\""),
+                ("network.peer.port", "43210"),
+                ("network.local.address", "\"10.1.2.3\""),
+                ("network.local.port", "8080"),
+                ("user_agent.original", "\"curl/8.5.0\""),
+                ("http.response.body.size", "19"),
+                ("error.type", "\"connect\""),
+                ("component", "\"proxy\""),
+                (
+                    "guid:x-request-id",
+                    "\"0f0e0d0c-0b0a-4009-8807-060504030201\""
+                ),
+                ("team", "\"shop\""),
+                ("upstream_address", "\"10.1.2.3:8080\""),
+                ("upstream_cluster", "\"inbound|8080\""),
+            ])
+        );
+    }
+
+    #[test]
+    fn golden_client_span_in_both_encodings() {
+        let span = client_span();
+        let json = String::from_utf8(encode_zipkin_v2(std::slice::from_ref(&span))).expect("utf8");
+        assert_eq!(
+            json,
+            r#"[{"traceId":"463ac35c9f6413ad","id":"00000000000000ff","kind":"CLIENT","name":"POST [fd00::2]:8000/orders","timestamp":1,"duration":1,"localEndpoint":{"serviceName":"shop","ipv4":"10.0.0.1"},"remoteEndpoint":{"ipv6":"fd00::2","port":8000},"debug":true,"tags":{"component":"proxy","http.method":"POST","http.path":"/orders","http.protocol":"HTTP/2","http.status_code":"201","http.url":"http://[fd00::2]:8000/orders?page=2","peer.address":"[fd00::2]:8000"}}]"#
+        );
+        let req = decode(&encode_otlp(&[span], &Resource::default()));
+        let rs = &req.resource_spans[0];
+        assert_eq!(
+            shown(&rs.resource.as_ref().expect("resource").attributes),
+            pairs(&[("service.name", "\"shop\"")])
+        );
+        let s = &rs.scope_spans[0].spans[0];
+        // A 64-bit B3 trace id is left-padded to 16 bytes; a root has no parent.
+        assert_eq!(hex(&s.trace_id), "0000000000000000463ac35c9f6413ad");
+        assert_eq!(hex(&s.span_id), "00000000000000ff");
+        assert!(s.parent_span_id.is_empty());
+        assert_eq!(s.kind, OtlpKind::Client as i32);
+        assert_eq!((s.start_time_unix_nano, s.end_time_unix_nano), (1000, 2000));
+        assert_eq!(s.status, None, "a 201 is not an error");
+        assert_eq!(
+            shown(&s.attributes),
+            pairs(&[
+                ("http.request.method", "\"POST\""),
+                ("url.scheme", "\"http\""),
+                ("server.address", "\"fd00::2\""),
+                ("server.port", "8000"),
+                ("url.path", "\"/orders\""),
+                ("url.full", "\"http://[fd00::2]:8000/orders?page=2\""),
+                ("url.query", "\"page=2\""),
+                ("http.response.status_code", "201"),
+                ("network.protocol.name", "\"http\""),
+                ("network.protocol.version", "\"2\""),
+                ("network.peer.address", "\"fd00::2\""),
+                ("network.peer.port", "8000"),
+                ("network.local.address", "\"10.0.0.1\""),
+                ("component", "\"proxy\""),
+            ])
+        );
+    }
+
+    #[test]
+    fn bare_error_flags_and_spans_of_two_services() {
+        let mut a = client_span();
+        a.tags.insert("error".into(), "true".into());
+        a.tags.insert("http.status_code".into(), "502".into());
+        let mut b = server_span();
+        b.tags.remove("error.type");
+        let req = to_otlp_request(&[a, b], &Resource::default());
+        let services: Vec<String> = req
+            .resource_spans
+            .iter()
+            .map(|rs| show(&rs.resource.as_ref().expect("resource").attributes[0]).1)
+            .collect();
+        assert_eq!(services, ["\"service1\"", "\"shop\""]);
+        let client = &req.resource_spans[1].scope_spans[0].spans[0];
+        let status = client.status.as_ref().expect("error status");
+        assert_eq!(
+            (status.code, status.message.as_str()),
+            (StatusCode::Error as i32, "")
+        );
+        let error_type: Vec<_> = shown(&client.attributes)
+            .into_iter()
+            .filter(|(k, _)| k == "error.type")
+            .collect();
+        assert_eq!(error_type, pairs(&[("error.type", "\"502\"")]));
+        let server = &req.resource_spans[0].scope_spans[0].spans[0];
+        assert!(shown(&server.attributes).contains(&("error.type".into(), "\"503\"".into())));
+        // Kept as a span attribute when the resource does not carry it.
+        assert!(
+            shown(&server.attributes)
+                .contains(&("k8s.pod.name".into(), "\"service1-7c9d8-abcde\"".into()))
+        );
+    }
+
+    #[test]
+    fn partial_success_counts_rejected_spans() {
+        use opentelemetry_proto::tonic::collector::trace::v1::ExportTracePartialSuccess;
+        let body = ExportTraceServiceResponse {
+            partial_success: Some(ExportTracePartialSuccess {
+                rejected_spans: 3,
+                error_message: "too old".into(),
+            }),
+        }
+        .encode_to_vec();
+        assert_eq!(rejected_spans(&body), 3);
+        assert_eq!(rejected_spans(b""), 0);
+        assert_eq!(rejected_spans(b"{\"not\": \"protobuf\"}"), 0);
+    }
+
+    fn hex(bytes: &[u8]) -> String {
+        bytes.iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
