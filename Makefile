@@ -58,9 +58,11 @@ bench: ## benchmarks side by side with Envoy; writes bench/RESULTS.md (BENCH_ARG
 	-$(CARGO) run -p sidetrace-bench --features operator --bin sidetrace-bench-netns
 	$(CARGO) run --release -p sidetrace-bench --bin sidetrace-bench -- all $(BENCH_ARGS)
 
-images: ## container images for the four binaries and the demo app
-	@# docker, podman or buildah; archives under $(CACHE)/images; jaeger when e2e/peers.sh jaeger built it.
-	images/build.sh
+images: ## container images, amd64 and arm64 (ARCHES=host: the host's only); REGISTRY=prefix PUSH=1 pushes them; KIND_CLUSTER=name loads them into kind
+	@# docker, podman or buildah; archives under $(CACHE)/images; jaeger (for the tests here) when
+	@# e2e/peers.sh jaeger built it. Pushing uses the engine's own login (podman/buildah/docker login).
+	images/build.sh $(if $(ARCHES),--arch "$(ARCHES)") $(if $(REGISTRY),--registry "$(REGISTRY)") \
+		$(if $(filter 1 true yes,$(PUSH)),--push) $(if $(KIND_CLUSTER),--kind-load "$(KIND_CLUSTER)")
 
 peers: ## install and cache the real peers (kube-apiserver, etcd, helm, collector) under $(CACHE)
 	e2e/peers.sh all
