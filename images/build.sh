@@ -633,7 +633,11 @@ main() {
 	[[ $ENGINE == docker ]] || containers_conf
 	log "engine: $ENGINE; images: ${WANT[*]}; architectures: ${ARCHES[*]} (host $HOST_ARCH);" \
 		"tag $APP_VERSION; revision $REVISION; output $OUT"
-	local a
+	local a missing=()
+	# `file` and `readelf` check what each binary is; a minimal Debian lacks `file`.
+	command -v file >/dev/null 2>&1 || missing+=(file)
+	command -v readelf >/dev/null 2>&1 || missing+=(binutils)
+	[[ $DO_BUILD == 0 || ${#missing[@]} -eq 0 ]] || apt_install "checking the binaries" "${missing[@]}"
 	[[ $DO_BUILD == 0 ]] || for a in "${ARCHES[@]}"; do ensure_cross "$a"; done
 
 	local timings=()
