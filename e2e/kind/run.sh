@@ -169,7 +169,8 @@ load_images() {
 		# The chart's in-cluster Jaeger needs its image; build the binary when it is missing.
 		[[ -x "$CACHE/bin/jaeger" ]] || "$ROOT/e2e/peers.sh" jaeger
 		log "==> images/build.sh (docker)"
-		SIDETRACE_IMAGE_ENGINE=docker "$ROOT/images/build.sh"
+		# kind runs on this machine: its nodes have this machine's architecture.
+		SIDETRACE_IMAGE_ENGINE=docker "$ROOT/images/build.sh" --arch host
 	fi
 	local manifest="$CACHE/images/images.tsv" name ref archive n=0
 	[[ -f "$manifest" ]] || fail "$manifest missing: images/build.sh exports the archives"
@@ -187,8 +188,16 @@ load_images() {
 install_chart() {
 	log "==> helm install sidetrace (namespace $SYSTEM_NS)"
 	# pullPolicy Never: the images exist only on the nodes; a typo must fail, not pull.
+	# Jaeger: the image built here from the same Jaeger release, not the chart's default (the
+	# Jaeger project's own image), which cannot be pulled here.
+	local jaeger_ref
+	jaeger_ref=$(sed -n 's/^jaeger\t\([^\t]*\)\t.*/\1/p' "$CACHE/images/images.tsv")
+	[[ -n "$jaeger_ref" ]] || fail "no jaeger image in $CACHE/images/images.tsv"
+	local jname=${jaeger_ref%:*}
 	"$HELM" install sidetrace "$ROOT/helm/sidetrace" --namespace "$SYSTEM_NS" --create-namespace \
-		--set images.pullPolicy=Never --wait --timeout 5m
+		--set images.pullPolicy=Never --set "images.jaeger.registry=${jname%%/*}" \
+		--set "images.jaeger.repository=${jname#*/}" --set "images.jaeger.tag=${jaeger_ref##*:}" \
+		--wait --timeout 5m
 	k -n "$SYSTEM_NS" rollout status deploy/sidetrace-operator --timeout="$WAIT"
 	k -n "$SYSTEM_NS" rollout status deploy/sidetrace-injector --timeout="$WAIT"
 	k -n "$SYSTEM_NS" rollout status deploy/jaeger --timeout="$WAIT"

@@ -4,6 +4,7 @@
 //! The peers are installed and cached by `e2e/peers.sh`; each harness finds them there and,
 //! when they (or root) are missing, tells the test to skip — or to fail under `CI=true`.
 
+pub mod chartdocs;
 pub mod cluster;
 pub mod collector;
 pub mod controlplane;

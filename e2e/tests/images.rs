@@ -12,19 +12,24 @@
 //!   throwaway network namespace (the host's tables are never touched);
 //! - static glibc that cannot resolve names (it cannot load NSS modules): the demo app, inside
 //!   its own image, calls a peer by an /etc/hosts name and by a DNS name through the resolv.conf
-//!   search list, answered by a one-name DNS responder inside the namespace.
+//!   search list, answered by a one-name DNS responder inside the namespace;
+//! - an arm64 image that holds x86-64 binaries, or an arm64 iptables missing a library: its
+//!   config names the architecture, `file` names the machine of every binary, and each runs
+//!   (`--version`, iptables loading an extension) under qemu-user with the image as its root.
 //!
-//! Prerequisites: root (chroot, netns) and built images. `SIDETRACE_BUILD_IMAGES=1` (the default
-//! under `CI=true`) runs images/build.sh first; otherwise missing images skip the tests, and
-//! fail them under `CI=true`.
+//! Prerequisites: root (chroot, netns), built images of this commit for every architecture in
+//! `SIDETRACE_IMAGE_ARCHES` (default `amd64 arm64`, as `make images` builds), and
+//! qemu-user-static for the foreign one. The tests never build images themselves (`make test`
+//! builds them once, before every cargo test); archives of another revision than HEAD count as
+//! missing: a skip, and a failure under `CI=true`.
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
@@ -65,9 +70,39 @@ fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
-/// The archives images/build.sh exported: name → (reference, archive path).
-fn manifest() -> BTreeMap<String, (String, PathBuf)> {
-    let path = cache_dir().join("images/images.tsv");
+/// The architectures under test: `SIDETRACE_IMAGE_ARCHES` as images/build.sh reads it
+/// (`host` is this machine's), by default both that `make images` builds.
+fn arches() -> Vec<String> {
+    let list = std::env::var("SIDETRACE_IMAGE_ARCHES").unwrap_or_else(|_| "amd64 arm64".into());
+    let mut out: Vec<String> = Vec::new();
+    for a in list.split([' ', ',']).filter(|a| !a.is_empty()) {
+        let a = if a == "host" { host_arch() } else { a };
+        if !out.iter().any(|o| o == a) {
+            out.push(a.to_owned());
+        }
+    }
+    out
+}
+
+/// This machine's architecture, by its OCI / Debian name.
+fn host_arch() -> &'static str {
+    match std::env::consts::ARCH {
+        "aarch64" => "arm64",
+        _ => "amd64",
+    }
+}
+
+/// (file's name of the machine, qemu-user program) for an architecture.
+fn machine(arch: &str) -> (&'static str, &'static str) {
+    match arch {
+        "arm64" => ("ARM aarch64", "qemu-aarch64-static"),
+        _ => ("x86-64", "qemu-x86_64-static"),
+    }
+}
+
+/// The archives images/build.sh exported for `arch`: name → (reference, archive path).
+fn manifest(arch: &str) -> BTreeMap<String, (String, PathBuf)> {
+    let path = cache_dir().join(format!("images/images.{arch}.tsv"));
     std::fs::read_to_string(path)
         .unwrap_or_default()
         .lines()
@@ -83,36 +118,64 @@ fn manifest() -> BTreeMap<String, (String, PathBuf)> {
         .collect()
 }
 
-/// Whether to (re)build the images before testing them: `SIDETRACE_BUILD_IMAGES=1|0`, by
-/// default 1 under `CI=true` — CI must test the images of the commit it checks, not archives
-/// left by an earlier run, and a missing image would fail it anyway. images/build.sh is
-/// incremental: warm, it re-links nothing and re-packs the images in seconds.
-fn should_build() -> bool {
-    match std::env::var("SIDETRACE_BUILD_IMAGES").as_deref() {
-        Ok("1") => true,
-        Ok("0") => false,
-        _ => std::env::var("CI").is_ok_and(|v| v == "true"),
-    }
+/// The revision images/build.sh labels images with: this tree's HEAD.
+fn head_revision() -> Option<String> {
+    let out = Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .current_dir(root())
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
 }
 
-/// `images/build.sh` once per test process when [`should_build`].
-fn build_once() -> &'static std::result::Result<(), String> {
-    static BUILT: OnceLock<std::result::Result<(), String>> = OnceLock::new();
-    BUILT.get_or_init(|| {
-        if !should_build() {
-            return Ok(());
-        }
-        eprintln!("building the images first: images/build.sh");
-        match Command::new(root().join("images/build.sh")).status() {
-            Ok(s) if s.success() => Ok(()),
-            Ok(s) => Err(format!("images/build.sh failed ({s})")),
-            Err(e) => Err(format!("images/build.sh: {e}")),
-        }
-    })
+/// The `org.opencontainers.image.revision` label of a docker archive, read without unpacking
+/// its layers.
+fn archive_revision(archive: &Path) -> Result<String> {
+    let dir = std::env::temp_dir().join(format!(
+        "st-{}-rev-{}",
+        std::process::id(),
+        archive.file_name().unwrap_or_default().to_string_lossy()
+    ));
+    std::fs::create_dir_all(&dir)?;
+    let result = (|| {
+        run({
+            let mut c = Command::new("tar");
+            c.arg("-xf")
+                .arg(archive)
+                .arg("-C")
+                .arg(&dir)
+                .arg("manifest.json");
+            c
+        })?;
+        let m: Value = serde_json::from_slice(&std::fs::read(dir.join("manifest.json"))?)?;
+        let config = m[0]["Config"]
+            .as_str()
+            .context("manifest Config")?
+            .to_owned();
+        run({
+            let mut c = Command::new("tar");
+            c.arg("-xf").arg(archive).arg("-C").arg(&dir).arg(&config);
+            c
+        })?;
+        let c: Value = serde_json::from_slice(&std::fs::read(dir.join(&config))?)?;
+        Ok(c["config"]["Labels"]["org.opencontainers.image.revision"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned())
+    })();
+    let _ = std::fs::remove_dir_all(&dir);
+    result
 }
 
-/// The archives the test needs, or `None` after applying the skip-or-fail rule.
-fn images_or_skip(test: &str, names: &[&str]) -> Option<BTreeMap<String, (String, PathBuf)>> {
+/// The archives the test needs for `arch`, or `None` after applying the skip-or-fail rule.
+/// Never builds: `make test` built them once, before any cargo test ran.
+fn images_or_skip(
+    test: &str,
+    names: &[&str],
+    arch: &str,
+) -> Option<BTreeMap<String, (String, PathBuf)>> {
     if let Err(reason) = sidetrace_testkit::e2e_allowed() {
         skip_or_fail(test, &reason);
         return None;
@@ -124,10 +187,7 @@ fn images_or_skip(test: &str, names: &[&str]) -> Option<BTreeMap<String, (String
         );
         return None;
     }
-    if let Err(e) = build_once() {
-        panic!("{test}: {e}");
-    }
-    let m = manifest();
+    let m = manifest(arch);
     let missing: Vec<&str> = names
         .iter()
         .copied()
@@ -137,11 +197,31 @@ fn images_or_skip(test: &str, names: &[&str]) -> Option<BTreeMap<String, (String
         skip_or_fail(
             test,
             &format!(
-                "images not built: {} (run `make images`, or set SIDETRACE_BUILD_IMAGES=1)",
+                "{arch} images not built: {} (run `make images`)",
                 missing.join(", ")
             ),
         );
         return None;
+    }
+    // Images of another commit would test someone else's code: CI must see this tree's.
+    if let Some(head) = head_revision() {
+        for n in names {
+            let archive = &m[*n].1;
+            match archive_revision(archive) {
+                Ok(rev) if rev == head => {}
+                Ok(rev) => {
+                    skip_or_fail(
+                        test,
+                        &format!(
+                            "{} is of revision {rev:?}, this tree is {head} (run `make images`)",
+                            archive.display()
+                        ),
+                    );
+                    return None;
+                }
+                Err(e) => panic!("{test}: reading {}: {e:#}", archive.display()),
+            }
+        }
     }
     Some(m)
 }
@@ -360,13 +440,24 @@ impl Drop for Running {
 #[test]
 fn rust_images_run_their_binary_as_a_non_root_user() -> Result<()> {
     let names: Vec<&str> = RUST_IMAGES.iter().map(|(n, _, _)| *n).collect();
-    let Some(m) = images_or_skip("rust_images_run_their_binary_as_a_non_root_user", &names) else {
+    let Some(m) = images_or_skip(
+        "rust_images_run_their_binary_as_a_non_root_user",
+        &names,
+        host_arch(),
+    ) else {
         return Ok(());
     };
     let version = app_version()?;
     for (name, binary, uid) in RUST_IMAGES {
         let (reference, archive) = &m[*name];
         let img = Unpacked::new(name, archive)?;
+        ensure!(
+            img.config["architecture"] == host_arch() && img.config["os"] == "linux",
+            "{name}: config says {}/{}, expected linux/{}",
+            img.config["os"],
+            img.config["architecture"],
+            host_arch()
+        );
         // Labels and tag: what `helm install` asks for is what was built.
         ensure!(
             reference.ends_with(&format!("/sidetrace/{name}:{version}")),
@@ -459,14 +550,14 @@ fn http_in(
 #[test]
 fn jaeger_image_serves_zipkin_and_the_query_api_on_its_pod_address() -> Result<()> {
     const TEST: &str = "jaeger_image_serves_zipkin_and_the_query_api_on_its_pod_address";
-    if !manifest().contains_key("jaeger") && !cache_dir().join("bin/jaeger").exists() {
+    if !manifest(host_arch()).contains_key("jaeger") && !cache_dir().join("bin/jaeger").exists() {
         skip_or_fail(
             TEST,
             "no Jaeger binary: run `e2e/peers.sh jaeger` (a long Go build), then `make images`",
         );
         return Ok(());
     }
-    let Some(m) = images_or_skip(TEST, &["jaeger"]) else {
+    let Some(m) = images_or_skip(TEST, &["jaeger"], host_arch()) else {
         return Ok(());
     };
     let (reference, archive) = &m["jaeger"];
@@ -562,6 +653,7 @@ fn init_image_iptables_both_backends_in_a_throwaway_netns() -> Result<()> {
     let Some(m) = images_or_skip(
         "init_image_iptables_both_backends_in_a_throwaway_netns",
         &["init"],
+        host_arch(),
     ) else {
         return Ok(());
     };
@@ -720,6 +812,7 @@ fn static_binaries_resolve_hosts_and_dns_names_in_a_scratch_image() -> Result<()
     let Some(m) = images_or_skip(
         "static_binaries_resolve_hosts_and_dns_names_in_a_scratch_image",
         &["demo-app"],
+        host_arch(),
     ) else {
         return Ok(());
     };
@@ -789,5 +882,299 @@ fn static_binaries_resolve_hosts_and_dns_names_in_a_scratch_image() -> Result<()
             .any(|q| q.starts_with("jaeger-collector.sidetrace-system.svc.cluster.local type 1")),
         "the name was not resolved through the search list: {seen:?}"
     );
+    Ok(())
+}
+
+/// `file`'s description of `path`.
+fn file_says(path: &Path) -> Result<String> {
+    let out = run({
+        let mut c = Command::new("file");
+        c.arg("-b").arg(path);
+        c
+    })?;
+    Ok(out.trim().to_owned())
+}
+
+/// Every image of the other architecture (arm64 on an x86-64 machine): the image's config
+/// names it, `file` names its machine for every binary, each binary runs under qemu-user with
+/// the image as its root, and the init image's own iptables (from that architecture's Debian
+/// packages) starts, with both backends, and loads an extension (so its libraries and
+/// xtables modules are all there). qemu-user is run directly (no binfmt registration, no
+/// chroot): the foreign loader and libraries are found through `-L <rootfs>`.
+#[test]
+fn foreign_arch_images_hold_binaries_of_their_architecture() -> Result<()> {
+    const TEST: &str = "foreign_arch_images_hold_binaries_of_their_architecture";
+    let foreign: Vec<String> = arches().into_iter().filter(|a| a != host_arch()).collect();
+    if foreign.is_empty() {
+        skip_or_fail(
+            TEST,
+            &format!(
+                "SIDETRACE_IMAGE_ARCHES={:?} names no architecture but this machine's",
+                std::env::var("SIDETRACE_IMAGE_ARCHES").unwrap_or_default()
+            ),
+        );
+        return Ok(());
+    }
+    let version = app_version()?;
+    for arch in &foreign {
+        let mut names: Vec<&str> = RUST_IMAGES.iter().map(|(n, _, _)| *n).collect();
+        names.push("init");
+        let Some(m) = images_or_skip(TEST, &names, arch) else {
+            return Ok(());
+        };
+        let (file_machine, qemu) = machine(arch);
+        let qemu = host_bin(qemu);
+        if !qemu.is_file() {
+            skip_or_fail(
+                TEST,
+                &format!(
+                    "{} is not installed (Debian's qemu-user-static; images/build.sh installs it)",
+                    qemu.display()
+                ),
+            );
+            return Ok(());
+        }
+        let under_qemu = |img: &Unpacked, argv: &[&str]| -> Result<String> {
+            let mut c = Command::new(&qemu);
+            c.arg("-L").arg(img.rootfs());
+            c.arg(img.rootfs().join(argv[0].trim_start_matches('/')));
+            c.args(&argv[1..]);
+            run(c)
+        };
+        let mut binaries: Vec<(&str, &str)> =
+            RUST_IMAGES.iter().map(|(n, b, _)| (*n, *b)).collect();
+        binaries.push(("init", "sidetrace-init"));
+        for (name, binary) in binaries {
+            let (reference, archive) = &m[name];
+            let img = Unpacked::new(&format!("{name}-{arch}"), archive)?;
+            ensure!(
+                img.config["architecture"] == arch.as_str() && img.config["os"] == "linux",
+                "{name} ({arch}): config says {}/{}",
+                img.config["os"],
+                img.config["architecture"]
+            );
+            ensure!(
+                img.repo_tags
+                    .iter()
+                    .any(|t| t.ends_with(&format!("sidetrace/{name}:{version}"))),
+                "{name} ({arch}): archive RepoTags {:?}",
+                img.repo_tags
+            );
+            let exe = format!("/usr/local/bin/{binary}");
+            let says = file_says(&img.rootfs().join(exe.trim_start_matches('/')))?;
+            ensure!(
+                says.contains(file_machine)
+                    && (says.contains("statically linked") || says.contains("static-pie linked")),
+                "{name} ({arch}): {exe} is {says}"
+            );
+            let flag = if name == "demo-app" {
+                "--help"
+            } else {
+                "--version"
+            };
+            let out =
+                under_qemu(&img, &[&exe, flag]).with_context(|| format!("{name} ({arch})"))?;
+            ensure!(out.contains(binary), "{name} ({arch}) {flag}: {out}");
+            if flag == "--version" {
+                ensure!(out.contains(&version), "{name} ({arch}) --version: {out}");
+            }
+            eprintln!(
+                "ok: {reference} ({arch}): {binary} is {}; `{flag}` under qemu: {:?}",
+                says.split(", BuildID").next().unwrap_or_default(),
+                out.lines().next().unwrap_or_default()
+            );
+            if name != "init" {
+                continue;
+            }
+            // The image's own dynamic loader resolves every library of both backends inside
+            // the image (`ld.so --list` fails naming a missing one). The nft backend cannot
+            // run further under qemu-user, which has no NETLINK_NETFILTER sockets ("Failed to
+            // initialize nft: Protocol not supported"); the legacy one runs.
+            let loader = match arch.as_str() {
+                "arm64" => "/usr/lib/ld-linux-aarch64.so.1",
+                _ => "/usr/lib64/ld-linux-x86-64.so.2",
+            };
+            for multi in ["xtables-nft-multi", "xtables-legacy-multi"] {
+                let path = format!("/usr/sbin/{multi}");
+                let says = file_says(&img.rootfs().join(path.trim_start_matches('/')))?;
+                ensure!(
+                    says.contains(file_machine) && says.contains("dynamically linked"),
+                    "init ({arch}): {path} is {says}"
+                );
+                let libs = under_qemu(
+                    &img,
+                    &[
+                        loader,
+                        "--list",
+                        &img.rootfs().join(&path[1..]).to_string_lossy(),
+                    ],
+                )?;
+                ensure!(
+                    libs.contains("libxtables.so.12 =>"),
+                    "init ({arch}): {multi}'s libraries: {libs}"
+                );
+            }
+            let legacy = "/usr/sbin/xtables-legacy-multi";
+            let v = under_qemu(&img, &[legacy, "iptables", "--version"])?;
+            ensure!(
+                v.starts_with("iptables v") && v.contains("legacy"),
+                "init ({arch}): {v}"
+            );
+            // `-m owner -h` dlopen()s libxt_owner.so from the image's xtables directory and
+            // prints its options: the extension and the libraries it needs are there.
+            let help = under_qemu(
+                &img,
+                &[legacy, "iptables", "-p", "tcp", "-m", "owner", "-h"],
+            )?;
+            ensure!(
+                help.contains("--uid-owner"),
+                "init ({arch}): the owner extension did not load:\n{help}"
+            );
+            eprintln!(
+                "ok: {reference} ({arch}): iptables libraries resolve in the image (nft, legacy); \
+                 {} under qemu, owner extension loads",
+                v.trim()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// `curl` GET of a registry API URL with an Accept header; the body, or an error.
+fn registry_get(url: &str, accept: &str) -> Result<Value> {
+    let out = run({
+        let mut c = Command::new("curl");
+        c.args(["-sSf", "--max-time", "10", "-H"])
+            .arg(format!("Accept: {accept}"))
+            .arg(url);
+        c
+    })?;
+    serde_json::from_str(&out).with_context(|| format!("{url}: {out}"))
+}
+
+/// `make images REGISTRY=... PUSH=1`, on a real registry (the CNCF distribution registry from
+/// Debian, `e2e/peers.sh registry`, on loopback with plain http): images/build.sh --push-only
+/// pushes what `make images` built, and every sidetrace image then is one manifest list naming
+/// linux/amd64 and linux/arm64, each entry's config saying that architecture and this commit.
+/// What a user's cluster pulls is checked through the registry's own API, not the engine's.
+#[test]
+fn push_makes_one_multi_arch_manifest_list_per_image() -> Result<()> {
+    const TEST: &str = "push_makes_one_multi_arch_manifest_list_per_image";
+    let registry = cache_dir().join("bin/docker-registry");
+    if !registry.is_file() {
+        skip_or_fail(
+            TEST,
+            "no registry to push to: run `e2e/peers.sh registry` (Debian's docker-registry)",
+        );
+        return Ok(());
+    }
+    let names = ["operator", "injector", "proxy", "init", "demo-app"];
+    let arches = arches();
+    for arch in &arches {
+        if images_or_skip(TEST, &names, arch).is_none() {
+            return Ok(());
+        }
+    }
+    let head = head_revision().context("git rev-parse HEAD")?;
+    let version = app_version()?;
+    let dir = std::env::temp_dir().join(format!("st-{}-registry", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    struct RemoveDir(PathBuf);
+    impl Drop for RemoveDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let _cleanup = RemoveDir(dir.clone());
+    let port = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?
+        .local_addr()?
+        .port();
+    std::fs::write(
+        dir.join("config.yml"),
+        format!(
+            "version: 0.1\nlog: {{level: warn}}\nstorage:\n  filesystem:\n    rootdirectory: {}\n\
+             http:\n  addr: 127.0.0.1:{port}\n",
+            dir.join("data").display()
+        ),
+    )?;
+    let log = dir.join("registry.log");
+    let _registry = Running(
+        Command::new(&registry)
+            .arg("serve")
+            .arg(dir.join("config.yml"))
+            .stdout(std::fs::File::create(&log)?)
+            .stderr(std::fs::File::create(&log)?)
+            .spawn()
+            .context("starting docker-registry")?,
+    );
+    let base = format!("http://127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while registry_get(&format!("{base}/v2/"), "application/json").is_err() {
+        ensure!(
+            Instant::now() < deadline,
+            "registry did not answer: {}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    let prefix = format!("127.0.0.1:{port}/team");
+    let out = Command::new(root().join("images/build.sh"))
+        .args([
+            "--push-only",
+            "--registry",
+            &prefix,
+            "--arch",
+            &arches.join(","),
+        ])
+        .args(names)
+        .env("SIDETRACE_PUSH_TLS_VERIFY", "false")
+        .output()
+        .context("images/build.sh --push-only")?;
+    ensure!(
+        out.status.success(),
+        "images/build.sh --push-only failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    const INDEX: &str = "application/vnd.oci.image.index.v1+json, application/vnd.docker.distribution.manifest.list.v2+json";
+    const MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json";
+    for name in names {
+        let repo = format!("{base}/v2/team/sidetrace/{name}");
+        let index = registry_get(&format!("{repo}/manifests/{version}"), INDEX)?;
+        let entries = index["manifests"]
+            .as_array()
+            .with_context(|| format!("{name}: not a manifest list: {index}"))?;
+        let mut seen: Vec<String> = Vec::new();
+        for e in entries {
+            let arch = e["platform"]["architecture"].as_str().unwrap_or_default();
+            ensure!(e["platform"]["os"] == "linux", "{name}: {e}");
+            let digest = e["digest"].as_str().context("digest")?;
+            let manifest = registry_get(&format!("{repo}/manifests/{digest}"), MANIFEST)?;
+            let config_digest = manifest["config"]["digest"].as_str().context("config")?;
+            let config = registry_get(&format!("{repo}/blobs/{config_digest}"), "*/*")?;
+            ensure!(
+                config["architecture"] == arch,
+                "{name}: the {arch} entry's config says {}",
+                config["architecture"]
+            );
+            ensure!(
+                config["config"]["Labels"]["org.opencontainers.image.revision"] == head.as_str(),
+                "{name} ({arch}): pushed image is not of this commit: {}",
+                config["config"]["Labels"]
+            );
+            seen.push(arch.to_owned());
+        }
+        seen.sort();
+        let mut want = arches.clone();
+        want.sort();
+        ensure!(
+            seen == want,
+            "{name}: manifest list has {seen:?}, expected {want:?}"
+        );
+        eprintln!("ok: {prefix}/sidetrace/{name}:{version} lists {seen:?}");
+    }
     Ok(())
 }

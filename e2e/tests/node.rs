@@ -381,19 +381,21 @@ fn chart_injects_deployments_and_jaeger_holds_the_full_trace() -> Result<()> {
     say("helm install");
     let chart = chart_dir();
     let chart = chart.to_string_lossy();
-    helm(
-        &cluster,
-        &[
-            "install",
-            RELEASE,
-            &chart,
-            "-n",
-            SYSTEM_NS,
-            "--create-namespace",
-            "--set",
-            "images.pullPolicy=Never",
-        ],
-    )?;
+    // Jaeger: the locally built image instead of the chart's default (the Jaeger project's),
+    // which cannot be pulled here.
+    let jaeger = sidetrace_e2e::cluster::local_jaeger_set_args()?;
+    let mut args = vec![
+        "install",
+        RELEASE,
+        &chart,
+        "-n",
+        SYSTEM_NS,
+        "--create-namespace",
+        "--set",
+        "images.pullPolicy=Never",
+    ];
+    args.extend(jaeger.iter().map(String::as_str));
+    helm(&cluster, &args)?;
     // The injector exits while the chart's placeholder Secret is still empty, and the kubelet's
     // restart back-off grows; upgrading only once it serves keeps a fresh install quick.
     cluster.wait("injector available", SYSTEM_NS, WAIT, || {

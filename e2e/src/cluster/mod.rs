@@ -249,9 +249,64 @@ fn run(cmd: &mut Command) -> Result<String> {
     check(out, &what)
 }
 
+/// The chart's in-cluster Jaeger defaults to the Jaeger project's own image, which nothing here
+/// can pull. The clusters under test run the image images/build.sh built from the same Jaeger
+/// release instead: these `--set` values name it, read from its line in `images.tsv`
+/// (`jaeger<TAB>docker.io/sidetrace/jaeger:1.75.0<TAB>archive`). `None` when no Jaeger image
+/// was built.
+pub fn local_jaeger_values(images_tsv: &str) -> Option<Vec<String>> {
+    let reference = images_tsv
+        .lines()
+        .find_map(|l| l.strip_prefix("jaeger\t"))?
+        .split('\t')
+        .next()?;
+    let (name, tag) = reference.rsplit_once(':')?;
+    let (registry, repository) = name.split_once('/')?;
+    Some(vec![
+        format!("images.jaeger.registry={registry}"),
+        format!("images.jaeger.repository={repository}"),
+        format!("images.jaeger.tag={tag}"),
+    ])
+}
+
+/// [`local_jaeger_values`] of `$SIDETRACE_CACHE/images/images.tsv`, or an error saying how to
+/// build the image.
+pub fn local_jaeger_set_args() -> Result<Vec<String>> {
+    let tsv = crate::controlplane::peers::cache_dir().join("images/images.tsv");
+    let text = std::fs::read_to_string(&tsv).unwrap_or_default();
+    let values = local_jaeger_values(&text).with_context(|| {
+        format!(
+            "no jaeger image in {} (e2e/peers.sh jaeger, then make images)",
+            tsv.display()
+        )
+    })?;
+    Ok(values
+        .into_iter()
+        .flat_map(|v| ["--set".to_owned(), v])
+        .collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn local_jaeger_values_name_the_built_image() {
+        let tsv = "demo-app\tdocker.io/sidetrace/demo-app:0.1.0\t/a.tar\n\
+                   jaeger\tdocker.io/sidetrace/jaeger:1.75.0\t/j.tar\n";
+        assert_eq!(
+            local_jaeger_values(tsv).expect("jaeger line"),
+            [
+                "images.jaeger.registry=docker.io",
+                "images.jaeger.repository=sidetrace/jaeger",
+                "images.jaeger.tag=1.75.0"
+            ]
+        );
+        assert_eq!(
+            local_jaeger_values("proxy\tdocker.io/sidetrace/proxy:0.1.0\t/p.tar\n"),
+            None
+        );
+    }
 
     #[test]
     fn env_file_round_trip() {
