@@ -23,7 +23,8 @@ enum Cmd {
     Http(scenarios::Opts),
     /// Anonymous memory idle, at 1,000 rps and with many idle keep-alive connections.
     Memory(scenarios::Opts),
-    /// Span export to a real Zipkin; latency and memory with the collector down.
+    /// Span export to a real Zipkin, OTLP/HTTP vs Zipkin v2 to a real Jaeger; latency and
+    /// memory with the collector down.
     Export(scenarios::Opts),
     /// HTTP/2 (h2c) unary through the proxy vs direct.
     H2(scenarios::Opts),

@@ -4,6 +4,7 @@
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -78,6 +79,7 @@ struct Env {
     injector: PathBuf,
     envoy: Option<PathBuf>,
     zipkin: Option<PathBuf>,
+    jaeger: Option<PathBuf>,
     tmp: PathBuf,
     gen_cpu: String,
     sut_cpu: String,
@@ -440,6 +442,7 @@ pub async fn run(which: Which, opts: Opts) -> Result<String> {
             .zipkin_jar
             .clone()
             .or_else(|| existing(cache.join("bin/zipkin.jar"))),
+        jaeger: existing(cache.join("bin/jaeger")),
         tmp: tmp.clone(),
         gen_cpu,
         sut_cpu,
@@ -931,6 +934,18 @@ async fn export(env: &Env) -> Result<String> {
             }
         },
     }
+    // A'. OTLP/HTTP vs Zipkin v2 side by side, to the real Jaeger.
+    match &env.jaeger {
+        None => out.push_str(
+            "Jaeger not built (e2e/peers.sh jaeger): OTLP vs Zipkin export not measured.\n\n",
+        ),
+        Some(bin) => match export_protocols(env, bin, up).await {
+            Ok(t) => out.push_str(&t),
+            Err(e) => {
+                let _ = writeln!(out, "OTLP vs Zipkin export not measured: {e:#}\n");
+            }
+        },
+    }
     // B. Latency with the collector up vs down.
     let (_sink, sink) = start_sink(env)?;
     let dead = procs::free_port()?; // nothing listens here
@@ -1121,6 +1136,211 @@ async fn export_zipkin(env: &Env, jar: &Path, up: u16) -> Result<String> {
          `zipkin_collector_spans_total` is shown beside it. Zipkin runs on the generator CPU.\n"
     );
     Ok(out)
+}
+
+/// A TCP relay on loopback to `to` that counts the bytes the proxy sends through it as they
+/// pass (the exporter keeps its connections open): the export's bytes on the wire, HTTP
+/// headers and bodies, whatever the protocol.
+async fn counting_relay(to: SocketAddr) -> Result<(u16, Arc<AtomicU64>)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let port = listener.local_addr()?.port();
+    let sent = Arc::new(AtomicU64::new(0));
+    let counter = Arc::clone(&sent);
+    tokio::spawn(async move {
+        while let Ok((inbound, _)) = listener.accept().await {
+            let counter = Arc::clone(&counter);
+            tokio::spawn(async move {
+                let Ok(outbound) = tokio::net::TcpStream::connect(to).await else {
+                    return;
+                };
+                let (mut ri, mut wi) = inbound.into_split();
+                let (mut ro, mut wo) = outbound.into_split();
+                let up = async move {
+                    let mut buf = vec![0u8; 64 * 1024];
+                    while let Ok(n) = ri.read(&mut buf).await {
+                        if n == 0 || wo.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                        counter.fetch_add(n as u64, Ordering::Relaxed);
+                    }
+                    let _ = wo.shutdown().await;
+                };
+                let down = async move {
+                    let _ = tokio::io::copy(&mut ro, &mut wi).await;
+                };
+                tokio::join!(up, down);
+            });
+        }
+    });
+    Ok((port, sent))
+}
+
+/// One measured export run: spans exported per second of run, proxy CPU ns per 1,000 spans
+/// exported, bytes on the wire per span exported, spans dropped.
+type ExportRow = (f64, f64, f64, f64);
+
+/// Measures one [`ExportRow`] (see its docs).
+async fn export_run(
+    sut: &mut Sut,
+    client: &Arc<Client>,
+    bytes: &AtomicU64,
+    rate: Option<f64>,
+    secs: f64,
+) -> Result<ExportRow> {
+    let req = Req::get("/small");
+    sut.check()?;
+    settle(sut).await;
+    let e0 = proxy_metric(sut, "sidetrace_spans_exported_total").await;
+    let d0 = proxy_metric(sut, "sidetrace_spans_dropped_total").await;
+    let b0 = bytes.load(Ordering::Relaxed);
+    let c0 = sut.cpu_ns();
+    let run = match rate {
+        Some(r) => load::open_loop(client, &req, r, Duration::from_secs_f64(secs)).await,
+        None => load::closed_loop(client, &req, 16, Duration::from_secs_f64(secs)).await,
+    };
+    let run_secs = run.elapsed.as_secs_f64();
+    let want = run.done as f64;
+    let flush = Instant::now();
+    while flush.elapsed() < Duration::from_secs(20) {
+        let e = proxy_metric(sut, "sidetrace_spans_exported_total").await - e0;
+        let d = proxy_metric(sut, "sidetrace_spans_dropped_total").await - d0;
+        if e + d >= want {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let cpu = sut.cpu_ns() - c0;
+    let e = proxy_metric(sut, "sidetrace_spans_exported_total").await - e0;
+    let d = proxy_metric(sut, "sidetrace_spans_dropped_total").await - d0;
+    let b = bytes.load(Ordering::Relaxed) - b0;
+    Ok((
+        e / run_secs,
+        cpu as f64 / (e.max(1.0) / 1000.0),
+        b as f64 / e.max(1.0),
+        d,
+    ))
+}
+
+/// Spans/s, proxy CPU per 1,000 spans and bytes on the wire per span, OTLP/HTTP and Zipkin v2
+/// side by side in one run against one real Jaeger (its 4318 and 9411 receivers), rounds
+/// alternating the order: an open loop at 2,000 rps (every span exported: CPU and bytes per
+/// span compare like for like) and a closed loop (the most the exporter sustains; the rest is
+/// dropped and counted).
+async fn export_protocols(env: &Env, jaeger: &Path, up: u16) -> Result<String> {
+    let (otlp_port, zipkin_port, query_port, health_port) = (4318, 9411, 16686, 13133);
+    for p in [otlp_port, zipkin_port, query_port, health_port] {
+        if std::net::TcpStream::connect(lo(p)).is_ok() {
+            bail!("port {p} is already in use on 127.0.0.1 (another Jaeger?)");
+        }
+    }
+    let mut jaeger_proc = env.spawn_env(
+        "jaeger",
+        &env.gen_cpu,
+        jaeger,
+        &[],
+        &[("JAEGER_LISTEN_HOST", "127.0.0.1")],
+    )?;
+    for p in [otlp_port, zipkin_port, query_port] {
+        procs::wait_port(lo(p), Duration::from_secs(60))?;
+    }
+    jaeger_proc.check_alive()?;
+    let (otlp_relay, otlp_bytes) = counting_relay(lo(otlp_port)).await?;
+    let (zipkin_relay, zipkin_bytes) = counting_relay(lo(zipkin_port)).await?;
+    let mut suts = [
+        (
+            start_proxy(
+                env,
+                "otlp-http",
+                up,
+                &format!("http://127.0.0.1:{otlp_relay}/v1/traces"),
+            )?,
+            otlp_bytes,
+        ),
+        (
+            start_proxy(
+                env,
+                "zipkin",
+                up,
+                &format!("http://127.0.0.1:{zipkin_relay}/api/v2/spans"),
+            )?,
+            zipkin_bytes,
+        ),
+    ];
+    let mut clients = Vec::new();
+    for (s, _) in &suts {
+        clients.push(Client::new(s.addr, Proto::H1, 16).await?);
+    }
+    let secs = (env.secs * 2.0).max(3.0);
+    let loads: [(&str, Option<f64>); 2] = [
+        ("open loop 2,000 rps", Some(2000.0)),
+        ("closed loop, 16 conns", None),
+    ];
+    // [load][protocol] -> per-round rows.
+    let mut rows: Vec<Vec<Vec<ExportRow>>> = vec![vec![Vec::new(); 2]; 2];
+    for round in 0..env.rounds {
+        for (li, (_, rate)) in loads.iter().enumerate() {
+            for k in 0..2 {
+                let si = (k + round) % 2;
+                let _ = load::open_loop(&clients[si], &Req::get("/small"), 1000.0, env.warm_dur())
+                    .await;
+                let (sut, bytes) = &mut suts[si];
+                let row = export_run(sut, &clients[si], bytes, *rate, secs).await?;
+                rows[li][si].push(row);
+            }
+        }
+    }
+    jaeger_proc.check_alive()?;
+    let mut out = String::from(
+        "### OTLP/HTTP vs Zipkin v2 to a real Jaeger (side by side, one run)\n\n\
+         | load | protocol | spans exported/s | proxy CPU ms per 1,000 spans | bytes on the wire per span | spans dropped |\n\
+         |---|---|---|---|---|---|\n",
+    );
+    for (li, (label, _)) in loads.iter().enumerate() {
+        for (si, (sut, _)) in suts.iter().enumerate() {
+            let r = &rows[li][si];
+            let med = |f: fn(&ExportRow) -> f64| {
+                let mut v: Vec<f64> = r.iter().map(f).collect();
+                v.sort_by(f64::total_cmp);
+                v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+            };
+            let dropped: f64 = r.iter().map(|x| x.3).sum();
+            let _ = writeln!(
+                out,
+                "| {label} | {} | {:.0} | {:.1} | {:.0} | {dropped} |",
+                sut.name,
+                med(|x| x.0),
+                med(|x| x.1) / 1e6,
+                med(|x| x.2),
+            );
+        }
+    }
+    let _ = writeln!(
+        out,
+        "\nMedians of {} rounds of {secs:.1} s per load, protocol order alternating per round; \
+         one SERVER span per request, batches of up to 100. spans/s: spans the proxy counted as \
+         exported (after the run, until exported + dropped covers every request) per second of \
+         run. CPU: the proxy's whole CPU (proxying the requests and exporting) during the run \
+         and the drain, per 1,000 spans exported; at 2,000 rps nothing is dropped, so the \
+         difference between the two rows is the encoding's. Bytes: what the proxy sent to the \
+         collector (HTTP headers and bodies), counted by a relay as it passes, per span \
+         exported. Jaeger runs on the generator CPU; the closed loop's drops are the bounded \
+         queue doing its job.\n",
+        env.rounds
+    );
+    Ok(out)
+}
+
+/// Waits until a proxy's export queue is empty after a warm-up, so one run's spans do not
+/// spill into the next measurement (bounded).
+async fn settle(sut: &Sut) {
+    let t = Instant::now();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    while t.elapsed() < Duration::from_secs(10)
+        && proxy_metric(sut, "sidetrace_span_queue_depth").await > 0.0
+    {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 async fn webhook(env: &Env) -> Result<String> {

@@ -207,6 +207,18 @@ fn chart_lints_renders_and_rejects_bad_values() {
             .contains(&"--init-image=registry.example/team/sidetrace/init:0.1.0".to_owned())
     );
 
+    // The chart's protocol enum is the contract's list: every protocol the proxy speaks renders
+    // and reaches the injector's flag.
+    for p in sidetrace_contract::CollectorProtocol::ALL {
+        let set = format!("collector.protocol={p}");
+        let docs = template(&helm, &[set.as_str()]).expect("a contract protocol renders");
+        let args = container_args(&docs, "sidetrace-injector");
+        assert!(
+            args.contains(&format!("--collector-protocol={p}")),
+            "{args:?}"
+        );
+    }
+
     // Values the schema or the templates must reject, each with a message naming the value.
     for (set, expect) in [
         ("webhook.failurePolicy=Sometimes", "failurePolicy"),

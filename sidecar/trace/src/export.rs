@@ -1030,6 +1030,30 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn otlp_uses_the_same_tls_as_zipkin() {
+        let (uri, ca_pem, posts) = tls_collector().await;
+        let (handle, _task) = Exporter::spawn(ExporterConfig {
+            roots: CollectorRoots::from_pem(&ca_pem).expect("bundle"),
+            protocol: CollectorProtocol::OtlpHttp,
+            ..config(uri.clone())
+        });
+        handle.record(span("/tls-otlp"));
+        handle.flush(WAIT).await;
+        let stats = handle.stats();
+        assert_eq!((stats.exported, stats.dropped_total()), (1, 0), "{stats:?}");
+        assert_eq!(posts.load(Ordering::SeqCst), 1);
+        // Unknown CA: refused at the handshake, counted, nothing delivered.
+        let (handle, _task) = Exporter::spawn(ExporterConfig {
+            protocol: CollectorProtocol::OtlpHttp,
+            ..config(uri)
+        });
+        handle.record(span("/untrusted"));
+        handle.flush(WAIT).await;
+        assert_eq!(handle.stats().dropped_send_failed, 1);
+        assert_eq!(posts.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
     async fn set_endpoint_redirects_later_batches() {
         let mut collector = start_collector(&[]).await;
         let (handle, _task) = Exporter::spawn(config(refused_endpoint().await));
