@@ -401,7 +401,8 @@ fn chart_injects_deployments_and_jaeger_holds_the_full_trace() -> Result<()> {
     cluster.wait("injector available", SYSTEM_NS, WAIT, || {
         deployment_available(&cluster, SYSTEM_NS, "sidetrace-injector")
     })?;
-    // No DNS add-on: the sidecars get the collector by its ClusterIP.
+    // No DNS add-on: the sidecars get the collector by its ClusterIP, on the chart's default
+    // protocol (OTLP/HTTP to Jaeger's 4318 receiver).
     let collector = cluster_ip(&cluster, SYSTEM_NS, "jaeger-collector")?;
     helm(
         &cluster,
@@ -413,7 +414,7 @@ fn chart_injects_deployments_and_jaeger_holds_the_full_trace() -> Result<()> {
             SYSTEM_NS,
             "--reuse-values",
             "--set",
-            &format!("collector.endpoint=http://{collector}:9411/api/v2/spans"),
+            &format!("collector.endpoint=http://{collector}:4318/v1/traces"),
         ],
     )?;
     for d in ["sidetrace-operator", "sidetrace-injector", "jaeger"] {
@@ -436,7 +437,7 @@ fn chart_injects_deployments_and_jaeger_holds_the_full_trace() -> Result<()> {
     // The upgrade's new collector reaches pods only through the new injector pods; until
     // kube-proxy stops sending the apiserver's webhook calls to the old ones, pods would get
     // the default (unresolvable here) collector. Ask the webhook with a dry-run pod.
-    let expected = format!("http://{collector}:9411/api/v2/spans");
+    let expected = format!("http://{collector}:4318/v1/traces");
     cluster.wait("the webhook injects the new collector", &ns, WAIT, || {
         let pod: Value = serde_json::from_str(&cluster.kc(&[
             "run",
@@ -586,7 +587,7 @@ spec:
     // proxy exited 64 on such a URL and the pod never became Ready.
     say("a collector the proxy cannot export to");
     let old_uid = pods(&cluster, &ns, "app=service2")?.remove(0)["metadata"]["uid"].clone();
-    let https = format!("https://{collector}:9411/api/v2/spans");
+    let https = format!("https://{collector}:4318/v1/traces");
     cluster.kc(&[
         "patch",
         "tracedservice",
