@@ -303,6 +303,21 @@ fn assert_demo_trace(spans: &[Span], s1_op: &str) -> Result<()> {
             && spans.iter().all(|s| s.tag("guid:x-request-id") == rid),
         "one request id on every hop:\n{tree}"
     );
+    // The spans came over OTLP (the chart's default): semantic-convention attributes, and the
+    // pod's workload as resource attributes, which the webhook took from owner references.
+    for s in spans {
+        ensure!(
+            s.tags.contains_key("http.request.method")
+                && s.process_tags.get("k8s.deployment.name").map(String::as_str)
+                    == Some(s.service())
+                && s.process_tags.contains_key("k8s.pod.name"),
+            "{} {}: not OTLP with the pod's resource: tags {:?}, process {:?}",
+            s.service(),
+            s.kind(),
+            s.tags,
+            s.process_tags
+        );
+    }
     Ok(())
 }
 
