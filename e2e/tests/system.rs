@@ -448,6 +448,74 @@ async fn every_skip_reason_is_recorded_and_reported(
     Ok(())
 }
 
+/// A TCP forwarder to the apiserver that a test can pause: while paused, what a client sends
+/// stays unanswered, as on a network that silently drops traffic (no reset, no error).
+struct PausableProxy {
+    addr: SocketAddr,
+    paused: tokio::sync::watch::Sender<bool>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl PausableProxy {
+    async fn start(upstream: SocketAddr) -> Result<Self> {
+        let listener = tokio::net::TcpListener::bind((IpAddr::from([127, 0, 0, 1]), 0)).await?;
+        let addr = listener.local_addr()?;
+        let (paused, watch) = tokio::sync::watch::channel(false);
+        let accept = tokio::spawn(async move {
+            while let Ok((down, _)) = listener.accept().await {
+                let watch = watch.clone();
+                tokio::spawn(async move {
+                    let Ok(up) = tokio::net::TcpStream::connect(upstream).await else {
+                        return;
+                    };
+                    let (down_read, down_write) = down.into_split();
+                    let (up_read, up_write) = up.into_split();
+                    tokio::join!(
+                        forward(down_read, up_write, watch.clone()),
+                        forward(up_read, down_write, watch)
+                    );
+                });
+            }
+        });
+        Ok(Self {
+            addr,
+            paused,
+            accept,
+        })
+    }
+
+    fn pause(&self) {
+        let _ = self.paused.send(true);
+    }
+}
+
+impl Drop for PausableProxy {
+    fn drop(&mut self) {
+        self.accept.abort();
+    }
+}
+
+/// Copies `from` to `to`, holding each chunk while the proxy is paused.
+async fn forward(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    mut paused: tokio::sync::watch::Receiver<bool>,
+) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut buf = vec![0; 16 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        let resumed = paused.wait_for(|p| !*p).await.is_ok();
+        if !resumed || to.write_all(&buf[..n]).await.is_err() {
+            break;
+        }
+    }
+    let _ = to.shutdown().await;
+}
+
 async fn metrics_leader(addr: SocketAddr) -> Option<String> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
     use std::io::{Read, Write};
@@ -996,8 +1064,77 @@ async fn scenario(cp: &ControlPlane) -> Result<()> {
     let p = create_pod(&client, "shop", pod("webhook-down", &[("app", "x")])).await?;
     ensure!(!is_injected(&p), "injected with the webhook down?");
 
-    // 11. helm uninstall removes what it installed (the CRD stays, as Helm keeps crds/).
+    // 10b. A leader whose renewals hang stops leading before another replica could take the
+    // Lease: op-c reaches the apiserver through a proxy that stops forwarding, as a network
+    // that silently drops traffic does.
+    let upstream: SocketAddr = cp
+        .url()
+        .trim_start_matches("https://")
+        .parse()
+        .context("apiserver address")?;
+    let proxy = PausableProxy::start(upstream).await?;
+    let proxied_kubeconfig = cp.dir().join("operator-c.kubeconfig");
+    std::fs::write(
+        &proxied_kubeconfig,
+        std::fs::read_to_string(&op_kubeconfig)?
+            .replace(cp.url(), &format!("https://{}", proxy.addr)),
+    )?;
+    let metrics_c = SocketAddr::new(
+        IpAddr::from([127, 0, 0, 1]),
+        free_port(IpAddr::from([127, 0, 0, 1]))?,
+    );
+    let mut op_c = Proc::spawn(
+        cp.dir(),
+        "operator-c",
+        &operator_exe,
+        &operator_args("op-c", metrics_c),
+        &[("KUBECONFIG", &proxied_kubeconfig)],
+    )?;
+    poll(WAIT, "op-c reports follower", || async {
+        Ok(metrics_leader(metrics_c).await.as_deref() == Some("0"))
+    })
+    .await
+    .with_context(|| op_c.tail())?;
     op_b.stop();
+    poll(WAIT, "op-c takes the lease", || async {
+        Ok(holder(leases.get("sidetrace-operator").await?) == "op-c"
+            && metrics_leader(metrics_c).await.as_deref() == Some("1"))
+    })
+    .await
+    .with_context(|| op_c.tail())?;
+    proxy.pause();
+    let paused_at = tokio::time::Instant::now();
+    // The last renewal that got through was sent before the pause; another replica may take
+    // the Lease a lease duration (6 s) after it saw that renewal, so op-c must be gone by then.
+    let exited = loop {
+        if let Some(status) = op_c.child.try_wait()? {
+            break status;
+        }
+        ensure!(
+            paused_at.elapsed() < Duration::from_secs(6),
+            "op-c still runs {:?} after its renewals started hanging\n{}",
+            paused_at.elapsed(),
+            op_c.tail()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    ensure!(
+        exited.code() == Some(1),
+        "op-c exited with {exited}, not 1 (leadership lost)\n{}",
+        op_c.tail()
+    );
+    ensure!(
+        std::fs::read_to_string(cp.dir().join("operator-c.log"))?.contains("not renewed within"),
+        "op-c exited for another reason\n{}",
+        op_c.tail()
+    );
+    eprintln!(
+        "op-c stopped {:?} after its renewals started hanging",
+        paused_at.elapsed()
+    );
+    drop(proxy);
+
+    // 11. helm uninstall removes what it installed (the CRD stays, as Helm keeps crds/).
     sync.abort();
     helm(cp, &["uninstall", "sidetrace", "--namespace", NS])?;
     poll(WAIT, "webhook configuration removed", || async {
