@@ -448,6 +448,32 @@ async fn every_skip_reason_is_recorded_and_reported(
     Ok(())
 }
 
+/// Whether the TLS server at `addr` presents a certificate for its address that `bundle_pem`
+/// verifies.
+async fn verified_by(addr: SocketAddr, bundle_pem: &str) -> bool {
+    use rustls::pki_types::pem::PemObject as _;
+    use rustls::pki_types::{CertificateDer, ServerName};
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(bundle_pem.as_bytes()).flatten() {
+        let _ = roots.add(cert);
+    }
+    let Ok(builder) = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions() else {
+        return false;
+    };
+    let config = builder.with_root_certificates(roots).with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let Ok(tcp) = tokio::net::TcpStream::connect(addr).await else {
+        return false;
+    };
+    let name = ServerName::IpAddress(addr.ip().into());
+    tokio::time::timeout(Duration::from_secs(5), connector.connect(name, tcp))
+        .await
+        .is_ok_and(|r| r.is_ok())
+}
+
 /// A TCP forwarder to the apiserver that a test can pause: while paused, what a client sends
 /// stays unanswered, as on a network that silently drops traffic (no reset, no error).
 struct PausableProxy {
@@ -986,8 +1012,16 @@ async fn scenario(cp: &ControlPlane) -> Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    // One more admission with the final certificate and bundle.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // One more admission with the final certificate and bundle, once the injector serves a
+    // certificate the final bundle (the new CA only) verifies.
+    let final_bundle = secret_text(&secrets.get("sidetrace-injector-tls").await?, "ca.crt");
+    poll(
+        WAIT,
+        "the injector serves the rotated certificate",
+        || async { Ok(verified_by(SocketAddr::new(host, webhook_port), &final_bundle).await) },
+    )
+    .await
+    .with_context(|| injector.tail())?;
     let p = create_pod(
         &client,
         "shop",
