@@ -193,6 +193,15 @@ async fn create_pod(client: &Client, ns: &str, p: Pod) -> Result<Pod> {
         .with_context(|| format!("creating pod {ns}/{}", p.name_any()))
 }
 
+/// The pod as admission (the webhook included) would store it, without storing it.
+async fn dry_run(api: &Api<Pod>, p: &Pod) -> Option<Pod> {
+    let dry = PostParams {
+        dry_run: true,
+        ..PostParams::default()
+    };
+    api.create(&dry, p).await.ok()
+}
+
 async fn ts_status_matches(
     api: &Api<TracedService>,
     name: &str,
@@ -347,14 +356,9 @@ async fn every_skip_reason_is_recorded_and_reported(
         WAIT,
         "a disabled namespace's opt-in pod is recorded",
         || async {
-            let dry = PostParams {
-                dry_run: true,
-                ..PostParams::default()
-            };
-            Ok(says_no
-                .create(&dry, &opted_in)
+            Ok(dry_run(&says_no, &opted_in)
                 .await
-                .is_ok_and(|p| skip_record(&p).is_some_and(|r| r.reason == "namespace-disabled")))
+                .is_some_and(|p| skip_record(&p).is_some_and(|r| r.reason == "namespace-disabled")))
         },
     )
     .await
@@ -610,12 +614,11 @@ async fn scenario(cp: &ControlPlane) -> Result<()> {
     let op_kubeconfig = cp
         .service_account_kubeconfig(NS, "sidetrace-operator")
         .await?;
-    let metrics_a = SocketAddr::new(
-        IpAddr::from([127, 0, 0, 1]),
-        free_port(IpAddr::from([127, 0, 0, 1]))?,
-    );
-    let operator_args = |identity: &str, metrics: SocketAddr| -> Vec<String> {
-        vec![
+    // A replica `op-<x>` logs to operator-<x>.log and serves /metrics on its own loopback port.
+    let spawn_operator = |identity: &str, kubeconfig: &Path| -> Result<(Proc, SocketAddr)> {
+        let loopback = IpAddr::from([127, 0, 0, 1]);
+        let metrics = SocketAddr::new(loopback, free_port(loopback)?);
+        let args = vec![
             format!("--namespace={NS}"),
             format!("--metrics-addr={metrics}"),
             format!("--webhook-extra-san={host}"),
@@ -625,15 +628,18 @@ async fn scenario(cp: &ControlPlane) -> Result<()> {
             "--cert-overlap=3s".into(),
             "--check-collector-dns=false".into(),
             "--log-level=info,kube=warn".into(),
-        ]
+        ];
+        let name = format!("operator-{}", identity.trim_start_matches("op-"));
+        let proc = Proc::spawn(
+            cp.dir(),
+            &name,
+            &operator_exe,
+            &args,
+            &[("KUBECONFIG", kubeconfig)],
+        )?;
+        Ok((proc, metrics))
     };
-    let mut op_a = Proc::spawn(
-        cp.dir(),
-        "operator-a",
-        &operator_exe,
-        &operator_args("op-a", metrics_a),
-        &[("KUBECONFIG", &op_kubeconfig)],
-    )?;
+    let (mut op_a, _) = spawn_operator("op-a", &op_kubeconfig)?;
     let secrets: Api<Secret> = Api::namespaced(client.clone(), NS);
     let tls_ready = poll(WAIT, "webhook Secret and caBundle", || async {
         let Some(s) = secrets.get_opt("sidetrace-injector-tls").await? else {
@@ -718,14 +724,11 @@ async fn scenario(cp: &ControlPlane) -> Result<()> {
         WAIT,
         "the injector's cache has TracedService service1",
         || async {
-            let dry = PostParams {
-                dry_run: true,
-                ..PostParams::default()
-            };
-            Ok(shop_pods
-                .create(&dry, &pod("cache-probe", &[("app", "service1")]))
-                .await
-                .is_ok_and(|p| mounts_config(&p, "sidetrace-service1")))
+            Ok(
+                dry_run(&shop_pods, &pod("cache-probe", &[("app", "service1")]))
+                    .await
+                    .is_some_and(|p| mounts_config(&p, "sidetrace-service1")),
+            )
         },
     )
     .await
@@ -828,14 +831,9 @@ async fn scenario(cp: &ControlPlane) -> Result<()> {
         WAIT,
         "a pod in a baseline namespace is admitted uninjected",
         || async {
-            let dry = PostParams {
-                dry_run: true,
-                ..PostParams::default()
-            };
-            Ok(psa_pods
-                .create(&dry, &pod("psa-probe", &[("app", "x")]))
+            Ok(dry_run(&psa_pods, &pod("psa-probe", &[("app", "x")]))
                 .await
-                .is_ok_and(|p| !is_injected(&p)))
+                .is_some_and(|p| !is_injected(&p)))
         },
     )
     .await
@@ -924,17 +922,7 @@ async fn scenario(cp: &ControlPlane) -> Result<()> {
     );
 
     // 7. Leader election: a second replica waits, and takes over when the leader dies.
-    let metrics_b = SocketAddr::new(
-        IpAddr::from([127, 0, 0, 1]),
-        free_port(IpAddr::from([127, 0, 0, 1]))?,
-    );
-    let mut op_b = Proc::spawn(
-        cp.dir(),
-        "operator-b",
-        &operator_exe,
-        &operator_args("op-b", metrics_b),
-        &[("KUBECONFIG", &op_kubeconfig)],
-    )?;
+    let (mut op_b, metrics_b) = spawn_operator("op-b", &op_kubeconfig)?;
     let leases: Api<Lease> = Api::namespaced(client.clone(), NS);
     let holder = |l: Lease| l.spec.and_then(|s| s.holder_identity).unwrap_or_default();
     let renewed = |l: &Lease| l.spec.as_ref().and_then(|s| s.renew_time.clone());
@@ -1113,17 +1101,7 @@ async fn scenario(cp: &ControlPlane) -> Result<()> {
         std::fs::read_to_string(&op_kubeconfig)?
             .replace(cp.url(), &format!("https://{}", proxy.addr)),
     )?;
-    let metrics_c = SocketAddr::new(
-        IpAddr::from([127, 0, 0, 1]),
-        free_port(IpAddr::from([127, 0, 0, 1]))?,
-    );
-    let mut op_c = Proc::spawn(
-        cp.dir(),
-        "operator-c",
-        &operator_exe,
-        &operator_args("op-c", metrics_c),
-        &[("KUBECONFIG", &proxied_kubeconfig)],
-    )?;
+    let (mut op_c, metrics_c) = spawn_operator("op-c", &proxied_kubeconfig)?;
     poll(WAIT, "op-c reports follower", || async {
         Ok(metrics_leader(metrics_c).await.as_deref() == Some("0"))
     })
