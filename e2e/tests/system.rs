@@ -193,6 +193,15 @@ async fn create_pod(client: &Client, ns: &str, p: Pod) -> Result<Pod> {
         .with_context(|| format!("creating pod {ns}/{}", p.name_any()))
 }
 
+/// The pod as admission (the webhook included) would store it, without storing it.
+async fn dry_run(api: &Api<Pod>, p: &Pod) -> Option<Pod> {
+    let dry = PostParams {
+        dry_run: true,
+        ..PostParams::default()
+    };
+    api.create(&dry, p).await.ok()
+}
+
 async fn ts_status_matches(
     api: &Api<TracedService>,
     name: &str,
@@ -347,14 +356,9 @@ async fn every_skip_reason_is_recorded_and_reported(
         WAIT,
         "a disabled namespace's opt-in pod is recorded",
         || async {
-            let dry = PostParams {
-                dry_run: true,
-                ..PostParams::default()
-            };
-            Ok(says_no
-                .create(&dry, &opted_in)
+            Ok(dry_run(&says_no, &opted_in)
                 .await
-                .is_ok_and(|p| skip_record(&p).is_some_and(|r| r.reason == "namespace-disabled")))
+                .is_some_and(|p| skip_record(&p).is_some_and(|r| r.reason == "namespace-disabled")))
         },
     )
     .await
@@ -448,6 +452,100 @@ async fn every_skip_reason_is_recorded_and_reported(
     Ok(())
 }
 
+/// Whether the TLS server at `addr` presents a certificate for its address that `bundle_pem`
+/// verifies.
+async fn verified_by(addr: SocketAddr, bundle_pem: &str) -> bool {
+    use rustls::pki_types::pem::PemObject as _;
+    use rustls::pki_types::{CertificateDer, ServerName};
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(bundle_pem.as_bytes()).flatten() {
+        let _ = roots.add(cert);
+    }
+    let Ok(builder) = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions() else {
+        return false;
+    };
+    let config = builder.with_root_certificates(roots).with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let Ok(tcp) = tokio::net::TcpStream::connect(addr).await else {
+        return false;
+    };
+    let name = ServerName::IpAddress(addr.ip().into());
+    tokio::time::timeout(Duration::from_secs(5), connector.connect(name, tcp))
+        .await
+        .is_ok_and(|r| r.is_ok())
+}
+
+/// A TCP forwarder to the apiserver that a test can pause: while paused, what a client sends
+/// stays unanswered, as on a network that silently drops traffic (no reset, no error).
+struct PausableProxy {
+    addr: SocketAddr,
+    paused: tokio::sync::watch::Sender<bool>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl PausableProxy {
+    async fn start(upstream: SocketAddr) -> Result<Self> {
+        let listener = tokio::net::TcpListener::bind((IpAddr::from([127, 0, 0, 1]), 0)).await?;
+        let addr = listener.local_addr()?;
+        let (paused, watch) = tokio::sync::watch::channel(false);
+        let accept = tokio::spawn(async move {
+            while let Ok((down, _)) = listener.accept().await {
+                let watch = watch.clone();
+                tokio::spawn(async move {
+                    let Ok(up) = tokio::net::TcpStream::connect(upstream).await else {
+                        return;
+                    };
+                    let (down_read, down_write) = down.into_split();
+                    let (up_read, up_write) = up.into_split();
+                    tokio::join!(
+                        forward(down_read, up_write, watch.clone()),
+                        forward(up_read, down_write, watch)
+                    );
+                });
+            }
+        });
+        Ok(Self {
+            addr,
+            paused,
+            accept,
+        })
+    }
+
+    fn pause(&self) {
+        let _ = self.paused.send(true);
+    }
+}
+
+impl Drop for PausableProxy {
+    fn drop(&mut self) {
+        self.accept.abort();
+    }
+}
+
+/// Copies `from` to `to`, holding each chunk while the proxy is paused.
+async fn forward(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    mut paused: tokio::sync::watch::Receiver<bool>,
+) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut buf = vec![0; 16 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        let resumed = paused.wait_for(|p| !*p).await.is_ok();
+        if !resumed || to.write_all(&buf[..n]).await.is_err() {
+            break;
+        }
+    }
+    let _ = to.shutdown().await;
+}
+
 async fn metrics_leader(addr: SocketAddr) -> Option<String> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
     use std::io::{Read, Write};
@@ -516,12 +614,11 @@ async fn scenario(cp: &ControlPlane) -> Result<()> {
     let op_kubeconfig = cp
         .service_account_kubeconfig(NS, "sidetrace-operator")
         .await?;
-    let metrics_a = SocketAddr::new(
-        IpAddr::from([127, 0, 0, 1]),
-        free_port(IpAddr::from([127, 0, 0, 1]))?,
-    );
-    let operator_args = |identity: &str, metrics: SocketAddr| -> Vec<String> {
-        vec![
+    // A replica `op-<x>` logs to operator-<x>.log and serves /metrics on its own loopback port.
+    let spawn_operator = |identity: &str, kubeconfig: &Path| -> Result<(Proc, SocketAddr)> {
+        let loopback = IpAddr::from([127, 0, 0, 1]);
+        let metrics = SocketAddr::new(loopback, free_port(loopback)?);
+        let args = vec![
             format!("--namespace={NS}"),
             format!("--metrics-addr={metrics}"),
             format!("--webhook-extra-san={host}"),
@@ -531,15 +628,18 @@ async fn scenario(cp: &ControlPlane) -> Result<()> {
             "--cert-overlap=3s".into(),
             "--check-collector-dns=false".into(),
             "--log-level=info,kube=warn".into(),
-        ]
+        ];
+        let name = format!("operator-{}", identity.trim_start_matches("op-"));
+        let proc = Proc::spawn(
+            cp.dir(),
+            &name,
+            &operator_exe,
+            &args,
+            &[("KUBECONFIG", kubeconfig)],
+        )?;
+        Ok((proc, metrics))
     };
-    let mut op_a = Proc::spawn(
-        cp.dir(),
-        "operator-a",
-        &operator_exe,
-        &operator_args("op-a", metrics_a),
-        &[("KUBECONFIG", &op_kubeconfig)],
-    )?;
+    let (mut op_a, _) = spawn_operator("op-a", &op_kubeconfig)?;
     let secrets: Api<Secret> = Api::namespaced(client.clone(), NS);
     let tls_ready = poll(WAIT, "webhook Secret and caBundle", || async {
         let Some(s) = secrets.get_opt("sidetrace-injector-tls").await? else {
@@ -624,14 +724,11 @@ async fn scenario(cp: &ControlPlane) -> Result<()> {
         WAIT,
         "the injector's cache has TracedService service1",
         || async {
-            let dry = PostParams {
-                dry_run: true,
-                ..PostParams::default()
-            };
-            Ok(shop_pods
-                .create(&dry, &pod("cache-probe", &[("app", "service1")]))
-                .await
-                .is_ok_and(|p| mounts_config(&p, "sidetrace-service1")))
+            Ok(
+                dry_run(&shop_pods, &pod("cache-probe", &[("app", "service1")]))
+                    .await
+                    .is_some_and(|p| mounts_config(&p, "sidetrace-service1")),
+            )
         },
     )
     .await
@@ -734,14 +831,9 @@ async fn scenario(cp: &ControlPlane) -> Result<()> {
         WAIT,
         "a pod in a baseline namespace is admitted uninjected",
         || async {
-            let dry = PostParams {
-                dry_run: true,
-                ..PostParams::default()
-            };
-            Ok(psa_pods
-                .create(&dry, &pod("psa-probe", &[("app", "x")]))
+            Ok(dry_run(&psa_pods, &pod("psa-probe", &[("app", "x")]))
                 .await
-                .is_ok_and(|p| !is_injected(&p)))
+                .is_some_and(|p| !is_injected(&p)))
         },
     )
     .await
@@ -830,17 +922,7 @@ async fn scenario(cp: &ControlPlane) -> Result<()> {
     );
 
     // 7. Leader election: a second replica waits, and takes over when the leader dies.
-    let metrics_b = SocketAddr::new(
-        IpAddr::from([127, 0, 0, 1]),
-        free_port(IpAddr::from([127, 0, 0, 1]))?,
-    );
-    let mut op_b = Proc::spawn(
-        cp.dir(),
-        "operator-b",
-        &operator_exe,
-        &operator_args("op-b", metrics_b),
-        &[("KUBECONFIG", &op_kubeconfig)],
-    )?;
+    let (mut op_b, metrics_b) = spawn_operator("op-b", &op_kubeconfig)?;
     let leases: Api<Lease> = Api::namespaced(client.clone(), NS);
     let holder = |l: Lease| l.spec.and_then(|s| s.holder_identity).unwrap_or_default();
     let renewed = |l: &Lease| l.spec.as_ref().and_then(|s| s.renew_time.clone());
@@ -918,8 +1000,16 @@ async fn scenario(cp: &ControlPlane) -> Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    // One more admission with the final certificate and bundle.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // One more admission with the final certificate and bundle, once the injector serves a
+    // certificate the final bundle (the new CA only) verifies.
+    let final_bundle = secret_text(&secrets.get("sidetrace-injector-tls").await?, "ca.crt");
+    poll(
+        WAIT,
+        "the injector serves the rotated certificate",
+        || async { Ok(verified_by(SocketAddr::new(host, webhook_port), &final_bundle).await) },
+    )
+    .await
+    .with_context(|| injector.tail())?;
     let p = create_pod(
         &client,
         "shop",
@@ -996,8 +1086,67 @@ async fn scenario(cp: &ControlPlane) -> Result<()> {
     let p = create_pod(&client, "shop", pod("webhook-down", &[("app", "x")])).await?;
     ensure!(!is_injected(&p), "injected with the webhook down?");
 
-    // 11. helm uninstall removes what it installed (the CRD stays, as Helm keeps crds/).
+    // 10b. A leader whose renewals hang stops leading before another replica could take the
+    // Lease: op-c reaches the apiserver through a proxy that stops forwarding, as a network
+    // that silently drops traffic does.
+    let upstream: SocketAddr = cp
+        .url()
+        .trim_start_matches("https://")
+        .parse()
+        .context("apiserver address")?;
+    let proxy = PausableProxy::start(upstream).await?;
+    let proxied_kubeconfig = cp.dir().join("operator-c.kubeconfig");
+    std::fs::write(
+        &proxied_kubeconfig,
+        std::fs::read_to_string(&op_kubeconfig)?
+            .replace(cp.url(), &format!("https://{}", proxy.addr)),
+    )?;
+    let (mut op_c, metrics_c) = spawn_operator("op-c", &proxied_kubeconfig)?;
+    poll(WAIT, "op-c reports follower", || async {
+        Ok(metrics_leader(metrics_c).await.as_deref() == Some("0"))
+    })
+    .await
+    .with_context(|| op_c.tail())?;
     op_b.stop();
+    poll(WAIT, "op-c takes the lease", || async {
+        Ok(holder(leases.get("sidetrace-operator").await?) == "op-c"
+            && metrics_leader(metrics_c).await.as_deref() == Some("1"))
+    })
+    .await
+    .with_context(|| op_c.tail())?;
+    proxy.pause();
+    let paused_at = tokio::time::Instant::now();
+    // The last renewal that got through was sent before the pause; another replica may take
+    // the Lease a lease duration (6 s) after it saw that renewal, so op-c must be gone by then.
+    let exited = loop {
+        if let Some(status) = op_c.child.try_wait()? {
+            break status;
+        }
+        ensure!(
+            paused_at.elapsed() < Duration::from_secs(6),
+            "op-c still runs {:?} after its renewals started hanging\n{}",
+            paused_at.elapsed(),
+            op_c.tail()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    ensure!(
+        exited.code() == Some(1),
+        "op-c exited with {exited}, not 1 (leadership lost)\n{}",
+        op_c.tail()
+    );
+    ensure!(
+        std::fs::read_to_string(cp.dir().join("operator-c.log"))?.contains("not renewed within"),
+        "op-c exited for another reason\n{}",
+        op_c.tail()
+    );
+    eprintln!(
+        "op-c stopped {:?} after its renewals started hanging",
+        paused_at.elapsed()
+    );
+    drop(proxy);
+
+    // 11. helm uninstall removes what it installed (the CRD stays, as Helm keeps crds/).
     sync.abort();
     helm(cp, &["uninstall", "sidetrace", "--namespace", NS])?;
     poll(WAIT, "webhook configuration removed", || async {

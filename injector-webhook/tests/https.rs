@@ -478,6 +478,23 @@ fn bad_configuration_exits_64_before_binding() {
     }
 }
 
+#[test]
+fn a_failure_at_run_time_exits_1_not_64() {
+    let dir = TempDir::new("taken");
+    // The port is taken: the flags are fine, serving fails.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = taken.local_addr().expect("addr").to_string();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sidetrace-injector"))
+        .args(["--plain-http", "--listen", &addr])
+        .args(["--watch-traced-services=false", "--native-sidecars=false"])
+        .env("KUBECONFIG", dir.0.join("none"))
+        .output()
+        .expect("run");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("binding --listen"), "{stderr}");
+}
+
 /// A Secret volume as the kubelet writes it: `tls.crt -> ..data/tls.crt`, `..data ->
 /// ..<timestamp>`, rotated by atomically renaming a new `..data` symlink over the old one.
 #[tokio::test]

@@ -2,6 +2,18 @@
 //! the holder reconciles. Writes use the Lease's resourceVersion, so of two replicas racing for
 //! an expired Lease exactly one wins. A leader that fails to renew exits (like
 //! controller-runtime), and restarts as a follower.
+//!
+//! Time follows client-go's rules, so neither a hung request nor clock skew between replicas
+//! lets two replicas lead at once: every Lease call has a deadline (kube's client has no read
+//! timeout that would end a hung request in time); a leader stops once it has not renewed for
+//! [`LeaderSettings::renew_deadline`], counted on its own monotonic clock from when it sent the
+//! last renewal that succeeded; and a follower judges another holder's Lease expired only after
+//! seeing the same record, unchanged, for a whole lease duration on its own clock, never by
+//! comparing the holder's `renewTime` with its wall clock.
+//!
+//! Hand-written rather than `kube-lease-manager` (0.13 matches kube 5): that crate judges
+//! expiry as the holder's `renewTime` plus the duration against the local wall clock, the
+//! skew-prone rule this module avoids.
 
 use std::time::{Duration, Instant};
 
@@ -16,9 +28,13 @@ use crate::{Error, Result};
 /// Lease settings.
 #[derive(Clone, Debug)]
 pub struct LeaderSettings {
+    /// Namespace of the Lease (the control plane's).
     pub namespace: String,
+    /// Name of the Lease.
     pub lease_name: String,
+    /// This replica's holderIdentity.
     pub identity: String,
+    /// How long the Lease stays ours without a renewal, as other replicas judge it.
     pub lease_duration: Duration,
     /// A Secret in the same namespace that owns the Lease (the chart-owned webhook Secret), so
     /// that `helm uninstall`, which deletes the Secret, also garbage-collects the Lease. Absent
@@ -329,6 +345,16 @@ mod tests {
         }
     }
 
+    fn settings() -> LeaderSettings {
+        LeaderSettings {
+            namespace: "ns".into(),
+            lease_name: "l".into(),
+            identity: "a".into(),
+            lease_duration: Duration::from_secs(15),
+            owner_secret: None,
+        }
+    }
+
     /// Local monotonic instants, `s` seconds after a fixed origin.
     fn local(origin: Instant, s: u64) -> Instant {
         origin + Duration::from_secs(s)
@@ -407,13 +433,7 @@ mod tests {
 
     #[test]
     fn a_leader_stops_before_another_replica_may_take_over() {
-        let s = LeaderSettings {
-            namespace: "ns".into(),
-            lease_name: "l".into(),
-            identity: "a".into(),
-            lease_duration: Duration::from_secs(15),
-            owner_secret: None,
-        };
+        let s = settings();
         let t0 = Instant::now();
         assert_eq!(s.renew_deadline(), Duration::from_secs(10));
         assert_eq!(
@@ -430,13 +450,7 @@ mod tests {
 
     #[test]
     fn transitions_count_only_changes_of_holder() {
-        let s = LeaderSettings {
-            namespace: "ns".into(),
-            lease_name: "l".into(),
-            identity: "a".into(),
-            lease_duration: Duration::from_secs(15),
-            owner_secret: None,
-        };
+        let s = settings();
         let first = spec_for(&s, None, at(0));
         assert_eq!(first.lease_transitions, Some(1));
         let renewed = spec_for(&s, Some(&first), at(5));
