@@ -180,6 +180,9 @@ pub async fn proxy(
         };
         sidetrace_trace::start_hop(&live.tracer, &info, &mut parts.headers, SystemTime::now())
     };
+    if hop.as_ref().is_some_and(Hop::malformed_context) {
+        shared.metrics.malformed_context();
+    }
     let timeout = {
         let timeouts = &live.timeouts;
         let fallback;

@@ -80,6 +80,9 @@ pub struct Metrics {
     peak_open: AtomicI64,
     reloads_ok: AtomicU64,
     reloads_failed: AtomicU64,
+    /// Requests whose trace context was malformed and dropped (counted by the request path,
+    /// which learns it from the hop).
+    malformed_context: AtomicU64,
     /// The tracer's default span-name budget, whose overflow counter is reported here.
     span_names: Arc<NameBudget>,
 }
@@ -201,6 +204,11 @@ impl Metrics {
             Relaxed,
         );
         p.latency_count.fetch_add(1, Relaxed);
+    }
+
+    /// Counts a request whose trace context was malformed and replaced by a new trace.
+    pub fn malformed_context(&self) {
+        self.malformed_context.fetch_add(1, Relaxed);
     }
 
     /// Counts a config reload attempt.
@@ -407,6 +415,17 @@ impl Metrics {
             "sidetrace_span_names_overflow_total {}",
             self.span_names.overflow_total()
         );
+        head(
+            out,
+            "sidetrace_trace_context_malformed_total",
+            "counter",
+            "Requests whose trace context was malformed and replaced by a new trace.",
+        );
+        let _ = writeln!(
+            out,
+            "sidetrace_trace_context_malformed_total {}",
+            self.malformed_context.load(Relaxed)
+        );
     }
 }
 
@@ -480,6 +499,21 @@ mod tests {
             assert!(out.lines().any(|l| l == line), "missing {line}\n{out}");
         }
         assert!(out.contains("# HELP sidetrace_span_names_overflow_total "));
+    }
+
+    #[test]
+    fn renders_the_malformed_context_counter() {
+        let m = Metrics::default();
+        m.malformed_context();
+        m.malformed_context();
+        let mut out = String::new();
+        m.render(&mut out);
+        for line in [
+            "# TYPE sidetrace_trace_context_malformed_total counter",
+            "sidetrace_trace_context_malformed_total 2",
+        ] {
+            assert!(out.lines().any(|l| l == line), "missing {line}\n{out}");
+        }
     }
 
     #[test]

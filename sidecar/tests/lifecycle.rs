@@ -153,9 +153,20 @@ async fn admin_endpoints_report_health_readiness_config_and_metrics() {
         "sidetrace_proxy_detected_protocol_total{direction=\"inbound\",protocol=\"http1\"} 1",
         "sidetrace_span_queue_capacity 2048",
         "sidetrace_span_names_overflow_total 0",
+        "sidetrace_trace_context_malformed_total 0",
     ] {
         assert!(m.lines().any(|l| l == series), "missing {series}:\n{m}");
     }
+
+    // Malformed context is counted by this proxy, exactly once per request that carried it.
+    let junk = [("b3", "junk")];
+    assert_eq!(
+        get(proxy.inbound, "/", &junk).await.expect("request").0,
+        200
+    );
+    let m = proxy.metrics().await;
+    let series = "sidetrace_trace_context_malformed_total 1";
+    assert!(m.lines().any(|l| l == series), "missing {series}:\n{m}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

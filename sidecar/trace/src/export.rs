@@ -31,7 +31,6 @@ use tokio::task::JoinHandle;
 
 use crate::error::{Error, Result};
 use crate::otlp::{Resource, encode_otlp};
-use crate::propagation::malformed_context_total;
 use crate::span::{Span, encode_zipkin_v2};
 use crate::tls::CollectorRoots;
 use sidetrace_contract::CollectorProtocol;
@@ -113,8 +112,6 @@ pub struct ExportStats {
     pub queue_depth: u64,
     /// Queue capacity.
     pub queue_capacity: u64,
-    /// Requests whose trace context was malformed (process-wide).
-    pub malformed_context: u64,
 }
 
 impl ExportStats {
@@ -238,7 +235,6 @@ impl ExportHandle {
             dropped_invalid_endpoint: get(&c.dropped_invalid_endpoint),
             queue_depth: (capacity - self.spans.capacity()) as u64,
             queue_capacity: capacity as u64,
-            malformed_context: malformed_context_total(),
         }
     }
 
@@ -553,7 +549,7 @@ fn check_endpoint(uri: &Uri) -> Result<()> {
     Ok(())
 }
 
-/// Appends the export and trace-context counters in Prometheus text format.
+/// Appends the export counters in Prometheus text format.
 pub fn render_metrics(stats: &ExportStats, out: &mut String) {
     use std::fmt::Write;
     // Writing to a String cannot fail.
@@ -579,10 +575,7 @@ pub fn render_metrics(stats: &ExportStats, out: &mut String) {
          sidetrace_span_queue_depth {}\n\
          # HELP sidetrace_span_queue_capacity Capacity of the span export queue.\n\
          # TYPE sidetrace_span_queue_capacity gauge\n\
-         sidetrace_span_queue_capacity {}\n\
-         # HELP sidetrace_trace_context_malformed_total Requests whose trace context was malformed and replaced by a new trace.\n\
-         # TYPE sidetrace_trace_context_malformed_total counter\n\
-         sidetrace_trace_context_malformed_total {}\n",
+         sidetrace_span_queue_capacity {}\n",
         stats.exported,
         stats.batches_sent,
         stats.retries,
@@ -592,7 +585,6 @@ pub fn render_metrics(stats: &ExportStats, out: &mut String) {
         stats.dropped_invalid_endpoint,
         stats.queue_depth,
         stats.queue_capacity,
-        stats.malformed_context,
     );
 }
 
@@ -1244,7 +1236,6 @@ mod tests {
             dropped_invalid_endpoint: 6,
             queue_depth: 8,
             queue_capacity: 1000,
-            malformed_context: 9,
         };
         let mut text = String::new();
         render_metrics(&stats, &mut text);
@@ -1258,7 +1249,6 @@ mod tests {
             "sidetrace_spans_dropped_total{reason=\"invalid_endpoint\"} 6",
             "sidetrace_span_queue_depth 8",
             "sidetrace_span_queue_capacity 1000",
-            "sidetrace_trace_context_malformed_total 9",
             "# TYPE sidetrace_spans_dropped_total counter",
             "# TYPE sidetrace_span_queue_depth gauge",
         ] {

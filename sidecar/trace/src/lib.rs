@@ -5,7 +5,7 @@
 //! Data flow for one request through the proxy:
 //! 1. The proxy fills a [`RequestInfo`] and calls [`start_hop`] with the request headers.
 //!    [`propagation::extract`] reads B3 single, B3 multi and W3C context (in that order of
-//!    precedence); malformed context is counted and ignored. The hop gets a new span id,
+//!    precedence); malformed context is ignored and reported on the hop for the proxy to count. The hop gets a new span id,
 //!    a child of the incoming span or the root of a new 128-bit trace, and a sampling
 //!    decision (incoming decision, debug, else the rate applied to the trace id).
 //!    [`propagation::inject`] rewrites the headers for the next hop in the configured formats
@@ -28,7 +28,7 @@
 //! - [`TracerConfig::new`] and [`TracerConfig::from_proxy_config`] build the settings.
 //! - [`ExportStats`] fields: `exported`, `batches_sent`, `retries`, `dropped_queue_full`,
 //!   `dropped_send_failed`, `dropped_rejected`, `dropped_invalid_endpoint`, `queue_depth`,
-//!   `queue_capacity`, `malformed_context`.
+//!   `queue_capacity`.
 
 pub mod error;
 pub mod export;
@@ -46,7 +46,7 @@ pub use hop::{Hop, RequestInfo, ResponseInfo, TracerConfig, start_hop};
 pub use id::{SpanContext, SpanId, TraceId};
 pub use naming::{MAX_DEFAULT_NAMES, NameBudget, route_template};
 pub use otlp::{Resource, encode_otlp};
-pub use propagation::{Extracted, Formats, malformed_context_total};
+pub use propagation::{Extracted, Formats};
 pub use sidetrace_contract::CollectorProtocol;
 pub use sidetrace_contract::{Direction, OperationRule, PropagationFormat};
 pub use span::{Endpoint, Span, SpanKind, encode_zipkin_v2};

@@ -17,8 +17,6 @@
 //! [`inject`] first removes every context header of every format (so nothing stale survives),
 //! then writes the requested formats from one [`SpanContext`].
 
-use std::sync::atomic::{AtomicU64, Ordering};
-
 use http::{HeaderMap, HeaderName, HeaderValue};
 use sidetrace_contract::PropagationFormat;
 
@@ -130,17 +128,6 @@ enum Parsed {
         debug: bool,
     },
     Context(SpanContext),
-}
-
-static MALFORMED_CONTEXT: AtomicU64 = AtomicU64::new(0);
-
-/// Process-wide count of requests whose trace context was malformed and dropped.
-pub fn malformed_context_total() -> u64 {
-    MALFORMED_CONTEXT.load(Ordering::Relaxed)
-}
-
-pub(crate) fn count_malformed() {
-    MALFORMED_CONTEXT.fetch_add(1, Ordering::Relaxed);
 }
 
 /// The single value of a header as trimmed text. `Err` when it is repeated or not visible
