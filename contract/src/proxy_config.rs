@@ -404,16 +404,21 @@ impl ProxyConfig {
             .map(|r| r.name.as_str())
     }
 
-    /// Whether a request path is excluded from tracing.
+    /// Whether a request path is excluded from tracing (see [`path_is_excluded`]).
     pub fn is_excluded_path(&self, path: &str) -> bool {
-        let path = path.split('?').next().unwrap_or(path);
-        self.exclude_paths
-            .iter()
-            .any(|p| match p.strip_suffix('*') {
-                Some(prefix) => path.starts_with(prefix),
-                None => path == p,
-            })
+        path_is_excluded(&self.exclude_paths, path)
     }
+}
+
+/// The one `excludePaths` rule, shared by [`ProxyConfig::is_excluded_path`] and the proxy's
+/// tracer: `path` (its query string ignored) equals a pattern, or starts with a pattern's
+/// prefix when the pattern ends in `*`.
+pub fn path_is_excluded(exclude_paths: &[String], path: &str) -> bool {
+    let path = path.split('?').next().unwrap_or(path);
+    exclude_paths.iter().any(|p| match p.strip_suffix('*') {
+        Some(prefix) => path.starts_with(prefix),
+        None => path == p,
+    })
 }
 
 /// A `timeout` field must be a duration in the one syntax ([`parse_duration`]).

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
 use sidetrace_contract::{CollectorProtocol, Direction, ProxyConfig};
-use sidetrace_trace::{ExportHandle, TracerConfig};
+use sidetrace_trace::{ExportHandle, TracerConfig, TracerFlags};
 use tokio::sync::watch;
 
 use crate::config::{Settings, parse_collector};
@@ -62,12 +62,6 @@ impl Live {
             ),
         };
         let collector_protocol = args.collector_protocol_override.unwrap_or(protocol);
-        let service_name = args
-            .service_name_override
-            .clone()
-            .or_else(|| file.service_name.clone())
-            .or_else(|| args.service_name.clone())
-            .unwrap_or_else(|| UNKNOWN_SERVICE.to_string());
         let mut tags = std::collections::BTreeMap::new();
         if let Some(name) = &args.pod_name {
             tags.insert(POD_NAME_TAG.to_owned(), name.clone());
@@ -75,25 +69,21 @@ impl Live {
         if let Some(ns) = &args.pod_namespace {
             tags.insert(POD_NAMESPACE_TAG.to_owned(), ns.clone());
         }
-        tags.extend(file.tags.clone());
-        let tracer = TracerConfig {
-            service_name,
-            sampling_rate: args
-                .sampling_override
-                .or(file.sampling_rate)
-                .unwrap_or(args.sampling),
-            formats: file.propagation_formats().to_vec(),
-            operations: file.operations.clone(),
-            exclude_paths: file.exclude_paths.clone(),
+        let flags = TracerFlags {
+            service_name_override: args.service_name_override.clone(),
+            service_name: args
+                .service_name
+                .clone()
+                .unwrap_or_else(|| UNKNOWN_SERVICE.to_string()),
+            sampling_override: args.sampling_override,
+            sampling_rate: args.sampling,
             tags,
             local_ipv4: match args.pod_ip {
                 Some(std::net::IpAddr::V4(ip)) => Some(ip),
                 _ => None,
             },
-            record_query_string: file.record_query_string,
-            // A fresh budget; `Shared` keeps the first one for the life of the process.
-            name_budget: Arc::default(),
         };
+        let tracer = TracerConfig::from_proxy_config(&file, &flags);
         let timeouts = ResponseTimeouts::new(args.response_timeout, &file)?;
         Ok(Self {
             file,

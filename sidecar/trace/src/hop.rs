@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use http::{HeaderMap, HeaderValue};
-use sidetrace_contract::proxy_config::DEFAULT_PROPAGATION;
+use sidetrace_contract::proxy_config::{DEFAULT_PROPAGATION, path_is_excluded};
 use sidetrace_contract::{Direction, OperationRule, PropagationFormat, ProxyConfig};
 
 use crate::id::{SpanContext, SpanId, TraceId, random_request_id};
@@ -62,6 +62,37 @@ pub struct TracerConfig {
     pub name_budget: Arc<NameBudget>,
 }
 
+/// What the proxy's flags (and environment) say about tracing, for
+/// [`TracerConfig::from_proxy_config`]. Overrides beat the config file; the file beats the
+/// defaults; the file's tags are added over these tags.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct TracerFlags {
+    /// Service name that beats the file's (the pod's own choice).
+    pub service_name_override: Option<String>,
+    /// Service name when neither the override nor the file names one.
+    pub service_name: String,
+    /// Sampling rate that beats the file's.
+    pub sampling_override: Option<f64>,
+    /// Sampling rate when neither the override nor the file sets one.
+    pub sampling_rate: f64,
+    /// Tags every span carries unless the file sets the same key (the pod's name and
+    /// namespace).
+    pub tags: BTreeMap<String, String>,
+    /// The pod's IPv4 (see [`TracerConfig::local_ipv4`]).
+    pub local_ipv4: Option<Ipv4Addr>,
+}
+
+impl TracerFlags {
+    /// Only defaults: `service_name` and `sampling_rate` apply where the file is silent.
+    pub fn new(service_name: impl Into<String>, sampling_rate: f64) -> Self {
+        Self {
+            service_name: service_name.into(),
+            sampling_rate,
+            ..Self::default()
+        }
+    }
+}
+
 impl TracerConfig {
     /// Defaults for `service_name`: sample everything, write B3 multi and W3C.
     pub fn new(service_name: impl Into<String>) -> Self {
@@ -78,42 +109,39 @@ impl TracerConfig {
         }
     }
 
-    /// Builds the tracing settings from a config file, using the flag/env values where the
-    /// file is silent.
-    pub fn from_proxy_config(
-        cfg: &ProxyConfig,
-        default_service_name: &str,
-        default_sampling_rate: f64,
-    ) -> Self {
+    /// Builds the tracing settings from a config file layered over the proxy's flags: a
+    /// flag override beats the file, the file beats a flag default (see [`TracerFlags`]). The
+    /// one constructor for the proxy and the tests, so the precedence cannot drift.
+    pub fn from_proxy_config(cfg: &ProxyConfig, flags: &TracerFlags) -> Self {
+        let mut tags = flags.tags.clone();
+        tags.extend(cfg.tags.clone());
         Self {
-            service_name: cfg
-                .service_name
+            service_name: flags
+                .service_name_override
                 .clone()
-                .unwrap_or_else(|| default_service_name.to_string()),
-            sampling_rate: cfg.sampling_rate.unwrap_or(default_sampling_rate),
+                .or_else(|| cfg.service_name.clone())
+                .unwrap_or_else(|| flags.service_name.clone()),
+            sampling_rate: flags
+                .sampling_override
+                .or(cfg.sampling_rate)
+                .unwrap_or(flags.sampling_rate),
             formats: cfg.propagation_formats().to_vec(),
             operations: cfg.operations.clone(),
             exclude_paths: cfg.exclude_paths.clone(),
-            tags: cfg.tags.clone(),
-            local_ipv4: None,
+            tags,
+            local_ipv4: flags.local_ipv4,
             record_query_string: cfg.record_query_string,
+            // A fresh budget; the proxy keeps its first one for the life of the process.
             name_budget: Arc::default(),
         }
     }
 
-    /// Whether a request is proxied without tracing: an excluded path (same rule as
-    /// [`ProxyConfig::is_excluded_path`]) or a kubelet probe.
+    /// Whether a request is proxied without tracing: an excluded path (the contract's rule,
+    /// [`path_is_excluded`], which [`ProxyConfig::is_excluded_path`] also uses) or a kubelet
+    /// probe.
     pub fn is_excluded(&self, path: &str, user_agent: Option<&str>) -> bool {
-        if user_agent.is_some_and(|ua| ua.starts_with(KUBE_PROBE_USER_AGENT_PREFIX)) {
-            return true;
-        }
-        let path = path_only(path);
-        self.exclude_paths
-            .iter()
-            .any(|p| match p.strip_suffix('*') {
-                Some(prefix) => path.starts_with(prefix),
-                None => path == p,
-            })
+        user_agent.is_some_and(|ua| ua.starts_with(KUBE_PROBE_USER_AGENT_PREFIX))
+            || path_is_excluded(&self.exclude_paths, path)
     }
 
     /// The span name: the first matching [`OperationRule`], else a readable default built
@@ -825,7 +853,7 @@ mod tests {
             exclude_paths: vec!["/healthz".into(), "/debug/*".into(), "/x*".into()],
             ..ProxyConfig::default()
         };
-        let cfg = TracerConfig::from_proxy_config(&proxy, "svc", 1.0);
+        let cfg = TracerConfig::from_proxy_config(&proxy, &TracerFlags::new("svc", 1.0));
         for path in [
             "/",
             "/healthz",
@@ -850,11 +878,35 @@ mod tests {
     fn tracer_config_from_the_config_file_falls_back_to_flags() {
         let proxy =
             ProxyConfig::from_yaml("samplingRate: 0.25\ntags: {team: shop}\n").expect("valid");
-        let cfg = TracerConfig::from_proxy_config(&proxy, "from-flag", 1.0);
+        let cfg = TracerConfig::from_proxy_config(&proxy, &TracerFlags::new("from-flag", 1.0));
         assert_eq!(cfg.service_name, "from-flag");
         assert_eq!(cfg.sampling_rate, 0.25);
         assert_eq!(cfg.formats, DEFAULT_PROPAGATION);
         assert_eq!(cfg.tags["team"], "shop");
+    }
+
+    #[test]
+    fn flag_overrides_beat_the_config_file_and_file_tags_beat_flag_tags() {
+        let proxy = ProxyConfig::from_yaml(
+            "serviceName: from-file\nsamplingRate: 0.25\ntags: {team: shop}\n",
+        )
+        .expect("valid");
+        let flags = TracerFlags {
+            service_name_override: Some("from-pod".into()),
+            sampling_override: Some(0.5),
+            tags: BTreeMap::from([
+                ("team".to_owned(), "flag".to_owned()),
+                ("k8s.pod.name".to_owned(), "p".to_owned()),
+            ]),
+            local_ipv4: Some(Ipv4Addr::new(10, 0, 0, 7)),
+            ..TracerFlags::new("from-flag", 1.0)
+        };
+        let cfg = TracerConfig::from_proxy_config(&proxy, &flags);
+        assert_eq!(cfg.service_name, "from-pod");
+        assert_eq!(cfg.sampling_rate, 0.5);
+        assert_eq!(cfg.tags["team"], "shop");
+        assert_eq!(cfg.tags["k8s.pod.name"], "p");
+        assert_eq!(cfg.local_ipv4, Some(Ipv4Addr::new(10, 0, 0, 7)));
     }
 
     #[test]
@@ -1014,13 +1066,16 @@ mod tests {
             assert!(!json.contains("SECRET"), "{json}");
         }
         let proxy = ProxyConfig::from_yaml("serviceName: s\n").expect("valid");
-        assert!(!TracerConfig::from_proxy_config(&proxy, "s", 1.0).record_query_string);
+        assert!(
+            !TracerConfig::from_proxy_config(&proxy, &TracerFlags::new("s", 1.0))
+                .record_query_string
+        );
     }
 
     #[test]
     fn query_strings_are_kept_when_the_config_opts_in() {
         let proxy = ProxyConfig::from_yaml("recordQueryString: true\n").expect("valid");
-        let cfg = TracerConfig::from_proxy_config(&proxy, "s", 1.0);
+        let cfg = TracerConfig::from_proxy_config(&proxy, &TracerFlags::new("s", 1.0));
         assert!(cfg.record_query_string);
         let span = finished(&cfg, &req(Direction::Inbound, "/search?q=shoes&page=2"));
         assert_eq!(

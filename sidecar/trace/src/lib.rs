@@ -25,7 +25,8 @@
 //!   [`ExporterConfig::new`] with defaults.
 //! - [`Hop`] also has `finish_after(resp, elapsed)` for monotonic durations, `is_sampled()`,
 //!   `malformed_context()` and `name()`.
-//! - [`TracerConfig::new`] and [`TracerConfig::from_proxy_config`] build the settings.
+//! - [`TracerConfig::new`] and [`TracerConfig::from_proxy_config`] (a config file over the
+//!   proxy's [`TracerFlags`]) build the settings.
 //! - [`ExportStats`] fields: `exported`, `batches_sent`, `retries`, `dropped_queue_full`,
 //!   `dropped_send_failed`, `dropped_rejected`, `dropped_invalid_endpoint`, `queue_depth`,
 //!   `queue_capacity`.
@@ -42,7 +43,7 @@ pub mod tls;
 
 pub use error::{Error, Result};
 pub use export::{ExportHandle, ExportStats, Exporter, ExporterConfig, render_metrics};
-pub use hop::{Hop, RequestInfo, ResponseInfo, TracerConfig, start_hop};
+pub use hop::{Hop, RequestInfo, ResponseInfo, TracerConfig, TracerFlags, start_hop};
 pub use id::{SpanContext, SpanId, TraceId};
 pub use naming::{MAX_DEFAULT_NAMES, NameBudget, route_template};
 pub use otlp::{Resource, encode_otlp};
