@@ -8,10 +8,15 @@
 use std::process::ExitCode;
 
 use clap::Parser;
+use sidetrace_contract::exit;
 use sidetrace_proxy::config::{Args, LogFormat, Settings};
 
-/// Exit code for bad configuration (sysexits EX_USAGE).
-const EXIT_CONFIG: u8 = 64;
+/// Exit code for bad configuration: the contract's [`exit::USAGE`], shared by every sidetrace
+/// binary, as the `u8` that `ExitCode` takes (checked at compile time).
+const EXIT_CONFIG: u8 = {
+    assert!(exit::USAGE >= 0 && exit::USAGE <= u8::MAX as i32);
+    exit::USAGE as u8
+};
 
 /// How long `sidetrace-proxy wait` waits for readiness before failing the pod's start.
 const WAIT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
