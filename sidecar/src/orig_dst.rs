@@ -8,10 +8,12 @@ use std::mem::{MaybeUninit, size_of};
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::AsRawFd;
 
-/// `SO_ORIGINAL_DST` from `linux/netfilter_ipv4.h`.
-const SO_ORIGINAL_DST: libc::c_int = 80;
-/// `IP6T_SO_ORIGINAL_DST` from `linux/netfilter_ipv6/ip6_tables.h` (same number, IPv6 level).
-const IP6T_SO_ORIGINAL_DST: libc::c_int = 80;
+// `SO_ORIGINAL_DST` (`linux/netfilter_ipv4.h`) at level `SOL_IP`, and
+// `IP6T_SO_ORIGINAL_DST` (`linux/netfilter_ipv6/ip6_tables.h`) at level `SOL_IPV6`: both are 80,
+// told apart by the level. Taken from libc (which has both) rather than written here, so the
+// proxy and the tests that check NAT (`init-iptables/tests/netns.rs`) ask the kernel the same
+// question.
+use libc::{IP6T_SO_ORIGINAL_DST, SO_ORIGINAL_DST};
 
 /// Reads the pre-NAT destination of an accepted socket. `local_is_v4` says which address family
 /// the connection uses (an IPv4 client on a dual-stack `::` listener is IPv4 at the NAT layer).
