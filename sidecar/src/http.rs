@@ -285,9 +285,7 @@ pub async fn proxy(
                     error: Some(message),
                     error_type: Some(error_type),
                 };
-                if let Some(span) = hop.finish_after(&info, started.elapsed()) {
-                    shared.export.record(span);
-                }
+                finish(&shared.export, hop, started, &info);
             }
             Ok(resp)
         }
@@ -299,7 +297,12 @@ pub async fn proxy(
             if status == 101 {
                 // Keep `Connection: upgrade` + `Upgrade` so the client switches too.
                 if let Some(hop) = hop {
-                    finish(&shared.export, hop, started, status, None, Some(0), None);
+                    let info = ResponseInfo {
+                        status: Some(status),
+                        response_size: Some(0),
+                        ..ResponseInfo::default()
+                    };
+                    finish(&shared.export, hop, started, &info);
                 }
                 return Ok(resp);
             }
@@ -389,23 +392,10 @@ pub fn local_reply(grpc: bool, why: LocalReply) -> Response<Body> {
     resp
 }
 
-fn finish(
-    export: &ExportHandle,
-    hop: Hop,
-    started: Instant,
-    status: u16,
-    grpc_status: Option<String>,
-    size: Option<u64>,
-    error: Option<String>,
-) {
-    let info = ResponseInfo {
-        status: Some(status),
-        grpc_status,
-        response_size: size,
-        error,
-        error_type: None,
-    };
-    if let Some(span) = hop.finish_after(&info, started.elapsed()) {
+/// Ends `hop` now (timed from `started`) with what is known of the response, and hands the
+/// span to the exporter when sampled. Every way an exchange ends goes through here.
+fn finish(export: &ExportHandle, hop: Hop, started: Instant, info: &ResponseInfo) {
+    if let Some(span) = hop.finish_after(info, started.elapsed()) {
         export.record(span);
     }
 }
@@ -460,15 +450,14 @@ struct TracedBody {
 impl TracedBody {
     fn done(&mut self, error: Option<String>) {
         if let Some(p) = self.pending.take() {
-            finish(
-                &p.export,
-                p.hop,
-                p.started,
-                p.status,
-                p.grpc_status,
-                Some(self.bytes),
+            let info = ResponseInfo {
+                status: Some(p.status),
+                grpc_status: p.grpc_status,
+                response_size: Some(self.bytes),
                 error,
-            );
+                error_type: None,
+            };
+            finish(&p.export, p.hop, p.started, &info);
         }
     }
 }
