@@ -16,11 +16,18 @@
 //!
 //! [`inject`] first removes every context header of every format (so nothing stale survives),
 //! then writes the requested formats from one [`SpanContext`].
+//!
+//! Each format is parsed and written in its own file (`b3.rs`: B3 multi and single;
+//! `w3c.rs`: `traceparent`/`tracestate`); this module holds the header names, the precedence
+//! and the shared plumbing.
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 use sidetrace_contract::PropagationFormat;
 
-use crate::id::{SpanContext, SpanId, TraceId};
+use crate::id::SpanContext;
+
+mod b3;
+mod w3c;
 
 /// `x-b3-traceid`: 16 or 32 hex digits.
 pub const X_B3_TRACEID: HeaderName = HeaderName::from_static("x-b3-traceid");
@@ -144,199 +151,12 @@ fn single<'h>(headers: &'h HeaderMap, name: &HeaderName) -> Result<Option<&'h st
     Ok(Some(text.trim_matches(|c: char| c == ' ' || c == '\t')))
 }
 
-fn parse_b3_multi(headers: &HeaderMap) -> Parsed {
-    let get = |n: &HeaderName| single(headers, n);
-    let (Ok(trace), Ok(span), Ok(parent), Ok(sampled), Ok(flags)) = (
-        get(&X_B3_TRACEID),
-        get(&X_B3_SPANID),
-        get(&X_B3_PARENTSPANID),
-        get(&X_B3_SAMPLED),
-        get(&X_B3_FLAGS),
-    ) else {
-        return Parsed::Malformed;
-    };
-    if trace.is_none() && span.is_none() && parent.is_none() && sampled.is_none() && flags.is_none()
-    {
-        return Parsed::Absent;
-    }
-    let sampled = match sampled {
-        None => None,
-        Some("1" | "true") => Some(true),
-        Some("0" | "false") => Some(false),
-        Some(_) => return Parsed::Malformed,
-    };
-    let debug = match flags {
-        None | Some("0") => false,
-        Some("1") => true,
-        Some(_) => return Parsed::Malformed,
-    };
-    // Debug implies an accept decision (B3 spec), whatever `x-b3-sampled` says.
-    let sampled = if debug { Some(true) } else { sampled };
-    match (trace, span) {
-        (None, None) if parent.is_none() => Parsed::SamplingOnly { sampled, debug },
-        (Some(t), Some(s)) => {
-            let (Some(trace_id), Some(span_id)) = (TraceId::from_hex(t), SpanId::from_hex(s))
-            else {
-                return Parsed::Malformed;
-            };
-            let parent_id = match parent {
-                None => None,
-                Some(p) => match SpanId::from_hex(p) {
-                    Some(p) => Some(p),
-                    None => return Parsed::Malformed,
-                },
-            };
-            Parsed::Context(SpanContext {
-                trace_id,
-                span_id,
-                parent_id,
-                sampled,
-                debug,
-            })
-        }
-        _ => Parsed::Malformed,
-    }
-}
-
-fn parse_sampling_char(s: &str) -> Option<(Option<bool>, bool)> {
-    match s {
-        "1" => Some((Some(true), false)),
-        "0" => Some((Some(false), false)),
-        "d" => Some((Some(true), true)),
-        _ => None,
-    }
-}
-
-fn parse_b3_single(headers: &HeaderMap) -> Parsed {
-    let value = match single(headers, &B3) {
-        Ok(None) => return Parsed::Absent,
-        Ok(Some(v)) => v,
-        Err(()) => return Parsed::Malformed,
-    };
-    // Longest valid form: 32 + 1 + 16 + 1 + 1 + 1 + 16.
-    if value.len() > 68 {
-        return Parsed::Malformed;
-    }
-    if let Some((sampled, debug)) = parse_sampling_char(value) {
-        return Parsed::SamplingOnly { sampled, debug };
-    }
-    let mut parts = value.split('-');
-    let (Some(t), Some(s)) = (parts.next(), parts.next()) else {
-        return Parsed::Malformed;
-    };
-    let (Some(trace_id), Some(span_id)) = (TraceId::from_hex(t), SpanId::from_hex(s)) else {
-        return Parsed::Malformed;
-    };
-    let (sampled, debug) = match parts.next() {
-        None => (None, false),
-        Some(f) => match parse_sampling_char(f) {
-            Some(d) => d,
-            None => return Parsed::Malformed,
-        },
-    };
-    let parent_id = match parts.next() {
-        None => None,
-        Some(p) => match SpanId::from_hex(p) {
-            Some(p) => Some(p),
-            None => return Parsed::Malformed,
-        },
-    };
-    if parts.next().is_some() {
-        return Parsed::Malformed;
-    }
-    Parsed::Context(SpanContext {
-        trace_id,
-        span_id,
-        parent_id,
-        sampled,
-        debug,
-    })
-}
-
-fn is_lower_hex(s: &str) -> bool {
-    s.bytes()
-        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-}
-
-/// W3C trace-context level 1: `version-traceid-parentid-flags`. Hex must be lowercase;
-/// version `ff` is invalid; version `00` is exactly 55 characters; a higher version may
-/// append `-`-separated fields, which are ignored (the spec's forward-compatibility rule).
-fn parse_traceparent(headers: &HeaderMap) -> Parsed {
-    let value = match single(headers, &TRACEPARENT) {
-        Ok(None) => return Parsed::Absent,
-        Ok(Some(v)) => v,
-        Err(()) => return Parsed::Malformed,
-    };
-    // Bounded like every other context header: a future version has no business being huge.
-    if value.len() < 55 || value.len() > 512 {
-        return Parsed::Malformed;
-    }
-    let b = value.as_bytes();
-    let version = &value[..2];
-    if !is_lower_hex(version) || version == "ff" || b[2] != b'-' || b[35] != b'-' || b[52] != b'-' {
-        return Parsed::Malformed;
-    }
-    if version == "00" && value.len() != 55 {
-        return Parsed::Malformed;
-    }
-    if value.len() > 55 && b[55] != b'-' {
-        return Parsed::Malformed;
-    }
-    let (trace, parent, flags) = (&value[3..35], &value[36..52], &value[53..55]);
-    if !is_lower_hex(trace) || !is_lower_hex(parent) || !is_lower_hex(flags) {
-        return Parsed::Malformed;
-    }
-    let (Some(trace_id), Some(span_id), Some(flags)) = (
-        TraceId::from_hex(trace),
-        SpanId::from_hex(parent),
-        u8::from_str_radix(flags, 16).ok(),
-    ) else {
-        return Parsed::Malformed;
-    };
-    // A zero upper half is a 64-bit B3 id padded for W3C (the B3 interop rule): keep it
-    // 64-bit so B3 headers downstream carry the id the trace started with.
-    let trace_id = match u64::try_from(trace_id.as_u128()) {
-        Ok(low) => TraceId::from_u64(low).unwrap_or(trace_id),
-        Err(_) => trace_id,
-    };
-    Parsed::Context(SpanContext {
-        trace_id,
-        span_id,
-        parent_id: None,
-        sampled: Some(flags & 1 == 1),
-        debug: false,
-    })
-}
-
-/// `tracestate` values joined with `,` (the spec allows splitting it over several header
-/// lines), or `None` when absent, not text, or longer than [`MAX_TRACESTATE_LEN`].
-fn tracestate(headers: &HeaderMap) -> Option<HeaderValue> {
-    let mut joined = String::new();
-    for v in headers.get_all(&TRACESTATE) {
-        let text = v.to_str().ok()?.trim();
-        if text.is_empty() {
-            continue;
-        }
-        if !joined.is_empty() {
-            joined.push(',');
-        }
-        joined.push_str(text);
-        if joined.len() > MAX_TRACESTATE_LEN {
-            return None;
-        }
-    }
-    if joined.is_empty() {
-        return None;
-    }
-    HeaderValue::try_from(joined).ok()
-}
-
 /// Reads every supported format from `headers`. Never fails; see the module docs for
 /// precedence.
 pub fn extract(headers: &HeaderMap) -> Extracted {
-    let single = parse_b3_single(headers);
-    let multi = parse_b3_multi(headers);
-    let w3c = parse_traceparent(headers);
+    let single = b3::parse_b3_single(headers);
+    let multi = b3::parse_b3_multi(headers);
+    let w3c = w3c::parse_traceparent(headers);
 
     let mut out = Extracted::default();
     for (format, parsed) in [
@@ -378,7 +198,7 @@ pub fn extract(headers: &HeaderMap) -> Extracted {
     if let (Parsed::Context(w), Some(ctx)) = (&w3c, &out.context)
         && w.trace_id.as_u128() == ctx.trace_id.as_u128()
     {
-        out.tracestate = tracestate(headers);
+        out.tracestate = w3c::tracestate(headers);
     }
     out
 }
@@ -412,62 +232,28 @@ pub fn inject(
     tracestate: Option<&HeaderValue>,
 ) {
     remove_context_headers(headers);
-    let sampling_char = if ctx.debug {
-        Some("d")
-    } else {
-        ctx.sampled.map(|s| if s { "1" } else { "0" })
-    };
     if formats.contains(PropagationFormat::B3Multi) {
-        put(headers, X_B3_TRACEID, ctx.trace_id.to_hex());
-        put(headers, X_B3_SPANID, ctx.span_id.to_hex());
-        if let Some(p) = ctx.parent_id {
-            put(headers, X_B3_PARENTSPANID, p.to_hex());
-        }
-        if ctx.debug {
-            headers.insert(X_B3_FLAGS, HeaderValue::from_static("1"));
-        } else if let Some(s) = ctx.sampled {
-            headers.insert(
-                X_B3_SAMPLED,
-                HeaderValue::from_static(if s { "1" } else { "0" }),
-            );
-        }
+        b3::inject_multi(headers, ctx);
     }
     if formats.contains(PropagationFormat::B3Single) {
-        let mut v = format!("{}-{}", ctx.trace_id, ctx.span_id);
-        if let Some(c) = sampling_char {
-            v.push('-');
-            v.push_str(c);
-            // The parent may only follow a sampling field in the single-header grammar.
-            if let Some(p) = ctx.parent_id {
-                v.push('-');
-                v.push_str(&p.to_hex());
-            }
-        }
-        put(headers, B3, v);
+        b3::inject_single(headers, ctx);
     }
     if formats.contains(PropagationFormat::W3c) {
-        let flags = if ctx.is_sampled() { "01" } else { "00" };
-        put(
-            headers,
-            TRACEPARENT,
-            format!("00-{}-{}-{flags}", ctx.trace_id.to_hex_32(), ctx.span_id),
-        );
-        if let Some(ts) = tracestate {
-            headers.insert(TRACESTATE, ts.clone());
-        }
+        w3c::inject(headers, ctx, tracestate);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::id::{SpanId, TraceId};
 
-    const T64: &str = "463ac35c9f6413ad";
-    const T128: &str = "463ac35c9f6413ad48485a3953bb6124";
-    const S1: &str = "a2fb4a1d1a96d312";
-    const P1: &str = "0020000000000001";
+    pub(super) const T64: &str = "463ac35c9f6413ad";
+    pub(super) const T128: &str = "463ac35c9f6413ad48485a3953bb6124";
+    pub(super) const S1: &str = "a2fb4a1d1a96d312";
+    pub(super) const P1: &str = "0020000000000001";
 
-    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+    pub(super) fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
         for (k, v) in pairs {
             h.append(
@@ -478,218 +264,18 @@ mod tests {
         h
     }
 
-    fn ctx(trace: &str, span: &str, parent: Option<&str>, sampled: Option<bool>) -> SpanContext {
+    pub(super) fn ctx(
+        trace: &str,
+        span: &str,
+        parent: Option<&str>,
+        sampled: Option<bool>,
+    ) -> SpanContext {
         SpanContext {
             trace_id: TraceId::from_hex(trace).expect("trace"),
             span_id: SpanId::from_hex(span).expect("span"),
             parent_id: parent.map(|p| SpanId::from_hex(p).expect("parent")),
             sampled,
             debug: false,
-        }
-    }
-
-    #[test]
-    fn b3_multi_64_and_128_bit() {
-        for trace in [T64, T128] {
-            let e = extract(&headers(&[
-                ("x-b3-traceid", trace),
-                ("x-b3-spanid", S1),
-                ("x-b3-parentspanid", P1),
-                ("x-b3-sampled", "1"),
-            ]));
-            assert_eq!(e.context, Some(ctx(trace, S1, Some(P1), Some(true))));
-            assert_eq!(e.arrived, Formats::NONE.with(PropagationFormat::B3Multi));
-            assert!(!e.malformed);
-            assert_eq!(
-                e.context.map(|c| c.trace_id.to_hex()).as_deref(),
-                Some(trace)
-            );
-        }
-    }
-
-    #[test]
-    fn b3_multi_sampled_spellings_and_debug() {
-        for (v, want) in [("1", true), ("true", true), ("0", false), ("false", false)] {
-            let e = extract(&headers(&[
-                ("x-b3-traceid", T64),
-                ("x-b3-spanid", S1),
-                ("x-b3-sampled", v),
-            ]));
-            assert_eq!(e.sampled, Some(want), "{v}");
-        }
-        let e = extract(&headers(&[
-            ("x-b3-traceid", T64),
-            ("x-b3-spanid", S1),
-            ("x-b3-flags", "1"),
-        ]));
-        assert!(e.debug);
-        assert!(e.context.expect("ctx").is_sampled());
-        // Uppercase hex is accepted on input and normalised on output.
-        let e = extract(&headers(&[
-            ("x-b3-traceid", "463AC35C9F6413AD"),
-            ("x-b3-spanid", "A2FB4A1D1A96D312"),
-        ]));
-        assert_eq!(e.context, Some(ctx(T64, S1, None, None)));
-    }
-
-    #[test]
-    fn b3_multi_sampling_only_and_malformed() {
-        let e = extract(&headers(&[("x-b3-sampled", "0")]));
-        assert_eq!(
-            (e.context, e.sampled, e.malformed),
-            (None, Some(false), false)
-        );
-        let e = extract(&headers(&[("x-b3-flags", "1")]));
-        assert!(e.debug && e.context.is_none() && !e.malformed);
-        for bad in [
-            &[("x-b3-traceid", T64)][..],
-            &[("x-b3-spanid", S1)],
-            &[("x-b3-parentspanid", P1)],
-            &[("x-b3-traceid", T64), ("x-b3-spanid", "0000000000000000")],
-            &[("x-b3-traceid", "0000000000000000"), ("x-b3-spanid", S1)],
-            &[("x-b3-traceid", "463ac35c9f6413ad4"), ("x-b3-spanid", S1)],
-            &[
-                ("x-b3-traceid", T64),
-                ("x-b3-spanid", S1),
-                ("x-b3-sampled", "yes"),
-            ],
-            &[
-                ("x-b3-traceid", T64),
-                ("x-b3-spanid", S1),
-                ("x-b3-flags", "2"),
-            ],
-            &[
-                ("x-b3-traceid", T64),
-                ("x-b3-spanid", S1),
-                ("x-b3-parentspanid", "x"),
-            ],
-            &[
-                ("x-b3-traceid", T64),
-                ("x-b3-traceid", T128),
-                ("x-b3-spanid", S1),
-            ],
-        ] {
-            let e = extract(&headers(bad));
-            assert!(e.malformed, "{bad:?}");
-            assert_eq!(e.context, None, "{bad:?}");
-            assert!(e.arrived.contains(PropagationFormat::B3Multi), "{bad:?}");
-        }
-    }
-
-    #[test]
-    fn b3_single_forms() {
-        let cases: &[(&str, Option<SpanContext>, Option<bool>, bool)] = &[
-            (
-                &format!("{T128}-{S1}"),
-                Some(ctx(T128, S1, None, None)),
-                None,
-                false,
-            ),
-            (
-                &format!("{T64}-{S1}-1"),
-                Some(ctx(T64, S1, None, Some(true))),
-                Some(true),
-                false,
-            ),
-            (
-                &format!("{T128}-{S1}-0-{P1}"),
-                Some(ctx(T128, S1, Some(P1), Some(false))),
-                Some(false),
-                false,
-            ),
-            ("0", None, Some(false), false),
-            ("1", None, Some(true), false),
-            ("d", None, Some(true), true),
-        ];
-        for (v, want, sampled, debug) in cases {
-            let e = extract(&headers(&[("b3", v)]));
-            assert_eq!(
-                e.context.map(|c| SpanContext { debug: false, ..c }),
-                *want,
-                "{v}"
-            );
-            assert_eq!(
-                (e.sampled, e.debug, e.malformed),
-                (*sampled, *debug, false),
-                "{v}"
-            );
-        }
-        let e = extract(&headers(&[("b3", &format!("{T64}-{S1}-d-{P1}"))]));
-        let c = e.context.expect("debug ctx");
-        assert!(c.debug && c.is_sampled());
-        assert_eq!(c.parent_id, SpanId::from_hex(P1));
-    }
-
-    #[test]
-    fn b3_single_malformed() {
-        for bad in [
-            "",
-            "2",
-            "true",
-            T64,
-            &format!("{T64}-"),
-            &format!("{T64}-{S1}-"),
-            &format!("{T64}-{S1}-x"),
-            &format!("{T64}-{S1}-1-"),
-            &format!("{T64}-{S1}-1-{P1}-extra"),
-            &format!("{T64}-{S1}-{P1}"),
-            &format!("0000000000000000-{S1}-1"),
-            &format!("{T64}{T64}{T64}-{S1}-1"),
-            &"a".repeat(4096),
-        ] {
-            let e = extract(&headers(&[("b3", bad)]));
-            assert!(e.malformed, "{bad:?}");
-            assert_eq!(e.context, None, "{bad:?}");
-        }
-    }
-
-    #[test]
-    fn traceparent_versions() {
-        let tp = format!("00-{T128}-{S1}-01");
-        let e = extract(&headers(&[("traceparent", &tp)]));
-        assert_eq!(e.context, Some(ctx(T128, S1, None, Some(true))));
-        let e = extract(&headers(&[("traceparent", &format!("00-{T128}-{S1}-00"))]));
-        assert_eq!(e.sampled, Some(false));
-        // A padded 64-bit id stays 64-bit for B3.
-        let e = extract(&headers(&[(
-            "traceparent",
-            &format!("00-0000000000000000{T64}-{S1}-01"),
-        )]));
-        assert_eq!(e.context, Some(ctx(T64, S1, None, Some(true))));
-        // Other flag bits are ignored; sampled is bit 0.
-        let e = extract(&headers(&[("traceparent", &format!("00-{T128}-{S1}-03"))]));
-        assert_eq!(e.sampled, Some(true));
-        // A future version may append fields.
-        for future in [
-            format!("01-{T128}-{S1}-01"),
-            format!("cc-{T128}-{S1}-01-what-the-future-holds"),
-        ] {
-            let e = extract(&headers(&[("traceparent", &future)]));
-            assert_eq!(e.context, Some(ctx(T128, S1, None, Some(true))), "{future}");
-        }
-    }
-
-    #[test]
-    fn traceparent_malformed() {
-        for bad in [
-            format!("ff-{T128}-{S1}-01"),
-            format!("00-{T128}-{S1}-01-extra"),
-            format!("cc-{T128}-{S1}-01extra"),
-            format!("00-{}-{S1}-01", "0".repeat(32)),
-            format!("00-{T128}-0000000000000000-01"),
-            format!("00-{}-{S1}-01", T128.to_uppercase()),
-            format!("00-{T64}-{S1}-01"),
-            format!("00-{T128}-{S1}-1"),
-            format!("0-{T128}-{S1}-01"),
-            format!("00_{T128}_{S1}_01"),
-            format!("00-{T128}-{S1}-0g"),
-            format!("zz-{T128}-{S1}-01"),
-            format!("cc-{T128}-{S1}-01-{}", "x".repeat(600)),
-            "garbage".to_string(),
-        ] {
-            let e = extract(&headers(&[("traceparent", &bad)]));
-            assert!(e.malformed, "{bad}");
-            assert_eq!(e.context, None, "{bad}");
         }
     }
 
@@ -745,35 +331,6 @@ mod tests {
         let e = extract(&h);
         assert!(e.malformed);
         assert_eq!(e.context.map(|c| c.trace_id.to_hex()).as_deref(), Some(t3));
-    }
-
-    #[test]
-    fn tracestate_is_kept_only_with_a_matching_traceparent() {
-        let tp = format!("00-{T128}-{S1}-01");
-        let h = headers(&[
-            ("traceparent", &tp),
-            ("tracestate", "rojo=00f067aa0ba902b7"),
-            ("tracestate", "congo=t61rcWkgMzE"),
-        ]);
-        let e = extract(&h);
-        assert_eq!(
-            e.tracestate,
-            Some(HeaderValue::from_static(
-                "rojo=00f067aa0ba902b7,congo=t61rcWkgMzE"
-            ))
-        );
-        let h = headers(&[
-            ("x-b3-traceid", T64),
-            ("x-b3-spanid", S1),
-            ("traceparent", &tp),
-            ("tracestate", "rojo=1"),
-        ]);
-        assert_eq!(extract(&h).tracestate, None, "different trace");
-        let long = "k=".to_string() + &"v".repeat(MAX_TRACESTATE_LEN);
-        let h = headers(&[("traceparent", &tp), ("tracestate", &long)]);
-        assert_eq!(extract(&h).tracestate, None, "oversized");
-        let h = headers(&[("traceparent", "bad"), ("tracestate", "rojo=1")]);
-        assert_eq!(extract(&h).tracestate, None, "invalid traceparent");
     }
 
     fn all_formats() -> Formats {
