@@ -20,16 +20,20 @@
 //!    [`encode_otlp`] (protobuf, OpenTelemetry semantic conventions, the pod's [`Resource`])
 //!    or [`encode_zipkin_v2`] (JSON): one span model, two encodings, so they cannot drift.
 //!
-//! API relative to `notes/trace_api.md` (the suggested contract), refinements only:
-//! - [`ExporterConfig`] has one more field, `initial_backoff`, and a constructor
-//!   [`ExporterConfig::new`] with defaults.
-//! - [`Hop`] also has `finish_after(resp, elapsed)` for monotonic durations, `is_sampled()`,
-//!   `malformed_context()` and `name()`.
-//! - [`TracerConfig::new`] and [`TracerConfig::from_proxy_config`] (a config file over the
-//!   proxy's [`TracerFlags`]) build the settings.
-//! - [`ExportStats`] fields: `exported`, `batches_sent`, `retries`, `dropped_queue_full`,
-//!   `dropped_send_failed`, `dropped_rejected`, `dropped_invalid_endpoint`, `queue_depth`,
-//!   `queue_capacity`.
+//! Details of the API beyond that flow, and why they exist:
+//! - [`ExporterConfig::new`] fills in defaults; `initial_backoff` is the wait before the first
+//!   retry of a failed batch (doubled per retry, capped), so a collector that is restarting is
+//!   not hammered.
+//! - [`Hop::finish_after`] takes an elapsed time measured with a monotonic clock, so a wall
+//!   clock step during the request cannot distort a span's duration. [`Hop::is_sampled`] and
+//!   [`Hop::name`] show the sampling decision and span name before the hop ends, and
+//!   [`Hop::malformed_context`] tells the proxy to count the dropped context in its metrics.
+//! - [`TracerConfig::new`] (defaults, for tests and tools) and
+//!   [`TracerConfig::from_proxy_config`] (a config file over the proxy's [`TracerFlags`]) build
+//!   the settings.
+//! - [`ExportStats`] is a snapshot of the exporter's counters (`exported`, `batches_sent`,
+//!   `retries`, the dropped spans by reason, `queue_depth`, `queue_capacity`) that
+//!   [`render_metrics`] writes as Prometheus text.
 
 pub mod error;
 pub mod export;
