@@ -308,7 +308,9 @@ fn assert_demo_trace(spans: &[Span], s1_op: &str) -> Result<()> {
     for s in spans {
         ensure!(
             s.tags.contains_key("http.request.method")
-                && s.process_tags.get("k8s.deployment.name").map(String::as_str)
+                && s.process_tags
+                    .get("k8s.deployment.name")
+                    .map(String::as_str)
                     == Some(s.service())
                 && s.process_tags.contains_key("k8s.pod.name"),
             "{} {}: not OTLP with the pod's resource: tags {:?}, process {:?}",
