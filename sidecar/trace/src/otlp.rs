@@ -342,30 +342,7 @@ mod tests {
             ("upstream_cluster", "inbound|8080"),
             ("user_agent", "curl/8.5.0"),
         ];
-        Span {
-            trace_id: TraceId::from_hex("463ac35c9f6413ad48485a3953bb6124").expect("id"),
-            parent_id: SpanId::from_hex("0020000000000001"),
-            id: SpanId::from_hex("a2fb4a1d1a96d312").expect("id"),
-            kind: SpanKind::Server,
-            name: "GET /trace/{id}".into(),
-            timestamp: 1_700_000_000_000_000,
-            duration: 1234,
-            local_endpoint: Endpoint::from_addr(
-                Some("service1".into()),
-                "10.1.2.3:8080".parse().expect("addr"),
-                true,
-            ),
-            remote_endpoint: Some(Endpoint::from_addr(
-                None,
-                "10.1.2.9:43210".parse().expect("addr"),
-                true,
-            )),
-            debug: false,
-            tags: tags
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-        }
+        crate::span::fixtures::server_span("GET /trace/{id}", &tags)
     }
 
     fn client_span() -> Span {

@@ -101,25 +101,21 @@ pub fn encode_zipkin_v2(spans: &[Span]) -> Vec<u8> {
     serde_json::to_vec(spans).unwrap_or_else(|_| b"[]".to_vec())
 }
 
+/// The SERVER span the encoding tests of both formats start from, so that the Zipkin and OTLP
+/// golden tests describe the same span.
 #[cfg(test)]
-mod tests {
+pub(crate) mod fixtures {
     use super::*;
+    use crate::id::{SpanId, TraceId};
 
-    fn tags(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
-
-    #[test]
-    fn server_span_json_is_exact() {
-        let span = Span {
+    /// service1's SERVER span for a request from 10.1.2.9, child of span 0020000000000001.
+    pub(crate) fn server_span(name: &str, tags: &[(&str, &str)]) -> Span {
+        Span {
             trace_id: TraceId::from_hex("463ac35c9f6413ad48485a3953bb6124").expect("id"),
             parent_id: SpanId::from_hex("0020000000000001"),
             id: SpanId::from_hex("a2fb4a1d1a96d312").expect("id"),
             kind: SpanKind::Server,
-            name: "GET /trace/1".into(),
+            name: name.into(),
             timestamp: 1_700_000_000_000_000,
             duration: 1234,
             local_endpoint: Endpoint::from_addr(
@@ -133,8 +129,24 @@ mod tests {
                 true,
             )),
             debug: false,
-            tags: tags(&[("http.method", "GET"), ("http.status_code", "200")]),
-        };
+            tags: tags
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_span_json_is_exact() {
+        let span = fixtures::server_span(
+            "GET /trace/1",
+            &[("http.method", "GET"), ("http.status_code", "200")],
+        );
         let json = String::from_utf8(encode_zipkin_v2(&[span])).expect("utf8");
         assert_eq!(
             json,
