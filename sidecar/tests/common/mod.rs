@@ -396,6 +396,39 @@ impl Proxy {
         metric_value(&self.metrics().await, series)
     }
 
+    /// Waits until the proxy says it exported exactly `n` spans and holds none: nothing queued,
+    /// nothing dropped. Every span it recorded has then reached the collector, so a test can
+    /// count what arrived without waiting for "nothing more".
+    pub async fn wait_all_spans_exported(&self, n: u64) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let text = self.metrics().await;
+            let exported = metric_value(&text, "sidetrace_spans_exported_total");
+            let queued = metric_value(&text, "sidetrace_span_queue_depth");
+            let dropped: f64 = ["queue_full", "send_failed", "rejected", "invalid_endpoint"]
+                .iter()
+                .map(|r| {
+                    metric_value(
+                        &text,
+                        &format!("sidetrace_spans_dropped_total{{reason=\"{r}\"}}"),
+                    )
+                })
+                .sum();
+            assert!(
+                exported <= n as f64 && dropped == 0.0,
+                "more spans than expected: exported {exported}, dropped {dropped}"
+            );
+            if exported == n as f64 && queued == 0.0 {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "exported {exported} of {n} spans, {queued} queued"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Sends SIGTERM (through kill(1), so the tests need no unsafe code).
     pub fn sigterm(&self) {
         let pid = self.child.id().expect("running");
