@@ -318,7 +318,6 @@ fn int_kv(key: &str, value: i64) -> KeyValue {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::id::{SpanId, TraceId};
     use crate::span::encode_zipkin_v2;
 
     /// The span of the golden tests: a SERVER span that failed upstream, as the proxy makes
@@ -355,30 +354,12 @@ mod tests {
             ("http.url", "http://[fd00::2]:8000/orders?page=2"),
             ("peer.address", "[fd00::2]:8000"),
         ];
-        Span {
-            trace_id: TraceId::from_hex("463ac35c9f6413ad").expect("id"),
-            parent_id: None,
-            id: SpanId::from_hex("00000000000000ff").expect("id"),
-            kind: SpanKind::Client,
-            name: "POST [fd00::2]:8000/orders".into(),
-            timestamp: 1,
-            duration: 1,
-            local_endpoint: Endpoint::from_addr(
-                Some("shop".into()),
-                "10.0.0.1:50000".parse().expect("addr"),
-                false,
-            ),
-            remote_endpoint: Some(Endpoint::from_addr(
-                None,
-                "[fd00::2]:8000".parse().expect("addr"),
-                true,
-            )),
-            debug: true,
-            tags: tags
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-        }
+        crate::span::fixtures::client_root_span(
+            "POST [fd00::2]:8000/orders",
+            "shop",
+            "10.0.0.1:50000",
+            &tags,
+        )
     }
 
     fn resource() -> Resource {

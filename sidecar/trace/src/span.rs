@@ -135,6 +135,39 @@ pub(crate) mod fixtures {
                 .collect(),
         }
     }
+
+    /// A debug CLIENT root span from `service` at `local` to [fd00::2]:8000.
+    pub(crate) fn client_root_span(
+        name: &str,
+        service: &str,
+        local: &str,
+        tags: &[(&str, &str)],
+    ) -> Span {
+        Span {
+            trace_id: TraceId::from_hex("463ac35c9f6413ad").expect("id"),
+            parent_id: None,
+            id: SpanId::from_hex("00000000000000ff").expect("id"),
+            kind: SpanKind::Client,
+            name: name.into(),
+            timestamp: 1,
+            duration: 1,
+            local_endpoint: Endpoint::from_addr(
+                Some(service.into()),
+                local.parse().expect("addr"),
+                false,
+            ),
+            remote_endpoint: Some(Endpoint::from_addr(
+                None,
+                "[fd00::2]:8000".parse().expect("addr"),
+                true,
+            )),
+            debug: true,
+            tags: tags
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -156,27 +189,12 @@ mod tests {
 
     #[test]
     fn client_root_span_json_is_exact() {
-        let span = Span {
-            trace_id: TraceId::from_hex("463ac35c9f6413ad").expect("id"),
-            parent_id: None,
-            id: SpanId::from_hex("00000000000000ff").expect("id"),
-            kind: SpanKind::Client,
-            name: "POST service2:8000/orders".into(),
-            timestamp: 1,
-            duration: 1,
-            local_endpoint: Endpoint::from_addr(
-                Some("Shop".into()),
-                "[::ffff:10.0.0.1]:50000".parse().expect("addr"),
-                false,
-            ),
-            remote_endpoint: Some(Endpoint::from_addr(
-                None,
-                "[fd00::2]:8000".parse().expect("addr"),
-                true,
-            )),
-            debug: true,
-            tags: BTreeMap::new(),
-        };
+        let span = fixtures::client_root_span(
+            "POST service2:8000/orders",
+            "Shop",
+            "[::ffff:10.0.0.1]:50000",
+            &[],
+        );
         let json = String::from_utf8(encode_zipkin_v2(&[span])).expect("utf8");
         assert_eq!(
             json,
