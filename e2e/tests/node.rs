@@ -105,6 +105,26 @@ fn cluster_ip(cluster: &Cluster, ns: &str, svc: &str) -> Result<String> {
 
 /// A demo-app Deployment; `args` may reference Service env vars as `$(NAME_SERVICE_HOST)`.
 fn deployment(ns: &str, name: &str, args: &[&str]) -> String {
+    demo_deployment(
+        ns,
+        name,
+        args,
+        "",
+        "[{containerPort: 8080}]",
+        "{httpGet: {path: /healthz, port: 8080}, periodSeconds: 2}",
+    )
+}
+
+/// A demo-app Deployment with extra pod labels (`, key: value` YAML), its ports and its
+/// readiness probe (flow-style YAML).
+fn demo_deployment(
+    ns: &str,
+    name: &str,
+    args: &[&str],
+    extra_labels: &str,
+    ports: &str,
+    readiness: &str,
+) -> String {
     let mut all: Vec<String> = args.iter().map(|a| format!("{a:?}")).collect();
     all.push(format!("\"--name={name}\""));
     format!(
@@ -116,15 +136,15 @@ spec:
   replicas: 1
   selector: {{matchLabels: {{app: {name}}}}}
   template:
-    metadata: {{labels: {{app: {name}}}}}
+    metadata: {{labels: {{app: {name}{extra_labels}}}}}
     spec:
       containers:
       - name: app
         image: sidetrace/demo-app:0.1.0
         imagePullPolicy: Never
         args: [{args}]
-        ports: [{{containerPort: 8080}}]
-        readinessProbe: {{httpGet: {{path: /healthz, port: 8080}}, periodSeconds: 2}}
+        ports: {ports}
+        readinessProbe: {readiness}
 "#,
         args = all.join(", ")
     )
@@ -661,25 +681,13 @@ spec:
     // proxy, and the injected pod stays Ready.)
     say("tcpSocket probes follow the app");
     let probed = |name: &str, inject: bool| {
-        format!(
-            r#"---
-apiVersion: apps/v1
-kind: Deployment
-metadata: {{name: {name}, namespace: {ns}}}
-spec:
-  replicas: 1
-  selector: {{matchLabels: {{app: {name}}}}}
-  template:
-    metadata: {{labels: {{app: {name}, sidetrace.dev/inject: "{inject}"}}}}
-    spec:
-      containers:
-      - name: app
-        image: sidetrace/demo-app:0.1.0
-        imagePullPolicy: Never
-        args: ["--name={name}", "--tcp-echo=0.0.0.0:9000"]
-        ports: [{{containerPort: 8080}}, {{containerPort: 9000}}]
-        readinessProbe: {{tcpSocket: {{port: 9000}}, periodSeconds: 1, failureThreshold: 1}}
-"#
+        demo_deployment(
+            &ns,
+            name,
+            &["--tcp-echo=0.0.0.0:9000"],
+            &format!(", sidetrace.dev/inject: \"{inject}\""),
+            "[{containerPort: 8080}, {containerPort: 9000}]",
+            "{tcpSocket: {port: 9000}, periodSeconds: 1, failureThreshold: 1}",
         )
     };
     cluster.apply(&format!(
