@@ -44,9 +44,9 @@ e2e-local: ## local end-to-end data plane tests (root, iptables, network namespa
 	&& SIDETRACE_E2E_COLLECTOR=jaeger SIDETRACE_E2E_COLLECTOR_PROTOCOL=otlp-http $(CARGO) test -p sidetrace-e2e --test dataplane -- --skip span_endpoints_name_the_right_pods; \
 	else echo "e2e-local: Jaeger tier not run: $(CACHE)/bin/jaeger is not built (e2e/peers.sh jaeger)"; fi
 
-e2e-kind: ## the kind-based end-to-end suite (needs Docker and kind)
-	@# Exits 2, naming what is missing, where Docker (with a running engine) or kind is absent.
-	e2e/kind/run.sh
+e2e-kind: ## the cluster suite on a kind cluster: images, cluster, suite, cluster deleted (root; starts Docker's engine and builds kind and its node image where missing)
+	@# kind's own node image where it can be pulled; built offline (e2e/kind/node-image.sh) where not.
+	CARGO=$(CARGO) e2e/kind/run.sh
 
 bench: ## benchmarks side by side with Envoy; writes bench/RESULTS.md (BENCH_ARGS=--full for the long profile)
 	@[ -x "$(CACHE)/bin/envoy" ] || e2e/peers.sh envoy

@@ -8,7 +8,8 @@
 #   1. peers      Debian packages and the control-plane peers, Zipkin, Envoy (e2e/peers.sh all);
 #                 cold about 10 min, seconds warm
 #   2. jaeger     the Jaeger peer (e2e/peers.sh jaeger); cold about 4 min
-#   3. node       the one-node cluster's peers (e2e/peers.sh node); cold about 2 min
+#   3. node       the clusters' peers: the one-node cluster's (e2e/peers.sh node), then kind,
+#                 kubeadm and CoreDNS for the kind cluster (e2e/peers.sh kind); cold about 5 min
 #   4. build      cargo build --workspace --bins (tests of one crate run other crates' binaries)
 #   5. images     images/build.sh: static release binaries and images for amd64 and arm64
 #                 (arm64 cross-compiled, iptables from Debian's arm64 packages); cold two
@@ -20,9 +21,12 @@
 #                 Zipkin, control plane, chart, images, one-node cluster)
 #   8. jaeger-dataplane  the netns data-plane tier again, against Jaeger (Zipkin v2 receiver)
 #      jaeger-otlp-dataplane  and once more, the proxies speaking OTLP/HTTP to Jaeger
+#   9. kind       the cluster suite again, on a kind cluster (e2e/kind/run.sh: a Docker engine,
+#                 started here if none runs; kind's node image built offline where it cannot be
+#                 pulled, about 2 min cold; the cluster, the suite, the cluster deleted)
 #
 # Switches for a quicker local loop (never set by CI): SIDETRACE_TEST_NO_NODE=1 leaves out
-# steps 3, 5 and 6; SIDETRACE_TEST_NO_JAEGER=1 leaves out 2 and 8. What they leave out is listed
+# steps 3, 5, 6 and 9; SIDETRACE_TEST_NO_JAEGER=1 leaves out 2 and 8. What they leave out is listed
 # as not run, and each test of a tier that cannot run prints `SKIP <test>: <reason>` (the one
 # skip policy, e2e/testkit). Under CI=true a tier that cannot run is a failure, never a pass:
 # the switches and any skip fail the run.
@@ -110,7 +114,7 @@ step peers e2e/peers.sh all
 if [[ $want_jaeger == 1 ]] && ! step jaeger e2e/peers.sh jaeger; then
 	want_jaeger=0
 fi
-if [[ $want_node == 1 ]] && ! step node e2e/peers.sh node; then
+if [[ $want_node == 1 ]] && ! step node e2e/peers.sh node kind; then
 	want_node=0
 fi
 
@@ -147,6 +151,13 @@ if [[ $want_jaeger == 1 ]]; then
 	SIDETRACE_E2E_COLLECTOR=jaeger SIDETRACE_E2E_COLLECTOR_PROTOCOL=otlp-http \
 		step jaeger-otlp-dataplane "$CARGO" test -p sidetrace-e2e --test dataplane \
 		-- --skip span_endpoints_name_the_right_pods
+fi
+
+# 9. the cluster suite on kind, with the images of step 5.
+if [[ $want_node == 1 && $images_built == 1 ]]; then
+	SIDETRACE_KIND_IMAGES_BUILT=1 step kind e2e/kind/run.sh
+elif [[ $want_node == 1 ]]; then
+	not_run "kind" "no images (step images did not pass)"
 fi
 
 # Summary.

@@ -248,7 +248,10 @@ pick_engine() {
 		ENGINE=$want
 		return
 	fi
-	if command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1; then
+	# docker builds with BuildKit (--platform for arm64), which its client runs through the buildx
+	# component; an engine whose client lacks it cannot build these images.
+	if command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1 &&
+		docker buildx version >/dev/null 2>&1; then
 		ENGINE=docker
 	elif command -v podman >/dev/null 2>&1; then
 		ENGINE=podman
@@ -269,7 +272,7 @@ pick_engine() {
 		fi
 	fi
 	if command -v docker >/dev/null 2>&1 && [[ $ENGINE != docker ]]; then
-		log "docker is installed but 'docker info' fails (no running engine): using $ENGINE"
+		log "docker is installed but has no running engine or no buildx component (BuildKit): using $ENGINE"
 	fi
 }
 
