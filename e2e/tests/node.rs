@@ -85,6 +85,16 @@ fn container_names(pod: &Value, field: &str) -> Vec<String> {
         .collect()
 }
 
+/// Restarts of every container of the pod, the native sidecar's (counted in
+/// `initContainerStatuses`) included.
+fn restart_count(pod: &Value) -> u64 {
+    ["initContainerStatuses", "containerStatuses"]
+        .iter()
+        .flat_map(|f| pod["status"][*f].as_array().cloned().unwrap_or_default())
+        .filter_map(|s| s["restartCount"].as_u64())
+        .sum()
+}
+
 fn pod_ip(pod: &Value) -> Result<String> {
     pod["status"]["podIP"]
         .as_str()
@@ -453,11 +463,23 @@ fn chart_injects_deployments_and_jaeger_holds_the_full_trace() -> Result<()> {
     ];
     args.extend(jaeger.iter().map(String::as_str));
     helm(&cluster, &args)?;
-    // The injector exits while the chart's placeholder Secret is still empty, and the kubelet's
-    // restart back-off grows; upgrading only once it serves keeps a fresh install quick.
+    // The chart creates the webhook's Secret empty and the operator fills it: the injector
+    // waits for the certificate instead of exiting, so it starts once, without a restart.
     cluster.wait("injector available", SYSTEM_NS, WAIT, || {
         deployment_available(&cluster, SYSTEM_NS, "sidetrace-injector")
     })?;
+    for pod in pods(
+        &cluster,
+        SYSTEM_NS,
+        "app.kubernetes.io/name=sidetrace-injector",
+    )? {
+        let restarts = restart_count(&pod);
+        ensure!(
+            restarts == 0,
+            "the injector restarted {restarts} time(s) while waiting for its certificate: {}",
+            pod["status"]["containerStatuses"]
+        );
+    }
     // The chart's default collector is the Jaeger Service's DNS name, on the chart's default
     // protocol (OTLP/HTTP to Jaeger's 4318 receiver). Without a DNS add-on the sidecars get
     // the collector by its ClusterIP instead.
@@ -649,12 +671,7 @@ spec:
         after.len() == 1 && after[0]["metadata"]["uid"] == uid,
         "service1 was not redeployed"
     );
-    // The native sidecar's restarts are counted in initContainerStatuses.
-    let restarts: u64 = ["initContainerStatuses", "containerStatuses"]
-        .iter()
-        .flat_map(|f| after[0]["status"][*f].as_array().cloned().unwrap_or_default())
-        .filter_map(|s| s["restartCount"].as_u64())
-        .sum();
+    let restarts = restart_count(&after[0]);
     ensure!(restarts == 0, "no container restarted: {restarts} restarts");
 
     // 5b. Nothing a TracedService says stops a pod: service2's collector becomes an https://
