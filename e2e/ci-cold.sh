@@ -21,7 +21,7 @@ COLD=${SIDETRACE_COLD_DIR:-/var/tmp/sidetrace-cold}
 # Packages a brand-new machine of this kind lacks and the project installs (e2e/peers.sh,
 # images/build.sh): removing them proves the install steps.
 PURGE=(iptables runc containernetworking-plugins buildah podman gcc-aarch64-linux-gnu
-	libc6-dev-arm64-cross qemu-user-static)
+	libc6-dev-arm64-cross qemu-user-static docker.io debootstrap)
 
 LOG_TAG=ci-cold
 T_START=0
@@ -34,6 +34,7 @@ source "$ROOT/e2e/lib.sh"
 # A cluster or test namespaces left by an earlier run would make this one unlike a new machine.
 if [[ $(id -u) -eq 0 ]]; then
 	"$ROOT/e2e/cluster/cluster-down.sh" >/dev/null 2>&1 || true
+	"$ROOT/e2e/kind/kind-down.sh" >/dev/null 2>&1 || true
 fi
 
 log "fresh tree under $COLD"
@@ -55,6 +56,9 @@ if [[ "${PURGE_DEBS:-0}" == 1 ]]; then
 	# images/build.sh adds arm64 to dpkg (apt downloads the init image's arm64 iptables). The
 	# Rust target stays: RUSTUP_HOME is shared with whoever else uses this machine.
 	dpkg --remove-architecture arm64 2>/dev/null && apt-get update -qq >/dev/null 2>&1 || true
+	# A new machine has no Docker engine running, no images and no runtime wrapper.
+	pkill -TERM -x dockerd 2>/dev/null || true
+	rm -rf /var/lib/docker /etc/docker /usr/local/libexec/sidetrace
 fi
 
 # The toolchains stay where the machine has them; every cache moves to the empty HOME.
