@@ -529,32 +529,37 @@ pub async fn run(which: Which, opts: Opts) -> Result<String> {
         }
     }
     if which == Which::All {
-        // The transparent path needs root, iptables and netns pods: a separate binary
-        // (`make bench` runs it first); its section is embedded here.
-        let path = procs::workspace_root().join("bench/RESULTS-netns.md");
-        let section = std::fs::read_to_string(&path).unwrap_or_else(|_| {
-            "Not measured: bench/RESULTS-netns.md is missing (run `cargo run -p sidetrace-bench \
-             --features operator --bin sidetrace-bench-netns` as root, or `make bench`).\n"
-                .to_owned()
-        });
-        let _ = writeln!(
-            md,
-            "## Transparent path in network namespaces (from `sidetrace-bench-netns`, bench/RESULTS-netns.md)\n\n{section}"
-        );
-    }
-    if which == Which::All {
-        // The operator scenario needs root and the control-plane peers, so it is a separate
-        // binary (`make bench` runs it first); its section is embedded here.
-        let path = procs::workspace_root().join("bench/RESULTS-operator.md");
-        let section = std::fs::read_to_string(&path).unwrap_or_else(|_| {
-            "Not measured: bench/RESULTS-operator.md is missing (run `cargo run -p sidetrace-bench \
-             --features operator --bin sidetrace-bench-operator` as root, or `make bench`).\n"
-                .to_owned()
-        });
-        let _ = writeln!(
-            md,
-            "## Operator (from `sidetrace-bench-operator`, bench/RESULTS-operator.md)\n\n{section}"
-        );
+        // Scenarios that are separate binaries (`make bench` runs them first): the transparent
+        // path and the operator need root and peers, the metrics micro benchmark links the
+        // proxy's library. Their sections are embedded here.
+        for (file, bin, title, run) in [
+            (
+                "RESULTS-netns.md",
+                "sidetrace-bench-netns",
+                "Transparent path in network namespaces",
+                "--features operator --bin sidetrace-bench-netns` as root",
+            ),
+            (
+                "RESULTS-operator.md",
+                "sidetrace-bench-operator",
+                "Operator",
+                "--features operator --bin sidetrace-bench-operator` as root",
+            ),
+            (
+                "RESULTS-metrics.md",
+                "sidetrace-bench-metrics",
+                "RED metrics on the request path",
+                "--release --bin sidetrace-bench-metrics`",
+            ),
+        ] {
+            let section = std::fs::read_to_string(procs::workspace_root().join("bench").join(file))
+                .unwrap_or_else(|_| {
+                    format!(
+                        "Not measured: bench/{file} is missing (run `cargo run -p sidetrace-bench {run}, or `make bench`).\n"
+                    )
+                });
+            let _ = writeln!(md, "## {title} (from `{bin}`, bench/{file})\n\n{section}");
+        }
     }
     if matches!(which, Which::All | Which::Http | Which::Memory) {
         let ours = env.ours.lock().map(|o| o.clone()).unwrap_or_default();

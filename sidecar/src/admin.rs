@@ -14,6 +14,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 
 use crate::listener::canonical;
+use crate::red;
 use crate::state::Shared;
 use crate::upstream::{Body, full};
 
@@ -106,13 +107,21 @@ fn route(shared: &Shared, peer: SocketAddr, req: &Request<Incoming>) -> Response
             }
         }
         (&Method::GET | &Method::HEAD, "/metrics") => {
+            let format = red::negotiate(
+                req.headers()
+                    .get(header::ACCEPT)
+                    .and_then(|v| v.to_str().ok()),
+            );
             let mut out = String::with_capacity(8192);
-            shared.metrics.render(&mut out);
+            shared.metrics.render(&mut out, format);
             sidetrace_trace::render_metrics(&shared.export.stats(), &mut out);
+            if format == red::Exposition::OpenMetrics {
+                out = red::to_openmetrics(&out);
+            }
             let mut r = text(StatusCode::OK, out);
             r.headers_mut().insert(
                 header::CONTENT_TYPE,
-                header::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+                header::HeaderValue::from_static(format.content_type()),
             );
             r
         }

@@ -451,7 +451,9 @@ mod tests {
             );
         }
         let mut out = String::new();
-        shared.metrics.render(&mut out);
+        shared
+            .metrics
+            .render(&mut out, crate::red::Exposition::Prometheus);
         assert!(
             out.lines()
                 .any(|l| l == "sidetrace_span_names_overflow_total 1"),

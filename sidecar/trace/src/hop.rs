@@ -267,6 +267,8 @@ pub struct ResponseInfo {
 #[derive(Clone, Debug)]
 pub struct Hop {
     context: SpanContext,
+    /// The span name, decided for every traced request (metrics count unsampled ones too).
+    name: String,
     malformed_context: bool,
     started: SystemTime,
     /// `None` when not sampled: nothing is built for spans that will not be recorded.
@@ -276,7 +278,6 @@ pub struct Hop {
 #[derive(Clone, Debug)]
 struct Pending {
     kind: SpanKind,
-    name: String,
     local: Endpoint,
     remote: Endpoint,
     tags: BTreeMap<String, String>,
@@ -304,9 +305,9 @@ impl Hop {
         self.malformed_context
     }
 
-    /// The span name, when sampled.
-    pub fn name(&self) -> Option<&str> {
-        self.pending.as_ref().map(|p| p.name.as_str())
+    /// The span name (the operation), sampled or not.
+    pub fn name(&self) -> &str {
+        &self.name
     }
 
     /// Ends the span at wall-clock time `end`; returns it only when sampled.
@@ -349,7 +350,7 @@ impl Hop {
             parent_id: self.context.parent_id,
             id: self.context.span_id,
             kind: p.kind,
-            name: p.name,
+            name: self.name,
             timestamp: micros_since_epoch(self.started),
             duration,
             local_endpoint: p.local,
@@ -363,7 +364,7 @@ impl Hop {
 /// gRPC statuses that mean failure. For a SERVER span only the codes that blame the server
 /// (OpenTelemetry's rule: Unknown, DeadlineExceeded, Unimplemented, Internal, Unavailable,
 /// DataLoss); for a CLIENT span any non-OK code.
-fn grpc_status_is_error(code: &str, kind: SpanKind) -> bool {
+pub fn grpc_status_is_error(code: &str, kind: SpanKind) -> bool {
     match kind {
         SpanKind::Client => code != "0",
         SpanKind::Server => matches!(code, "2" | "4" | "12" | "13" | "14" | "15"),
@@ -399,6 +400,7 @@ pub fn start_hop(
         );
     }
     let span_id = SpanId::random();
+    let name = cfg.operation_name(req.direction, req.method, req.path, &span_host(req));
     let context = match incoming.context {
         Some(parent) => SpanContext {
             trace_id: parent.trace_id,
@@ -443,10 +445,20 @@ pub fn start_hop(
         .then(|| build_pending(cfg, req, headers));
     Some(Hop {
         context,
+        name,
         malformed_context: incoming.malformed,
         started: now,
         pending,
     })
+}
+
+/// The host a span is named and tagged by: the authority without userinfo, else the upstream
+/// address.
+fn span_host(req: &RequestInfo<'_>) -> String {
+    req.authority.map_or_else(
+        || req.upstream_addr.to_string(),
+        |a| authority_without_userinfo(a).to_owned(),
+    )
 }
 
 fn build_pending(cfg: &TracerConfig, req: &RequestInfo<'_>, headers: &HeaderMap) -> Pending {
@@ -455,11 +467,8 @@ fn build_pending(cfg: &TracerConfig, req: &RequestInfo<'_>, headers: &HeaderMap)
         Direction::Outbound => (SpanKind::Client, req.upstream_addr),
     };
     let upstream = req.upstream_addr.to_string();
-    let host = req
-        .authority
-        .map(authority_without_userinfo)
-        .unwrap_or(&upstream);
-    let name = cfg.operation_name(req.direction, req.method, req.path, host);
+    let host = span_host(req);
+    let host = host.as_str();
 
     let mut local = Endpoint::from_addr(
         Some(cfg.service_name.clone()),
@@ -505,7 +514,6 @@ fn build_pending(cfg: &TracerConfig, req: &RequestInfo<'_>, headers: &HeaderMap)
     }
     Pending {
         kind,
-        name,
         local,
         remote,
         tags,
