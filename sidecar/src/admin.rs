@@ -154,6 +154,21 @@ fn route(shared: &Shared, peer: SocketAddr, req: &Request<Incoming>) -> Response
     }
 }
 
+/// The file's sampling settings that cannot take effect (the contract's rule), plus a file
+/// rate that the pod's own `--sampling-override` (its annotation) beats.
+fn ineffective_sampling(shared: &Shared, live: &crate::state::Live) -> Vec<String> {
+    let mut notes = live.file.ineffective_sampling();
+    if let (Some(file), Some(flag)) = (
+        live.file.sampling_rate,
+        shared.settings.args.sampling_override,
+    ) {
+        notes.push(format!(
+            "samplingRate: {file} is overridden by the pod's sidetrace.dev/sampling annotation ({flag})"
+        ));
+    }
+    notes
+}
+
 /// The effective configuration as JSON: flags, then the live (reloadable) part.
 pub fn effective_config(shared: &Shared) -> serde_json::Value {
     let a = &shared.settings.args;
@@ -192,6 +207,14 @@ pub fn effective_config(shared: &Shared) -> serde_json::Value {
         "reloadIntervalMs": ms(a.reload_interval),
         "serviceName": live.tracer.service_name,
         "samplingRate": live.tracer.sampling_rate,
+        // The sampling in force, after flags and file, and what of the file cannot take effect.
+        "sampling": {
+            "rate": live.tracer.sampling_rate,
+            "operations": live.tracer.operation_sampling,
+            "maxTracesPerSecond": live.tracer.trace_limiter.as_ref().map(|l| l.per_second()),
+            "trustIncoming": live.tracer.trust_incoming,
+            "ineffective": ineffective_sampling(shared, &live),
+        },
         "propagation": live.tracer.formats,
         "tags": live.tracer.tags,
         "collector": live.collector.to_string(),

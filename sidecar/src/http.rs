@@ -181,8 +181,13 @@ pub async fn proxy(
         };
         sidetrace_trace::start_hop(&live.tracer, &info, &mut parts.headers, SystemTime::now())
     };
-    if hop.as_ref().is_some_and(Hop::malformed_context) {
-        shared.metrics.malformed_context();
+    if let Some(hop) = &hop {
+        if hop.malformed_context() {
+            shared.metrics.malformed_context();
+        }
+        shared
+            .metrics
+            .sampling_decision(hop.sampling_reason(), hop.is_sampled());
     }
     if grpc {
         shared.metrics.grpc_request(conn.direction);

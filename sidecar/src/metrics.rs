@@ -9,6 +9,7 @@ use std::time::SystemTime;
 
 use sidetrace_contract::Direction;
 use sidetrace_trace::NameBudget;
+use sidetrace_trace::sampling::Reason;
 
 use crate::detect::Detected;
 use crate::red::{Exposition, Observation, Red};
@@ -75,6 +76,8 @@ pub struct Metrics {
     peak_open: AtomicI64,
     reloads_ok: AtomicU64,
     reloads_failed: AtomicU64,
+    /// Sampling decisions by reason ([`Reason::ALL`] order), not sampled and sampled.
+    sampling: [[AtomicU64; 2]; Reason::ALL.len()],
     /// Requests whose trace context was malformed and dropped (counted by the request path,
     /// which learns it from the hop).
     malformed_context: AtomicU64,
@@ -181,6 +184,11 @@ impl Metrics {
     /// Counts a gRPC request (when its head arrives).
     pub fn grpc_request(&self, d: Direction) {
         self.dirs[idx(d)].grpc_requests.fetch_add(1, Relaxed);
+    }
+
+    /// Counts a sampling decision.
+    pub fn sampling_decision(&self, reason: Reason, sampled: bool) {
+        self.sampling[reason.index()][usize::from(sampled)].fetch_add(1, Relaxed);
     }
 
     /// Counts a request whose trace context was malformed and replaced by a new trace.
@@ -348,6 +356,22 @@ impl Metrics {
         );
         head(
             out,
+            "sidetrace_proxy_sampling_decisions_total",
+            "counter",
+            "Head sampling decisions of traced requests, by reason (rate, limit: the rate said yes but maxTracesPerSecond had no token, parent_sampled, parent_unsampled, debug, untrusted: the caller's decision was ignored) and outcome.",
+        );
+        for reason in Reason::ALL {
+            for (sampled, label) in [(1, "true"), (0, "false")] {
+                let _ = writeln!(
+                    out,
+                    "sidetrace_proxy_sampling_decisions_total{{reason=\"{}\",sampled=\"{label}\"}} {}",
+                    reason.label(),
+                    self.sampling[reason.index()][sampled].load(Relaxed)
+                );
+            }
+        }
+        head(
+            out,
             "sidetrace_trace_context_malformed_total",
             "counter",
             "Requests whose trace context was malformed and replaced by a new trace.",
@@ -419,6 +443,24 @@ mod tests {
             assert!(out.lines().any(|l| l == line), "missing {line}\n{out}");
         }
         assert!(out.contains("# HELP sidetrace_span_names_overflow_total "));
+    }
+
+    #[test]
+    fn renders_sampling_decisions_by_reason_and_outcome() {
+        let m = Metrics::default();
+        m.sampling_decision(Reason::Limit, false);
+        m.sampling_decision(Reason::Untrusted, true);
+        m.sampling_decision(Reason::Untrusted, true);
+        let mut out = String::new();
+        m.render(&mut out, Exposition::Prometheus);
+        for line in [
+            "# TYPE sidetrace_proxy_sampling_decisions_total counter",
+            "sidetrace_proxy_sampling_decisions_total{reason=\"limit\",sampled=\"false\"} 1",
+            "sidetrace_proxy_sampling_decisions_total{reason=\"untrusted\",sampled=\"true\"} 2",
+            "sidetrace_proxy_sampling_decisions_total{reason=\"rate\",sampled=\"true\"} 0",
+        ] {
+            assert!(out.lines().any(|l| l == line), "missing {line}\n{out}");
+        }
     }
 
     #[test]

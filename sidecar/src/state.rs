@@ -150,13 +150,19 @@ impl Shared {
     }
 
     /// Swaps in a new reloadable configuration. The default span-name budget is carried over:
-    /// it bounds the names one proxy process gives out, and a reload must not reopen it.
+    /// it bounds the names one proxy process gives out, and a reload must not reopen it. So is
+    /// the trace limiter while its limit stays the same (a reload must not refill it).
     pub fn set_live(&self, mut live: Live) {
         let mut current = self
             .live
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         live.tracer.name_budget = Arc::clone(&current.tracer.name_budget);
+        if live.tracer.trace_limiter == current.tracer.trace_limiter {
+            live.tracer
+                .trace_limiter
+                .clone_from(&current.tracer.trace_limiter);
+        }
         *current = Arc::new(live);
     }
 
