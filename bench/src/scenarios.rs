@@ -219,8 +219,8 @@ fn start_relay(env: &Env, up: u16) -> Result<Sut> {
 }
 
 /// sidetrace-proxy in explicit mode: inbound listener forwarding to the upstream, tracing
-/// every request (sampling 1) to `collector`, one worker thread.
-fn start_proxy(env: &Env, name: &str, up: u16, collector: &str) -> Result<Sut> {
+/// every request (sampling 1) to `collector`, one worker thread, plus `extra` flags.
+fn start_proxy(env: &Env, name: &str, up: u16, collector: &str, extra: &[&str]) -> Result<Sut> {
     let (inb, outb, admin) = (
         procs::free_port()?,
         procs::free_port()?,
@@ -251,6 +251,7 @@ fn start_proxy(env: &Env, name: &str, up: u16, collector: &str) -> Result<Sut> {
         "error",
     ]
     .iter()
+    .chain(extra)
     .map(|s| (*s).to_owned())
     .collect();
     let p = env.spawn(name, &env.sut_cpu, &env.proxy, &args)?;
@@ -594,7 +595,23 @@ async fn http(env: &Env) -> Result<String> {
     let mut suts = vec![
         direct(up),
         start_relay(env, up)?,
-        start_proxy(env, "sidetrace", up, &collector)?,
+        start_proxy(env, "sidetrace", up, &collector, &[])?,
+        // The cost of the RED metrics: every request is sampled, so every one also stores an
+        // exemplar in the default (`sidetrace`); these two drop the exemplars, then the series.
+        start_proxy(
+            env,
+            "sidetrace-metrics-no-exemplars",
+            up,
+            &collector,
+            &["--request-metrics", "on"],
+        )?,
+        start_proxy(
+            env,
+            "sidetrace-metrics-off",
+            up,
+            &collector,
+            &["--request-metrics", "off"],
+        )?,
     ];
     let mut notes = String::new();
     match start_envoy(env, "envoy-tracer-off", up, sink, false) {
@@ -771,7 +788,10 @@ async fn h2(env: &Env) -> Result<String> {
     let (_up, up) = start_upstream(env)?;
     let (_sink, sink) = start_sink(env)?;
     let collector = format!("http://127.0.0.1:{sink}/api/v2/spans");
-    let mut suts = vec![direct(up), start_proxy(env, "sidetrace", up, &collector)?];
+    let mut suts = vec![
+        direct(up),
+        start_proxy(env, "sidetrace", up, &collector, &[])?,
+    ];
     let mut clients = Vec::new();
     for s in &suts {
         clients.push(Client::new(s.addr, Proto::H2, 0).await?);
@@ -816,7 +836,7 @@ async fn memory(env: &Env) -> Result<String> {
     let (_up, up) = start_upstream(env)?;
     let (_sink, sink) = start_sink(env)?;
     let collector = format!("http://127.0.0.1:{sink}/api/v2/spans");
-    let mut suts = vec![start_proxy(env, "sidetrace", up, &collector)?];
+    let mut suts = vec![start_proxy(env, "sidetrace", up, &collector, &[])?];
     let mut notes = String::new();
     match start_envoy(env, "envoy-zipkin", up, sink, true) {
         Ok(s) => suts.push(s),
@@ -961,12 +981,14 @@ async fn export(env: &Env) -> Result<String> {
             "collector-up",
             up,
             &format!("http://127.0.0.1:{sink}/api/v2/spans"),
+            &[],
         )?,
         start_proxy(
             env,
             "collector-down",
             up,
             &format!("http://127.0.0.1:{dead}/api/v2/spans"),
+            &[],
         )?,
     ];
     let mut clients = Vec::new();
@@ -1065,6 +1087,7 @@ async fn export_zipkin(env: &Env, jar: &Path, up: u16) -> Result<String> {
         "sidetrace-to-zipkin",
         up,
         &format!("http://127.0.0.1:{port}/api/v2/spans"),
+        &[],
     )?;
     let client = Client::new(proxy.addr, Proto::H1, 16).await?;
     let req = Req::get("/small");
@@ -1259,6 +1282,7 @@ async fn export_protocols(env: &Env, jaeger: &Path, up: u16) -> Result<String> {
                 "otlp-http",
                 up,
                 &format!("http://127.0.0.1:{otlp_relay}/v1/traces"),
+                &[],
             )?,
             otlp_bytes,
         ),
@@ -1268,6 +1292,7 @@ async fn export_protocols(env: &Env, jaeger: &Path, up: u16) -> Result<String> {
                 "zipkin",
                 up,
                 &format!("http://127.0.0.1:{zipkin_relay}/api/v2/spans"),
+                &[],
             )?,
             zipkin_bytes,
         ),

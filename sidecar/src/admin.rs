@@ -198,6 +198,7 @@ pub fn effective_config(shared: &Shared) -> serde_json::Value {
         "responseTimeoutMs": ms(a.response_timeout),
         "idleTimeoutMs": ms(a.idle_timeout),
         "maxConnections": a.max_connections,
+        "requestMetrics": a.request_metrics,
         "maxHeaderBytes": a.max_header_bytes,
         "exportQueueSize": a.export_queue_size,
         "exportBatchSize": a.export_batch_size,

@@ -167,6 +167,10 @@ pub struct Args {
     /// (see [`DEFAULT_MAX_CONNECTIONS`]).
     #[arg(long, env = "SIDETRACE_MAX_CONNECTIONS", default_value_t = DEFAULT_MAX_CONNECTIONS)]
     pub max_connections: usize,
+    /// Per-request RED metrics: `exemplars` (with the trace id of sampled requests, served to
+    /// OpenMetrics scrapers), `on` (no exemplars) or `off`.
+    #[arg(long, env = "SIDETRACE_REQUEST_METRICS", value_enum, default_value_t = crate::red::RequestMetrics::Exemplars)]
+    pub request_metrics: crate::red::RequestMetrics,
     /// Largest request or response head accepted, in bytes (at least 8192).
     #[arg(long, env = "SIDETRACE_MAX_HEADER_BYTES", default_value_t = 65536)]
     pub max_header_bytes: usize,

@@ -12,7 +12,7 @@ use sidetrace_trace::NameBudget;
 use sidetrace_trace::sampling::Reason;
 
 use crate::detect::Detected;
-use crate::red::{Exposition, Observation, Red};
+use crate::red::{Exposition, Observation, Red, RequestMetrics};
 
 const DIRECTIONS: [Direction; 2] = [Direction::Inbound, Direction::Outbound];
 const PROTOCOLS: [Detected; 4] = [
@@ -72,6 +72,8 @@ pub struct Metrics {
     dirs: [PerDirection; 2],
     /// Requests, errors and latency by operation and status class.
     red: Red,
+    /// What [`Metrics::request`] records.
+    request_metrics: RequestMetrics,
     /// Highest open-connection count (both directions) since [`Metrics::take_peak_open`].
     peak_open: AtomicI64,
     reloads_ok: AtomicU64,
@@ -176,9 +178,28 @@ impl Metrics {
         self.dirs[idx(d)].idle_timeouts.fetch_add(1, Relaxed);
     }
 
-    /// Counts a finished exchange in the RED series (see [`crate::red`]).
+    /// The same counters recording `mode` per request.
+    pub fn with_request_metrics(self, mode: RequestMetrics) -> Self {
+        Self {
+            request_metrics: mode,
+            ..self
+        }
+    }
+
+    /// Counts a finished exchange in the RED series (see [`crate::red`]), as far as
+    /// `--request-metrics` says.
     pub fn request(&self, o: &Observation<'_>) {
-        self.red.observe(o, SystemTime::now());
+        match self.request_metrics {
+            RequestMetrics::Exemplars => self.red.observe(o, SystemTime::now()),
+            RequestMetrics::On => self.red.observe(
+                &Observation {
+                    sampled_trace: None,
+                    ..*o
+                },
+                SystemTime::now(),
+            ),
+            RequestMetrics::Off => {}
+        }
     }
 
     /// Counts a gRPC request (when its head arrives).
@@ -443,6 +464,31 @@ mod tests {
             assert!(out.lines().any(|l| l == line), "missing {line}\n{out}");
         }
         assert!(out.contains("# HELP sidetrace_span_names_overflow_total "));
+    }
+
+    #[test]
+    fn request_metrics_off_or_without_exemplars() {
+        let o = Observation {
+            direction: Direction::Inbound,
+            operation: "GET /",
+            class: 1,
+            latency: std::time::Duration::from_millis(1),
+            sampled_trace: sidetrace_trace::TraceId::from_u128(7),
+        };
+        let text = |mode| {
+            let m = Metrics::default().with_request_metrics(mode);
+            m.request(&o);
+            let mut out = String::new();
+            m.render(&mut out, Exposition::OpenMetrics);
+            out
+        };
+        assert!(text(RequestMetrics::Exemplars).contains("trace_id="));
+        let on = text(RequestMetrics::On);
+        assert!(
+            on.contains("operation=\"GET /\"") && !on.contains("trace_id="),
+            "{on}"
+        );
+        assert!(!text(RequestMetrics::Off).contains("operation="));
     }
 
     #[test]

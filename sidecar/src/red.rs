@@ -170,6 +170,19 @@ fn dir_index(d: Direction) -> usize {
     }
 }
 
+/// How much the proxy records per request (`--request-metrics`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RequestMetrics {
+    /// The RED series, and exemplars for sampled requests (the default).
+    #[default]
+    Exemplars,
+    /// The RED series without exemplars.
+    On,
+    /// No per-request series (the connection and sampling counters stay).
+    Off,
+}
+
 /// One finished exchange, as [`Red::observe`] counts it.
 #[derive(Clone, Copy, Debug)]
 pub struct Observation<'a> {

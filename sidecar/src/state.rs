@@ -124,9 +124,11 @@ impl Shared {
         );
         let settings_file_error = settings.file_error.clone();
         let limit = ConnectionLimit::new(settings.args.max_connections);
+        let request_metrics = settings.args.request_metrics;
         Arc::new(Self {
             settings,
-            metrics: Metrics::with_name_budget(Arc::clone(&live.tracer.name_budget)),
+            metrics: Metrics::with_name_budget(Arc::clone(&live.tracer.name_budget))
+                .with_request_metrics(request_metrics),
             upstream,
             export,
             limit,
