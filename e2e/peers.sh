@@ -315,20 +315,25 @@ helm_build() {
 		"helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
 }
 
-install_helm() {
-	if ! have "helm-$HELM_VERSION"; then
-		need go "the Go toolchain builds helm"
-		local gobin="$SRC/helm-$HELM_VERSION" t0=$SECONDS c0
+# install_gobin NAME VERSION — build NAME once per VERSION with NAME_build into a GOBIN of its
+# own (a plain `go install` of the peer's module), keep it as bin/NAME-VERSION, link bin/NAME.
+install_gobin() {
+	local name=$1 version=$2
+	if ! have "$name-$version"; then
+		need go "the Go toolchain builds $name"
+		local gobin="$SRC/$name-$version" t0=$SECONDS c0
 		c0=$(du_mb "$GOCACHE")
 		mkdir -p "$gobin"
-		step helm-build helm_build "$gobin"
-		mv -f "$gobin/helm" "$BIN/helm-$HELM_VERSION"
-		log "helm built in $((SECONDS - t0))s; binary $(du_mb "$BIN/helm-$HELM_VERSION")MB, build cache +$(($(du_mb "$GOCACHE") - c0))MB"
+		step "$name-build" "${name}_build" "$gobin"
+		mv -f "$gobin/$name" "$BIN/$name-$version"
+		log "$name built in $((SECONDS - t0))s; binary $(du_mb "$BIN/$name-$version")MB, build cache +$(($(du_mb "$GOCACHE") - c0))MB"
 	else
-		log "helm $HELM_VERSION cached"
+		log "$name $version cached"
 	fi
-	link helm "$BIN/helm-$HELM_VERSION"
+	link "$name" "$BIN/$name-$version"
 }
+
+install_helm() { install_gobin helm "$HELM_VERSION"; }
 
 smoke_controlplane() {
 	"$BIN/kube-apiserver" --version
@@ -495,20 +500,7 @@ prometheus_build() {
 	"$gobin/prometheus" --version
 }
 
-install_prometheus() {
-	if ! have "prometheus-$PROMETHEUS_MODULE_VERSION"; then
-		need go "the Go toolchain builds Prometheus"
-		local gobin="$SRC/prometheus-$PROMETHEUS_MODULE_VERSION" t0=$SECONDS c0
-		c0=$(du_mb "$GOCACHE")
-		mkdir -p "$gobin"
-		step prometheus-build prometheus_build "$gobin"
-		mv -f "$gobin/prometheus" "$BIN/prometheus-$PROMETHEUS_MODULE_VERSION"
-		log "prometheus built in $((SECONDS - t0))s; binary $(du_mb "$BIN/prometheus-$PROMETHEUS_MODULE_VERSION")MB, build cache +$(($(du_mb "$GOCACHE") - c0))MB"
-	else
-		log "prometheus $PROMETHEUS_MODULE_VERSION cached"
-	fi
-	link prometheus "$BIN/prometheus-$PROMETHEUS_MODULE_VERSION"
-}
+install_prometheus() { install_gobin prometheus "$PROMETHEUS_MODULE_VERSION"; }
 
 # ---------------------------------------------------------------------------------------------
 # The one-node cluster's node: kube-scheduler, kubelet, kube-proxy (same throwaway module as the

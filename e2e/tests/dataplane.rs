@@ -1216,42 +1216,30 @@ async fn sampling_rules_are_kept_at_the_real_collector() {
     // 3. Untrusted callers: their sampled and debug flags are ignored both ways, their trace
     //    ids are continued. Rate 0: forced requests are not recorded; then rate 1: requests
     //    that say "not sampled" are.
-    reconfigure(
-        &t,
-        Pod::Service2,
-        "samplingRate: 0\nignoreIncomingSampling: true\n",
-    )
-    .await;
     let forced = seeded_trace_ids(7, 5);
-    for id in &forced {
-        call(
-            "/trace/2",
-            vec![
-                ("x-b3-traceid", id.clone()),
-                ("x-b3-spanid", "a2fb4a1d1a96d312".into()),
-                ("x-b3-sampled", "1".into()),
-                ("x-b3-flags", "1".into()),
-            ],
-        )
-        .await;
-    }
-    reconfigure(
-        &t,
-        Pod::Service2,
-        "samplingRate: 1\nignoreIncomingSampling: true\n",
-    )
-    .await;
     let vetoed = seeded_trace_ids(8, 5);
-    for id in &vetoed {
-        call(
-            "/trace/2",
-            vec![
-                ("x-b3-traceid", id.clone()),
-                ("x-b3-spanid", "a2fb4a1d1a96d312".into()),
-                ("x-b3-sampled", "0".into()),
-            ],
+    for (rate, ids, flags) in [
+        (
+            "0",
+            &forced,
+            &[("x-b3-sampled", "1"), ("x-b3-flags", "1")][..],
+        ),
+        ("1", &vetoed, &[("x-b3-sampled", "0")][..]),
+    ] {
+        reconfigure(
+            &t,
+            Pod::Service2,
+            &format!("samplingRate: {rate}\nignoreIncomingSampling: true\n"),
         )
         .await;
+        for id in ids {
+            let mut headers = vec![
+                ("x-b3-traceid", id.clone()),
+                ("x-b3-spanid", "a2fb4a1d1a96d312".to_owned()),
+            ];
+            headers.extend(flags.iter().map(|(k, v)| (*k, (*v).to_owned())));
+            call("/trace/2", headers).await;
+        }
     }
     // The vetoed ones are the barrier: export is in order, so once they are all there every
     // earlier span is too.
