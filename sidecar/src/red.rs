@@ -612,6 +612,41 @@ mod tests {
         }
     }
 
+    /// The Accept header is network input: arbitrary tokens, parameters and bytes never
+    /// panic, and without an `openmetrics` media range the answer is always plain text.
+    #[test]
+    fn negotiation_never_panics_on_garbage() {
+        use rand::{Rng, SeedableRng};
+        const PIECES: [&str; 16] = [
+            "application/openmetrics-text",
+            "text/plain",
+            "*/*",
+            ";",
+            ",",
+            "q=",
+            "0.5",
+            "1",
+            "version=",
+            "1.0.0",
+            "=",
+            " ",
+            "\u{e9}",
+            "q=nan",
+            "q=-1",
+            "escaping=allow-utf-8",
+        ];
+        let mut rng = rand::rngs::StdRng::seed_from_u64(0x5eed);
+        for _ in 0..20_000 {
+            let accept: String = (0..rng.random_range(0..12))
+                .map(|_| PIECES[rng.random_range(0..PIECES.len())])
+                .collect();
+            let got = negotiate(Some(&accept));
+            if !accept.contains("openmetrics") {
+                assert_eq!(got, Exposition::Prometheus, "{accept:?}");
+            }
+        }
+    }
+
     #[test]
     fn openmetrics_names_counter_families_without_total() {
         let text = "# HELP a_total A.\n# TYPE a_total counter\na_total{x=\"1\"} 2\n# HELP g G.\n# TYPE g gauge\ng 1\n";
