@@ -366,7 +366,7 @@ pub fn desired_status(
             condition::SAMPLING,
             true,
             reason::SAMPLING_EFFECTIVE,
-            "every sampling setting takes effect (each pod's proxy shows them on :15021/config)"
+            "every sampling setting takes effect (each pod's proxy shows them on its admin port's /config)"
                 .into(),
             g,
             &now,
