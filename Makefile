@@ -57,6 +57,7 @@ bench: ## benchmarks side by side with Envoy; writes bench/RESULTS.md (BENCH_ARG
 	$(CARGO) build -p sidetrace-init -p sidetrace-e2e --bins
 	-$(CARGO) run -p sidetrace-bench --features operator --bin sidetrace-bench-operator
 	-$(CARGO) run -p sidetrace-bench --features operator --bin sidetrace-bench-netns
+	$(CARGO) run --release -p sidetrace-bench --bin sidetrace-bench-metrics
 	$(CARGO) run --release -p sidetrace-bench --bin sidetrace-bench -- all $(BENCH_ARGS)
 
 images: ## container images, amd64 and arm64 (ARCHES=host: the host's only); REGISTRY=prefix PUSH=1 pushes them; KIND_CLUSTER=name loads them into kind

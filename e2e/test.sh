@@ -5,7 +5,7 @@
 #   e2e/test.sh
 #
 # In order, each step printed with its timing:
-#   1. peers      Debian packages and the control-plane peers, Zipkin, Envoy (e2e/peers.sh all);
+#   1. peers      Debian packages and the control-plane peers, Zipkin, Envoy, Prometheus (e2e/peers.sh all);
 #                 cold about 10 min, seconds warm
 #   2. jaeger     the Jaeger peer (e2e/peers.sh jaeger); cold about 4 min
 #   3. node       the clusters' peers: the one-node cluster's (e2e/peers.sh node), then kind,

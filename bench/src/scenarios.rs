@@ -219,8 +219,8 @@ fn start_relay(env: &Env, up: u16) -> Result<Sut> {
 }
 
 /// sidetrace-proxy in explicit mode: inbound listener forwarding to the upstream, tracing
-/// every request (sampling 1) to `collector`, one worker thread.
-fn start_proxy(env: &Env, name: &str, up: u16, collector: &str) -> Result<Sut> {
+/// every request (sampling 1) to `collector`, one worker thread, plus `extra` flags.
+fn start_proxy(env: &Env, name: &str, up: u16, collector: &str, extra: &[&str]) -> Result<Sut> {
     let (inb, outb, admin) = (
         procs::free_port()?,
         procs::free_port()?,
@@ -251,6 +251,7 @@ fn start_proxy(env: &Env, name: &str, up: u16, collector: &str) -> Result<Sut> {
         "error",
     ]
     .iter()
+    .chain(extra)
     .map(|s| (*s).to_owned())
     .collect();
     let p = env.spawn(name, &env.sut_cpu, &env.proxy, &args)?;
@@ -529,32 +530,37 @@ pub async fn run(which: Which, opts: Opts) -> Result<String> {
         }
     }
     if which == Which::All {
-        // The transparent path needs root, iptables and netns pods: a separate binary
-        // (`make bench` runs it first); its section is embedded here.
-        let path = procs::workspace_root().join("bench/RESULTS-netns.md");
-        let section = std::fs::read_to_string(&path).unwrap_or_else(|_| {
-            "Not measured: bench/RESULTS-netns.md is missing (run `cargo run -p sidetrace-bench \
-             --features operator --bin sidetrace-bench-netns` as root, or `make bench`).\n"
-                .to_owned()
-        });
-        let _ = writeln!(
-            md,
-            "## Transparent path in network namespaces (from `sidetrace-bench-netns`, bench/RESULTS-netns.md)\n\n{section}"
-        );
-    }
-    if which == Which::All {
-        // The operator scenario needs root and the control-plane peers, so it is a separate
-        // binary (`make bench` runs it first); its section is embedded here.
-        let path = procs::workspace_root().join("bench/RESULTS-operator.md");
-        let section = std::fs::read_to_string(&path).unwrap_or_else(|_| {
-            "Not measured: bench/RESULTS-operator.md is missing (run `cargo run -p sidetrace-bench \
-             --features operator --bin sidetrace-bench-operator` as root, or `make bench`).\n"
-                .to_owned()
-        });
-        let _ = writeln!(
-            md,
-            "## Operator (from `sidetrace-bench-operator`, bench/RESULTS-operator.md)\n\n{section}"
-        );
+        // Scenarios that are separate binaries (`make bench` runs them first): the transparent
+        // path and the operator need root and peers, the metrics micro benchmark links the
+        // proxy's library. Their sections are embedded here.
+        for (file, bin, title, run) in [
+            (
+                "RESULTS-netns.md",
+                "sidetrace-bench-netns",
+                "Transparent path in network namespaces",
+                "--features operator --bin sidetrace-bench-netns` as root",
+            ),
+            (
+                "RESULTS-operator.md",
+                "sidetrace-bench-operator",
+                "Operator",
+                "--features operator --bin sidetrace-bench-operator` as root",
+            ),
+            (
+                "RESULTS-metrics.md",
+                "sidetrace-bench-metrics",
+                "RED metrics on the request path",
+                "--release --bin sidetrace-bench-metrics`",
+            ),
+        ] {
+            let section = std::fs::read_to_string(procs::workspace_root().join("bench").join(file))
+                .unwrap_or_else(|_| {
+                    format!(
+                        "Not measured: bench/{file} is missing (run `cargo run -p sidetrace-bench {run}, or `make bench`).\n"
+                    )
+                });
+            let _ = writeln!(md, "## {title} (from `{bin}`, bench/{file})\n\n{section}");
+        }
     }
     if matches!(which, Which::All | Which::Http | Which::Memory) {
         let ours = env.ours.lock().map(|o| o.clone()).unwrap_or_default();
@@ -589,7 +595,23 @@ async fn http(env: &Env) -> Result<String> {
     let mut suts = vec![
         direct(up),
         start_relay(env, up)?,
-        start_proxy(env, "sidetrace", up, &collector)?,
+        start_proxy(env, "sidetrace", up, &collector, &[])?,
+        // The cost of the RED metrics: every request is sampled, so every one also stores an
+        // exemplar in the default (`sidetrace`); these two drop the exemplars, then the series.
+        start_proxy(
+            env,
+            "sidetrace-metrics-no-exemplars",
+            up,
+            &collector,
+            &["--request-metrics", "on"],
+        )?,
+        start_proxy(
+            env,
+            "sidetrace-metrics-off",
+            up,
+            &collector,
+            &["--request-metrics", "off"],
+        )?,
     ];
     let mut notes = String::new();
     match start_envoy(env, "envoy-tracer-off", up, sink, false) {
@@ -766,7 +788,10 @@ async fn h2(env: &Env) -> Result<String> {
     let (_up, up) = start_upstream(env)?;
     let (_sink, sink) = start_sink(env)?;
     let collector = format!("http://127.0.0.1:{sink}/api/v2/spans");
-    let mut suts = vec![direct(up), start_proxy(env, "sidetrace", up, &collector)?];
+    let mut suts = vec![
+        direct(up),
+        start_proxy(env, "sidetrace", up, &collector, &[])?,
+    ];
     let mut clients = Vec::new();
     for s in &suts {
         clients.push(Client::new(s.addr, Proto::H2, 0).await?);
@@ -811,7 +836,7 @@ async fn memory(env: &Env) -> Result<String> {
     let (_up, up) = start_upstream(env)?;
     let (_sink, sink) = start_sink(env)?;
     let collector = format!("http://127.0.0.1:{sink}/api/v2/spans");
-    let mut suts = vec![start_proxy(env, "sidetrace", up, &collector)?];
+    let mut suts = vec![start_proxy(env, "sidetrace", up, &collector, &[])?];
     let mut notes = String::new();
     match start_envoy(env, "envoy-zipkin", up, sink, true) {
         Ok(s) => suts.push(s),
@@ -956,12 +981,14 @@ async fn export(env: &Env) -> Result<String> {
             "collector-up",
             up,
             &format!("http://127.0.0.1:{sink}/api/v2/spans"),
+            &[],
         )?,
         start_proxy(
             env,
             "collector-down",
             up,
             &format!("http://127.0.0.1:{dead}/api/v2/spans"),
+            &[],
         )?,
     ];
     let mut clients = Vec::new();
@@ -1060,6 +1087,7 @@ async fn export_zipkin(env: &Env, jar: &Path, up: u16) -> Result<String> {
         "sidetrace-to-zipkin",
         up,
         &format!("http://127.0.0.1:{port}/api/v2/spans"),
+        &[],
     )?;
     let client = Client::new(proxy.addr, Proto::H1, 16).await?;
     let req = Req::get("/small");
@@ -1254,6 +1282,7 @@ async fn export_protocols(env: &Env, jaeger: &Path, up: u16) -> Result<String> {
                 "otlp-http",
                 up,
                 &format!("http://127.0.0.1:{otlp_relay}/v1/traces"),
+                &[],
             )?,
             otlp_bytes,
         ),
@@ -1263,6 +1292,7 @@ async fn export_protocols(env: &Env, jaeger: &Path, up: u16) -> Result<String> {
                 "zipkin",
                 up,
                 &format!("http://127.0.0.1:{zipkin_relay}/api/v2/spans"),
+                &[],
             )?,
             zipkin_bytes,
         ),

@@ -13,6 +13,7 @@
 //! - [`injection`]: whether a pod carries the sidecar, decided once for the webhook and the
 //!   operator.
 //! - [`workload`]: the pod's owning workload as OpenTelemetry resource attributes.
+//! - [`sampling`]: head sampling settings and their rules (rates, the trace limit).
 //! - [`proxy_config`]: the YAML file the operator renders into a ConfigMap and
 //!   `sidetrace-proxy --config` reads.
 
@@ -23,6 +24,7 @@ pub mod exit;
 pub mod injection;
 pub mod names;
 pub mod proxy_config;
+pub mod sampling;
 pub mod workload;
 
 pub use capture::Ipv6Capture;
@@ -31,3 +33,4 @@ pub use proxy_config::{
     CollectorProtocol, Direction, OperationRule, PortSpec, PropagationFormat, Protocol,
     ProxyConfig, ProxyConfigError, check_collector_endpoint,
 };
+pub use sampling::OperationSampling;

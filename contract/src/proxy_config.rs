@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::duration::parse_duration;
+use crate::sampling::{self, OperationSampling};
 
 /// Errors from reading or validating a [`ProxyConfig`].
 #[derive(Debug, thiserror::Error)]
@@ -271,6 +272,19 @@ pub struct ProxyConfig {
     /// Probability in 0..=1 that a new trace is sampled.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sampling_rate: Option<f64>,
+    /// Rates for the new traces of single operations (span names), overriding
+    /// `samplingRate`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub operation_sampling: Vec<OperationSampling>,
+    /// At most this many new traces per second are sampled by this proxy (a token bucket
+    /// that holds one second's worth, at least one); the rest are not recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_traces_per_second: Option<f64>,
+    /// Ignore the sampling decision (sampled and debug flags) of incoming requests and decide
+    /// here, for an edge service whose callers must not be able to force recording. The
+    /// incoming trace id is still continued.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub ignore_incoming_sampling: bool,
     /// Inbound ports and their protocols; unlisted ports are auto-detected.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ports: Vec<PortSpec>,
@@ -332,10 +346,14 @@ impl ProxyConfig {
         {
             return Err(invalid("serviceName", "must not be empty"));
         }
-        if let Some(rate) = self.sampling_rate
-            && (!(0.0..=1.0).contains(&rate) || rate.is_nan())
-        {
-            return Err(invalid("samplingRate", format!("{rate} is outside 0..=1")));
+        if let Some(rate) = self.sampling_rate {
+            sampling::check_rate(rate).map_err(|r| invalid("samplingRate", r))?;
+        }
+        sampling::check_operation_rates(&self.operation_sampling)
+            .map_err(|(at, r)| invalid(format!("operationSampling{at}"), r))?;
+        if let Some(limit) = self.max_traces_per_second {
+            sampling::check_max_traces_per_second(limit)
+                .map_err(|r| invalid("maxTracesPerSecond", r))?;
         }
         let mut seen = std::collections::BTreeSet::new();
         for (i, p) in self.ports.iter().enumerate() {
@@ -402,6 +420,16 @@ impl ProxyConfig {
             .iter()
             .find(|r| r.matches(direction, method, path, host))
             .map(|r| r.name.as_str())
+    }
+
+    /// Sampling settings that cannot take effect (see [`sampling::ineffective_settings`]).
+    pub fn ineffective_sampling(&self) -> Vec<String> {
+        sampling::ineffective_settings(
+            self.sampling_rate,
+            &self.operation_sampling,
+            self.max_traces_per_second,
+            &self.operations,
+        )
     }
 
     /// Whether a request path is excluded from tracing (see [`path_is_excluded`]).

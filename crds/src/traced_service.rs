@@ -5,7 +5,7 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use sidetrace_contract::{
-    CollectorProtocol, OperationRule, PortSpec, PropagationFormat, ProxyConfig,
+    CollectorProtocol, OperationRule, OperationSampling, PortSpec, PropagationFormat, ProxyConfig,
 };
 
 /// Desired tracing behaviour for the pods a TracedService selects.
@@ -74,13 +74,41 @@ pub struct TracedServiceSpec {
     pub record_query_string: bool,
 }
 
-/// Head sampling settings.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+/// Head sampling settings. The effective values of each pod are on its proxy's `/config`
+/// (admin port); settings that cannot take effect are reported in the `Sampling` condition.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "!has(self.operations) || self.operations.all(o, self.operations.exists_one(p, p.name == o.name))",
+    "message": "sampling.operations must name each operation once",
+    "fieldPath": ".operations",
+}, {
+    "rule": "!has(self.maxTracesPerSecond) || self.maxTracesPerSecond > 0.0",
+    "message": "sampling.maxTracesPerSecond must be above 0",
+    "fieldPath": ".maxTracesPerSecond",
+}]))]
 pub struct Sampling {
-    /// Probability in 0..1 that a new trace is recorded.
+    /// Probability in 0..1 that a new trace is recorded; the proxy's default (the chart's
+    /// `proxy.sampling`) when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0.0, max = 1.0))]
-    pub rate: f64,
+    pub rate: Option<f64>,
+    /// Rates for single operations (span names: an operation rule's name or a default name
+    /// such as `GET /orders/{id}`) that override `rate` for the traces they start.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 256))]
+    pub operations: Vec<OperationSampling>,
+    /// At most this many new traces per second per pod (a token bucket holding one second's
+    /// worth, at least one trace), so a traffic spike cannot flood the collector. Traces
+    /// continued from a caller that decided to sample are not limited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_traces_per_second: Option<f64>,
+    /// Whether the sampling decisions of callers (`x-b3-sampled`, `x-b3-flags: 1`, the
+    /// `traceparent` flags) are followed. `false` for an edge service facing clients: the
+    /// proxy decides itself (by `rate`, `operations` and `maxTracesPerSecond`) and still
+    /// continues the caller's trace id. Default true.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trust_incoming: Option<bool>,
 }
 
 /// Span collector override.
@@ -197,7 +225,18 @@ impl TracedServiceSpec {
                 .service_name
                 .clone()
                 .or_else(|| default_service_name.map(str::to_owned)),
-            sampling_rate: self.sampling.as_ref().map(|s| s.rate),
+            sampling_rate: self.sampling.as_ref().and_then(|s| s.rate),
+            operation_sampling: self
+                .sampling
+                .as_ref()
+                .map(|s| s.operations.clone())
+                .unwrap_or_default(),
+            max_traces_per_second: self.sampling.as_ref().and_then(|s| s.max_traces_per_second),
+            ignore_incoming_sampling: self
+                .sampling
+                .as_ref()
+                .and_then(|s| s.trust_incoming)
+                .is_some_and(|trust| !trust),
             ports: self.ports.clone(),
             operations: self.operations.clone(),
             propagation: self.propagation.clone(),
@@ -214,6 +253,12 @@ impl TracedServiceSpec {
 fn spec_field(config_field: &str) -> String {
     if let Some(rest) = config_field.strip_prefix("samplingRate") {
         return format!("sampling.rate{rest}");
+    }
+    if let Some(rest) = config_field.strip_prefix("operationSampling") {
+        return format!("sampling.operations{rest}");
+    }
+    if let Some(rest) = config_field.strip_prefix("maxTracesPerSecond") {
+        return format!("sampling.maxTracesPerSecond{rest}");
     }
     if let Some(rest) = config_field.strip_prefix("collectorProtocol") {
         return format!("collector.protocol{rest}");
@@ -298,5 +343,47 @@ mod tests {
             .validate()
             .expect_err("rate");
         assert!(err.to_string().starts_with("spec.sampling.rate:"), "{err}");
+    }
+
+    #[test]
+    fn sampling_settings_are_carried_and_validated_by_the_contract_rules() {
+        let s = spec(
+            "selector: {matchLabels: {app: a}}\nsampling: {rate: 0.1, maxTracesPerSecond: 20, trustIncoming: false, operations: [{name: checkStock, rate: 1}]}",
+        );
+        assert!(s.validate().is_ok());
+        let c = s.to_proxy_config(None);
+        assert_eq!(c.sampling_rate, Some(0.1));
+        assert_eq!(c.max_traces_per_second, Some(20.0));
+        assert!(c.ignore_incoming_sampling);
+        assert_eq!(c.operation_sampling[0].name, "checkStock");
+        let yaml = c.to_yaml();
+        assert_eq!(
+            ProxyConfig::from_yaml(&yaml).expect("round trip"),
+            c,
+            "{yaml}"
+        );
+        let trusted = spec("selector: {matchLabels: {app: a}}\nsampling: {trustIncoming: true}")
+            .to_proxy_config(None);
+        assert!(!trusted.ignore_incoming_sampling);
+        assert_eq!(trusted.sampling_rate, None);
+        for (yaml, field) in [
+            (
+                "sampling: {operations: [{name: a, rate: 1.5}]}",
+                "spec.sampling.operations[0].rate:",
+            ),
+            (
+                "sampling: {operations: [{name: a, rate: 1}, {name: a, rate: 0}]}",
+                "spec.sampling.operations[1].name:",
+            ),
+            (
+                "sampling: {maxTracesPerSecond: 0}",
+                "spec.sampling.maxTracesPerSecond:",
+            ),
+        ] {
+            let err = spec(&format!("selector: {{matchLabels: {{a: b}}}}\n{yaml}"))
+                .validate()
+                .expect_err(yaml);
+            assert!(err.to_string().starts_with(field), "{yaml}: {err}");
+        }
     }
 }

@@ -9,3 +9,4 @@ pub mod cluster;
 pub mod collector;
 pub mod controlplane;
 pub mod netns;
+pub mod prometheus;

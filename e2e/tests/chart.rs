@@ -28,18 +28,32 @@ fn helm() -> Option<PathBuf> {
 
 /// `helm template` against Kubernetes v1.34.4 with `--set` pairs; Ok(stdout) or Err(stderr).
 fn template(helm: &Path, sets: &[&str]) -> Result<Vec<Value>, String> {
-    template_at(helm, Some("v1.34.4"), sets)
+    render(helm, Some("v1.34.4"), &[], sets)
+}
+
+/// `helm template` with `--kube-version` when given; see [`render`].
+fn template_at(helm: &Path, kube: Option<&str>, sets: &[&str]) -> Result<Vec<Value>, String> {
+    render(helm, kube, &[], sets)
 }
 
 /// `helm template` with `--kube-version` when given (without it: helm's offline placeholder, as
-/// a user without a cluster runs it), isolated from the user's helm configuration.
-fn template_at(helm: &Path, kube: Option<&str>, sets: &[&str]) -> Result<Vec<Value>, String> {
+/// a user without a cluster runs it) and `--api-versions` for each of `apis` (what
+/// `.Capabilities.APIVersions.Has` sees), isolated from the user's helm configuration.
+fn render(
+    helm: &Path,
+    kube: Option<&str>,
+    apis: &[&str],
+    sets: &[&str],
+) -> Result<Vec<Value>, String> {
     let mut cmd = Command::new(helm);
     cmd.args(["template", "sidetrace"])
         .arg(chart())
         .args(["--namespace", "sidetrace-system"]);
     if let Some(v) = kube {
         cmd.args(["--kube-version", v]);
+    }
+    for api in apis {
+        cmd.args(["--api-versions", api]);
     }
     // No kubeconfig: nothing to talk to, as on a reviewer's laptop or in a GitOps renderer.
     cmd.env("KUBECONFIG", "/nonexistent/kubeconfig");
@@ -67,6 +81,52 @@ fn container_args(docs: &[Value], deployment: &str) -> Vec<String> {
         .iter()
         .filter_map(|a| a.as_str().map(str::to_owned))
         .collect()
+}
+
+#[test]
+fn chart_makes_the_proxies_scrapeable() {
+    let Some(helm) = helm() else {
+        return skip_or_fail("chart", "helm is not cached: run e2e/peers.sh controlplane");
+    };
+    const POD_MONITOR: &str = "monitoring.coreos.com/v1/PodMonitor";
+    // Without the Prometheus Operator's CRD: no PodMonitor, the chart installs the same.
+    let docs = template(&helm, &[]).expect("renders");
+    assert!(find(&docs, "PodMonitor", "sidetrace-proxies").is_none());
+    // With it: one PodMonitor for the sidecars' named admin port, in every namespace.
+    let docs = render(
+        &helm,
+        Some("v1.34.4"),
+        &[POD_MONITOR],
+        &["metrics.podMonitor.labels.release=prometheus"],
+    )
+    .expect("renders");
+    let pm = find(&docs, "PodMonitor", "sidetrace-proxies").expect("PodMonitor rendered");
+    assert_eq!(pm["metadata"]["labels"]["release"], "prometheus", "{pm}");
+    assert_eq!(pm["spec"]["namespaceSelector"]["any"], true, "{pm}");
+    let ep = &pm["spec"]["podMetricsEndpoints"][0];
+    // The port name the webhook gives the sidecar's admin port (injector `patch::ADMIN_PORT_NAME`).
+    assert_eq!(ep["port"], "sidetrace-admin", "{pm}");
+    assert_eq!(ep["path"], "/metrics", "{pm}");
+    let off = render(
+        &helm,
+        Some("v1.34.4"),
+        &[POD_MONITOR],
+        &["metrics.podMonitor.enabled=false"],
+    )
+    .expect("renders");
+    assert!(find(&off, "PodMonitor", "sidetrace-proxies").is_none());
+    // Annotation-based scraping: the webhook annotates injected pods unless told not to.
+    let args = container_args(&docs, "sidetrace-injector");
+    assert!(
+        args.contains(&"--prometheus-annotations=true".to_owned()),
+        "{args:?}"
+    );
+    let docs = template(&helm, &["proxy.prometheusAnnotations=false"]).expect("renders");
+    let args = container_args(&docs, "sidetrace-injector");
+    assert!(
+        args.contains(&"--prometheus-annotations=false".to_owned()),
+        "{args:?}"
+    );
 }
 
 #[test]

@@ -1054,3 +1054,421 @@ async fn config_reload_renames_operations_without_dropping_connections() {
         render_tree(&spans)
     );
 }
+
+/// Rewrites `pod`'s sidecar config to its TracedService's plus `extra` (YAML lines) and waits
+/// until the proxy has reloaded it.
+async fn reconfigure(t: &Topology, pod: Pod, extra: &str) {
+    let reloads = "sidetrace_proxy_config_reloads_total{result=\"ok\"}";
+    let before = t.metric(pod, reloads).await.expect("metrics");
+    let base = sidetrace_e2e::netns::proxy_config_yaml(pod)
+        .expect("render")
+        .unwrap_or_default();
+    t.update_proxy_config(pod, &format!("{base}{extra}"))
+        .expect("rewrite the config");
+    let deadline = std::time::Instant::now() + SPANS_WAIT;
+    while t.metric(pod, reloads).await.expect("metrics") <= before {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{pod}'s proxy never reloaded its config:\n{}",
+            t.log_tail(&format!("{pod}-proxy"), 20)
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+/// `n` 128-bit trace ids from a fixed seed (SplitMix64), so a run's sampling is reproducible.
+fn seeded_trace_ids(seed: u64, n: usize) -> Vec<String> {
+    let mut state = seed;
+    let mut next = move || {
+        state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    };
+    (0..n)
+        .map(|_| format!("{:016x}{:016x}", next(), next() | 1))
+        .collect()
+}
+
+/// service2's traces, by lower-cased span name (Zipkin lower-cases names).
+async fn service2_traces(t: &Topology) -> Vec<Vec<Span>> {
+    t.collector()
+        .traces("service2", 200)
+        .await
+        .expect("query service2 traces")
+}
+
+#[tokio::test]
+async fn sampling_rules_are_kept_at_the_real_collector() {
+    let test = "sampling_rules_are_kept_at_the_real_collector";
+    let _serial = SERIAL.lock().await;
+    let Some(t) = topology(test, Options::default()).await else {
+        return;
+    };
+    let call = |path: &'static str, headers: Vec<(&'static str, String)>| {
+        let t = &t;
+        async move {
+            let h: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            let r = t
+                .get(Pod::Client, Pod::Service2, path, &h)
+                .await
+                .expect("service2 answers");
+            assert_eq!(r.status, StatusCode::OK, "{path}: {}", r.body);
+        }
+    };
+    let wait_for = |want: usize| {
+        let t = &t;
+        async move {
+            let deadline = std::time::Instant::now() + SPANS_WAIT;
+            loop {
+                let traces = service2_traces(t).await;
+                if traces.len() >= want {
+                    return traces;
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "{} of {want} service2 traces after {SPANS_WAIT:?}:\n{}",
+                    traces.len(),
+                    traces.iter().map(|t| render_tree(t)).collect::<String>()
+                );
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+        }
+    };
+
+    // 1. Per-operation rates over a service rate of 0: `GET /trace/{id}` always, `GET /headers`
+    //    at 0.5 on seeded trace ids that arrive undecided (so the trace id's lower 64 bits
+    //    decide: sampled when below 2^63), `GET /` (the service rate) never.
+    reconfigure(
+        &t,
+        Pod::Service2,
+        "samplingRate: 0\noperationSampling:\n- name: GET /trace/{id}\n  rate: 1\n- name: GET /headers\n  rate: 0.5\n",
+    )
+    .await;
+    let ids = seeded_trace_ids(19, 16);
+    let expected_half: Vec<&String> = ids
+        .iter()
+        .filter(|id| u64::from_str_radix(&id[16..], 16).expect("hex") < 1 << 63)
+        .collect();
+    for id in &ids {
+        call(
+            "/headers",
+            vec![
+                ("x-b3-traceid", id.clone()),
+                ("x-b3-spanid", "a2fb4a1d1a96d312".into()),
+            ],
+        )
+        .await;
+    }
+    for _ in 0..3 {
+        call("/", vec![]).await;
+    }
+    for _ in 0..4 {
+        call("/trace/2", vec![]).await;
+    }
+    let traces = wait_for(4 + expected_half.len()).await;
+    let named = |traces: &[Vec<Span>], name: &str| {
+        traces
+            .iter()
+            .filter(|tr| tr.iter().any(|s| s.name().eq_ignore_ascii_case(name)))
+            .count()
+    };
+    assert_eq!(named(&traces, "GET /trace/{id}"), 4, "operation rate 1");
+    let kept: std::collections::BTreeSet<&str> = traces
+        .iter()
+        .flatten()
+        .filter(|s| s.name().eq_ignore_ascii_case("GET /headers"))
+        .map(|s| s.trace_id.as_str())
+        .collect();
+    let want: std::collections::BTreeSet<&str> = expected_half.iter().map(|s| s.as_str()).collect();
+    assert_eq!(
+        kept, want,
+        "operation rate 0.5 keeps exactly the seeded ids below 2^63"
+    );
+    assert_eq!(
+        named(&traces, "GET /"),
+        0,
+        "the service rate 0 for the rest"
+    );
+    let before_limit = traces.len();
+
+    // 2. maxTracesPerSecond: a bucket of one token refilled every 1000 s, against a burst of
+    //    12 new traces: one is kept, whatever the machine's speed.
+    reconfigure(
+        &t,
+        Pod::Service2,
+        "samplingRate: 1\nmaxTracesPerSecond: 0.001\n",
+    )
+    .await;
+    for _ in 0..12 {
+        call("/trace/2", vec![]).await;
+    }
+    let limited = t
+        .metric(
+            Pod::Service2,
+            "sidetrace_proxy_sampling_decisions_total{reason=\"limit\",sampled=\"false\"}",
+        )
+        .await
+        .expect("metrics");
+    assert_eq!(limited, 11.0, "11 of the burst hit the limit");
+
+    // 3. Untrusted callers: their sampled and debug flags are ignored both ways, their trace
+    //    ids are continued. Rate 0: forced requests are not recorded; then rate 1: requests
+    //    that say "not sampled" are.
+    let forced = seeded_trace_ids(7, 5);
+    let vetoed = seeded_trace_ids(8, 5);
+    for (rate, ids, flags) in [
+        (
+            "0",
+            &forced,
+            &[("x-b3-sampled", "1"), ("x-b3-flags", "1")][..],
+        ),
+        ("1", &vetoed, &[("x-b3-sampled", "0")][..]),
+    ] {
+        reconfigure(
+            &t,
+            Pod::Service2,
+            &format!("samplingRate: {rate}\nignoreIncomingSampling: true\n"),
+        )
+        .await;
+        for id in ids {
+            let mut headers = vec![
+                ("x-b3-traceid", id.clone()),
+                ("x-b3-spanid", "a2fb4a1d1a96d312".to_owned()),
+            ];
+            headers.extend(flags.iter().map(|(k, v)| (*k, (*v).to_owned())));
+            call("/trace/2", headers).await;
+        }
+    }
+    // The vetoed ones are the barrier: export is in order, so once they are all there every
+    // earlier span is too.
+    let deadline = std::time::Instant::now() + SPANS_WAIT;
+    let traces = loop {
+        let traces = service2_traces(&t).await;
+        let have: std::collections::BTreeSet<&str> = traces
+            .iter()
+            .flatten()
+            .map(|s| s.trace_id.as_str())
+            .collect();
+        if vetoed.iter().all(|id| have.contains(id.as_str())) {
+            assert!(
+                forced.iter().all(|id| !have.contains(id.as_str())),
+                "untrusted sampled/debug flags must not force recording:\n{}",
+                traces.iter().map(|t| render_tree(t)).collect::<String>()
+            );
+            break traces;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "untrusted 'not sampled' requests were not all recorded with their trace ids:\n{}",
+            traces.iter().map(|t| render_tree(t)).collect::<String>()
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    assert_eq!(
+        traces.len(),
+        before_limit + 1 + vetoed.len(),
+        "one trace from the limited burst, none forced:\n{}",
+        traces.iter().map(|t| render_tree(t)).collect::<String>()
+    );
+    let untrusted = |sampled: &str| {
+        format!(
+            "sidetrace_proxy_sampling_decisions_total{{reason=\"untrusted\",sampled=\"{sampled}\"}}"
+        )
+    };
+    for sampled in ["false", "true"] {
+        assert_eq!(
+            t.metric(Pod::Service2, &untrusted(sampled))
+                .await
+                .expect("metrics"),
+            5.0,
+            "untrusted decisions, sampled={sampled}"
+        );
+    }
+    // The sampling in force is on the admin port's /config.
+    let admin = SocketAddr::from((Pod::Service2.ip(), sidetrace_contract::defaults::ADMIN_PORT));
+    let r = client::get(&t.ns(Pod::Client), admin, "/config", &[])
+        .await
+        .expect("/config");
+    let config: serde_json::Value = serde_json::from_str(&r.body).expect("json");
+    assert_eq!(config["sampling"]["trustIncoming"], false, "{}", r.body);
+    assert_eq!(config["sampling"]["rate"], 1.0, "{}", r.body);
+}
+
+#[tokio::test]
+async fn red_metrics_and_exemplars_reach_a_real_prometheus() {
+    let test = "red_metrics_and_exemplars_reach_a_real_prometheus";
+    let _serial = SERIAL.lock().await;
+    let bin = match sidetrace_e2e::prometheus::binary() {
+        Ok(b) => b,
+        Err(reason) => {
+            skip_or_fail(test, &reason);
+            return;
+        }
+    };
+    let Some(t) = topology(test, Options::default()).await else {
+        return;
+    };
+    let admin = |p: Pod| SocketAddr::from((p.ip(), sidetrace_contract::defaults::ADMIN_PORT));
+    let prom = sidetrace_e2e::prometheus::Prometheus::start(
+        &bin,
+        t.collector().namespace(),
+        SocketAddr::new(
+            t.collector().query_addr().ip(),
+            sidetrace_e2e::prometheus::PORT,
+        ),
+        &[
+            admin(Pod::Front),
+            admin(Pod::Service1),
+            admin(Pod::Service2),
+        ],
+        t.dir(),
+    )
+    .await
+    .expect("prometheus starts");
+
+    // Six sampled requests (new traces) and three the caller marks unsampled. The first one
+    // alone, until Prometheus has scraped it: a counter's rate is its increase between
+    // scrapes, so the series must exist before the rest arrive.
+    let unsampled = seeded_trace_ids(3, 3);
+    let sampled_call = || async {
+        let r = t
+            .get(Pod::Client, Pod::Front, "/trace/1", &[])
+            .await
+            .expect("front");
+        assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    };
+    // service1's outbound call is the `checkStock` rule's, counted for sampled and unsampled
+    // requests alike.
+    let count = "sum by (operation) (sidetrace_proxy_requests_total{direction=\"outbound\",operation=\"checkStock\"})";
+    let wait_count = |want: f64| {
+        let prom = &prom;
+        async move {
+            let deadline = std::time::Instant::now() + SPANS_WAIT;
+            loop {
+                let v = prom.query(count).await.expect("query");
+                let n = v
+                    .first()
+                    .and_then(|s| s["value"][1].as_str())
+                    .and_then(|s| s.parse::<f64>().ok());
+                if n == Some(want) {
+                    return;
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "checkStock count {n:?} (want {want}) after {SPANS_WAIT:?}: {v:?}\n{}",
+                    prom.log_tail(20)
+                );
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    };
+    sampled_call().await;
+    wait_count(1.0).await;
+    for _ in 0..5 {
+        sampled_call().await;
+    }
+    for id in &unsampled {
+        let r = t
+            .get(
+                Pod::Client,
+                Pod::Front,
+                "/trace/1",
+                &[
+                    ("x-b3-traceid", id),
+                    ("x-b3-spanid", "a2fb4a1d1a96d312"),
+                    ("x-b3-sampled", "0"),
+                ],
+            )
+            .await
+            .expect("front");
+        assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    }
+    wait_count(9.0).await;
+    // The request rate per operation (two scrapes since the requests make it non-zero).
+    let rate =
+        "sum by (operation) (rate(sidetrace_proxy_requests_total{direction=\"inbound\"}[1m]))";
+    let deadline = std::time::Instant::now() + SPANS_WAIT;
+    loop {
+        let v = prom.query(rate).await.expect("query");
+        let positive: Vec<&str> = v
+            .iter()
+            .filter(|s| {
+                s["value"][1]
+                    .as_str()
+                    .and_then(|x| x.parse::<f64>().ok())
+                    .is_some_and(|x| x > 0.0)
+            })
+            .filter_map(|s| s["metric"]["operation"].as_str())
+            .collect();
+        if positive
+            .iter()
+            .any(|o| o.eq_ignore_ascii_case("GET /trace/{id}"))
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no inbound rate for GET /trace/{{id}}: {v:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+
+    // Exemplars on the latency buckets and the counters: every one names a trace the real
+    // collector holds, and none names an unsampled request.
+    let deadline = std::time::Instant::now() + SPANS_WAIT;
+    let exemplars = loop {
+        let mut ex = prom
+            .exemplars(
+                "sidetrace_proxy_request_duration_seconds_bucket{operation=\"checkStock\"}",
+                Duration::from_secs(600),
+            )
+            .await
+            .expect("bucket exemplars");
+        let counters = prom
+            .exemplars(
+                "sidetrace_proxy_requests_total{operation=\"checkStock\"}",
+                Duration::from_secs(600),
+            )
+            .await
+            .expect("counter exemplars");
+        if !ex.is_empty() && !counters.is_empty() {
+            ex.extend(counters);
+            break ex;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no exemplars after {SPANS_WAIT:?} (buckets {ex:?}, counters {counters:?}):\n{}",
+            prom.log_tail(20)
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    for e in &exemplars {
+        let id = e["labels"]["trace_id"].as_str().unwrap_or_default();
+        assert!(
+            id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()),
+            "trace_id of 32 hex digits: {e}"
+        );
+        assert!(
+            !unsampled.iter().any(|u| u == id),
+            "an unsampled request became an exemplar: {e}"
+        );
+        let spans = t
+            .collector()
+            .wait_trace(id, 5, SPANS_WAIT)
+            .await
+            .unwrap_or_else(|err| panic!("exemplar {id} is no trace at the collector: {err:#}"));
+        assert!(
+            spans
+                .iter()
+                .any(|s| s.name().eq_ignore_ascii_case("checkStock")),
+            "exemplar {id}'s trace has the checkStock span:\n{}",
+            render_tree(&spans)
+        );
+    }
+    eprintln!(
+        "{} exemplars, each a trace at the collector",
+        exemplars.len()
+    );
+}

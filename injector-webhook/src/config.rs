@@ -154,6 +154,12 @@ pub struct Args {
     /// (whitespace-separated; empty for no hold).
     #[arg(long, env = "SIDETRACE_INJECTOR_PROXY_HOLD_COMMAND", default_value_t = DEFAULT_HOLD_COMMAND.join(" "))]
     pub proxy_hold_command: String,
+    /// Annotate injected pods for annotation-based Prometheus scraping of the proxy's metrics
+    /// (`prometheus.io/scrape`, `/port`, `/path`), unless the pod has `prometheus.io/`
+    /// annotations of its own (its app's metrics, which are left as they are).
+    #[arg(long, env = "SIDETRACE_INJECTOR_PROMETHEUS_ANNOTATIONS", default_value_t = true,
+          action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub prometheus_annotations: bool,
     /// Watch TracedServices (and namespace labels) cluster-wide. Without cluster access the
     /// webhook logs that and runs without them.
     #[arg(long, env = "SIDETRACE_INJECTOR_WATCH_TRACED_SERVICES", default_value_t = true,
@@ -334,6 +340,7 @@ pub async fn run(args: Args) -> Result<()> {
             .map(str::to_owned)
             .collect(),
         control_plane_namespace: args.control_plane_namespace,
+        prometheus_annotations: args.prometheus_annotations,
     };
     tracing::info!(mode = settings.mode.as_str(), proxy_image = %settings.proxy_image,
         init_image = %settings.init_image, "injector settings");

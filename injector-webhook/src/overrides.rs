@@ -162,15 +162,14 @@ fn parse_service_name(raw: &str) -> Result<String, String> {
     Ok(v.to_owned())
 }
 
-/// A sampling rate in 0..=1.
+/// A sampling rate, by the contract's one rule for rates.
 pub fn parse_sampling(raw: &str) -> Result<f64, String> {
     let rate: f64 = raw
         .trim()
         .parse()
         .map_err(|_| "is not a number (expected a rate in 0..1)".to_owned())?;
-    if !(0.0..=1.0).contains(&rate) {
-        return Err("is outside 0..1".into());
-    }
+    // The caller puts the raw value first: keep the rule, drop the repeated number.
+    sidetrace_contract::sampling::check_rate(rate).map_err(|_| "is outside 0..1".to_owned())?;
     Ok(rate)
 }
 

@@ -42,6 +42,15 @@ use crate::settings::{Settings, SidecarMode};
 pub const DEFAULT_CONTAINER_ANNOTATION: &str = "kubectl.kubernetes.io/default-container";
 /// Name of the proxy's admin port in the pod (at most 15 characters, an IANA service name).
 pub const ADMIN_PORT_NAME: &str = "sidetrace-admin";
+
+/// Prefix of the annotations Prometheus' annotation-based pod discovery reads.
+const PROMETHEUS_ANNOTATION_PREFIX: &str = "prometheus.io/";
+/// `true`: scrape this pod.
+const PROMETHEUS_SCRAPE: &str = "prometheus.io/scrape";
+/// The port to scrape (the proxy's admin port).
+const PROMETHEUS_PORT: &str = "prometheus.io/port";
+/// The path to scrape.
+const PROMETHEUS_PATH: &str = "prometheus.io/path";
 /// Readiness path of the proxy.
 pub const READY_PATH: &str = "/ready";
 /// Liveness path of the proxy.
@@ -447,6 +456,18 @@ pub fn build(
     {
         new_annotations.insert(DEFAULT_CONTAINER_ANNOTATION, first.name.clone());
     }
+    // The convention of Prometheus' `kubernetes-pods` scrape job; a pod that already uses it
+    // for its app keeps it (one pod, one annotated endpoint).
+    if settings.prometheus_annotations
+        && !annotations.is_some_and(|a| {
+            a.keys()
+                .any(|k| k.starts_with(PROMETHEUS_ANNOTATION_PREFIX))
+        })
+    {
+        new_annotations.insert(PROMETHEUS_SCRAPE, "true".to_owned());
+        new_annotations.insert(PROMETHEUS_PORT, settings.admin_port.to_string());
+        new_annotations.insert(PROMETHEUS_PATH, "/metrics".to_owned());
+    }
     match annotations {
         Some(_) => {
             for (k, v) in new_annotations {
@@ -506,6 +527,9 @@ mod tests {
                 "/spec/initContainers/0",
                 "/spec/initContainers/1",
                 "/spec/volumes/-",
+                "/metadata/annotations/prometheus.io~1path",
+                "/metadata/annotations/prometheus.io~1port",
+                "/metadata/annotations/prometheus.io~1scrape",
                 "/metadata/annotations/sidetrace.dev~1status"
             ]
         );
@@ -513,9 +537,52 @@ mod tests {
     }
 
     #[test]
+    fn prometheus_annotations_name_the_admin_port_unless_the_app_uses_them() {
+        let added = |p: &Pod, settings: &Settings| {
+            let (ops, _) = build(p, settings, &resolved());
+            let v = serde_json::to_value(&ops).expect("json");
+            v.as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|op| {
+                    let path = op["path"].as_str()?;
+                    if path == "/metadata/annotations" {
+                        Some(op["value"].clone())
+                    } else {
+                        None
+                    }
+                })
+                .next()
+                .unwrap_or(Value::Null)
+        };
+        let plain =
+            pod(json!({"metadata": {"name": "a"}, "spec": {"containers": [{"name": "app"}]}}));
+        let a = added(&plain, &Settings::default());
+        assert_eq!(a["prometheus.io/scrape"], "true");
+        assert_eq!(a["prometheus.io/port"], "15021");
+        assert_eq!(a["prometheus.io/path"], "/metrics");
+        let off = Settings {
+            prometheus_annotations: false,
+            ..Settings::default()
+        };
+        assert!(added(&plain, &off).get("prometheus.io/scrape").is_none());
+        let app_scraped = pod(
+            json!({"metadata": {"annotations": {"prometheus.io/port": "9100"}},
+            "spec": {"containers": [{"name": "app"}]}}),
+        );
+        let (ops, _) = build(&app_scraped, &Settings::default(), &resolved());
+        assert!(
+            !paths(&ops).iter().any(|p| p.contains("prometheus.io")),
+            "the app's own annotations stay: {:?}",
+            paths(&ops)
+        );
+    }
+
+    #[test]
     fn classic_mode_appends_init_and_prepends_proxy() {
         let settings = Settings {
             mode: SidecarMode::Classic,
+            prometheus_annotations: false,
             ..Settings::default()
         };
         let p = pod(

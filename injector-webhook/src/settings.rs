@@ -67,6 +67,9 @@ pub struct Settings {
     pub hold_command: Vec<String>,
     /// Namespace of the sidetrace control plane (never injected).
     pub control_plane_namespace: String,
+    /// Add `prometheus.io/scrape`, `/port` and `/path` for the proxy's admin port to injected
+    /// pods that carry no `prometheus.io/` annotation of their own.
+    pub prometheus_annotations: bool,
 }
 
 /// Default postStart hold command: the proxy binary polls its own readiness endpoint.
@@ -98,6 +101,7 @@ impl Default for Settings {
                 .map(|s| (*s).to_owned())
                 .collect(),
             control_plane_namespace: defaults::CONTROL_PLANE_NAMESPACE.into(),
+            prometheus_annotations: true,
         }
     }
 }

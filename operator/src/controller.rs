@@ -110,14 +110,17 @@ pub fn observe_pods(
         if !selector_matches(&ts.spec.selector, &labels) {
             continue;
         }
+        let annotations = pod.metadata.annotations.clone().unwrap_or_default();
+        if ts.spec.sampling.as_ref().is_some_and(|s| s.rate.is_some())
+            && annotations.contains_key(names::annotations::SAMPLING)
+        {
+            observed.sampling_overridden.push(pod.name_any());
+        }
         observed.pods.push(PodFacts::from_metadata(
             &pod.name_any(),
             &ns,
             &labels,
-            pod.metadata
-                .annotations
-                .as_ref()
-                .unwrap_or(&BTreeMap::new()),
+            &annotations,
             namespace_labels,
             control_plane_namespace,
         ));
@@ -221,6 +224,7 @@ async fn reconcile_inner(ts: &TracedService, ctx: &Context) -> Result<Action> {
             observed.invalid_spec = Some(invalid.to_string());
         }
         Ok(()) => {
+            observed.sampling_ineffective = ts.spec.to_proxy_config(None).ineffective_sampling();
             let desired = desired_config_map(ts)
                 .ok_or_else(|| Error::MissingField(name.clone(), "metadata.uid"))?;
             let cm_name = names::config_map_name(&name);

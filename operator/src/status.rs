@@ -13,6 +13,8 @@ pub mod condition {
     pub const READY: &str = "Ready";
     /// Every selected pod that should carry the sidecar does.
     pub const PODS_INJECTED: &str = "PodsInjected";
+    /// Every sampling setting of the spec takes effect on the selected pods.
+    pub const SAMPLING: &str = "Sampling";
 }
 
 /// Condition reasons, stable for alerting and `kubectl wait`.
@@ -33,6 +35,11 @@ pub mod reason {
     pub const BLOCKED_BY_POD_SECURITY: &str = "BlockedByPodSecurity";
     /// Neither the namespace nor the pods ask for injection: the selected pods run untraced.
     pub const INJECTION_NOT_ENABLED: &str = "InjectionNotEnabled";
+    /// The sampling settings take effect as written.
+    pub const SAMPLING_EFFECTIVE: &str = "SamplingEffective";
+    /// A sampling setting cannot take effect (a rate for an operation no request is named,
+    /// a limit with nothing to limit) or is overridden by a pod's own annotation.
+    pub const SAMPLING_INEFFECTIVE: &str = "SamplingIneffective";
 }
 
 /// How many uninjected pod names the status lists (the count is always exact).
@@ -135,6 +142,11 @@ pub struct Observed {
     pub collector_unresolvable: Option<String>,
     /// The rendered ConfigMap's name.
     pub config_map: Option<String>,
+    /// Sampling settings of the spec that cannot take effect
+    /// (`ProxyConfig::ineffective_sampling`).
+    pub sampling_ineffective: Vec<String>,
+    /// Selected pods whose `sidetrace.dev/sampling` annotation beats the spec's `sampling.rate`.
+    pub sampling_overridden: Vec<String>,
 }
 
 fn cond(
@@ -340,7 +352,41 @@ pub fn desired_status(
         }
     };
 
+    let mut notes = observed.sampling_ineffective.clone();
+    if !observed.sampling_overridden.is_empty() {
+        notes.push(format!(
+            "sampling.rate: overridden by the {} annotation of {} pod(s): {}",
+            names::annotations::SAMPLING,
+            observed.sampling_overridden.len(),
+            list(&observed.sampling_overridden)
+        ));
+    }
+    let sampling = if notes.is_empty() {
+        cond(
+            condition::SAMPLING,
+            true,
+            reason::SAMPLING_EFFECTIVE,
+            "every sampling setting takes effect (each pod's proxy shows them on its admin port's /config)"
+                .into(),
+            g,
+            &now,
+        )
+    } else {
+        cond(
+            condition::SAMPLING,
+            false,
+            reason::SAMPLING_INEFFECTIVE,
+            notes.join("; "),
+            g,
+            &now,
+        )
+    };
+
     let mut conditions = vec![ready, pods];
+    // An invalid spec is not rendered: its sampling is in force nowhere, Ready says why.
+    if observed.invalid_spec.is_none() {
+        conditions.push(sampling);
+    }
     for c in &mut conditions {
         let before = previous
             .into_iter()
@@ -504,7 +550,11 @@ mod tests {
         let second = desired_status(&o, Some(&first), t(99));
         assert_eq!(first, second, "transition times must be kept");
         assert!(transitions(Some(&first), &second).is_empty());
-        assert_eq!(transitions(None, &first).len(), 2);
+        assert_eq!(
+            transitions(None, &first).len(),
+            3,
+            "Ready, PodsInjected, Sampling"
+        );
         let conflict = Observed {
             outranked_by: vec!["x".into()],
             ..o
@@ -684,6 +734,38 @@ mod tests {
             c.message
         );
         assert_eq!(s.uninjected_pods, vec!["miss".to_owned()]);
+    }
+
+    #[test]
+    fn sampling_settings_that_cannot_take_effect_are_reported() {
+        let sampling = |o: &Observed| {
+            desired_status(o, None, t(1))
+                .conditions
+                .into_iter()
+                .find(|c| c.type_ == condition::SAMPLING)
+                .expect("Sampling condition")
+        };
+        let mut o = Observed {
+            name: "svc".into(),
+            pods: vec![pod("a", true, true)],
+            ..Observed::default()
+        };
+        let c = sampling(&o);
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("True", reason::SAMPLING_EFFECTIVE)
+        );
+        o.sampling_ineffective = vec!["sampling.operations[0]: no rule".into()];
+        o.sampling_overridden = vec!["a".into()];
+        let c = sampling(&o);
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("False", reason::SAMPLING_INEFFECTIVE)
+        );
+        assert_eq!(
+            c.message,
+            "sampling.operations[0]: no rule; sampling.rate: overridden by the sidetrace.dev/sampling annotation of 1 pod(s): a"
+        );
     }
 
     #[test]

@@ -168,9 +168,14 @@ async fn new_traced_service_renders_config_map_then_status_then_events() {
     assert_eq!(body["status"]["conditions"][0]["reason"], "ConfigRendered");
     assert_eq!(body["status"]["configMap"], "sidetrace-service1");
     respond(send, StatusCode::OK, serde_json::to_value(&ts).expect("ts"));
-    // Ready/ConfigRendered repeats the reason just posted (a series PATCH); PodsInjected is new.
-    let reasons = events(&mut handle, 2).await;
+    // Ready/ConfigRendered repeats the reason just posted (a series PATCH); PodsInjected and
+    // Sampling are new.
+    let reasons = events(&mut handle, 3).await;
     assert!(reasons.iter().any(|r| r == "NoPodsSelected"), "{reasons:?}");
+    assert!(
+        reasons.iter().any(|r| r == "SamplingEffective"),
+        "{reasons:?}"
+    );
     assert!(
         reasons.iter().any(|r| r.ends_with("(series)")),
         "{reasons:?}"

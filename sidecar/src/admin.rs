@@ -14,6 +14,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 
 use crate::listener::canonical;
+use crate::red;
 use crate::state::Shared;
 use crate::upstream::{Body, full};
 
@@ -106,13 +107,21 @@ fn route(shared: &Shared, peer: SocketAddr, req: &Request<Incoming>) -> Response
             }
         }
         (&Method::GET | &Method::HEAD, "/metrics") => {
+            let format = red::negotiate(
+                req.headers()
+                    .get(header::ACCEPT)
+                    .and_then(|v| v.to_str().ok()),
+            );
             let mut out = String::with_capacity(8192);
-            shared.metrics.render(&mut out);
+            shared.metrics.render(&mut out, format);
             sidetrace_trace::render_metrics(&shared.export.stats(), &mut out);
+            if format == red::Exposition::OpenMetrics {
+                out = red::to_openmetrics(&out);
+            }
             let mut r = text(StatusCode::OK, out);
             r.headers_mut().insert(
                 header::CONTENT_TYPE,
-                header::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+                header::HeaderValue::from_static(format.content_type()),
             );
             r
         }
@@ -145,6 +154,21 @@ fn route(shared: &Shared, peer: SocketAddr, req: &Request<Incoming>) -> Response
     }
 }
 
+/// The file's sampling settings that cannot take effect (the contract's rule), plus a file
+/// rate that the pod's own `--sampling-override` (its annotation) beats.
+fn ineffective_sampling(shared: &Shared, live: &crate::state::Live) -> Vec<String> {
+    let mut notes = live.file.ineffective_sampling();
+    if let (Some(file), Some(flag)) = (
+        live.file.sampling_rate,
+        shared.settings.args.sampling_override,
+    ) {
+        notes.push(format!(
+            "samplingRate: {file} is overridden by the pod's sidetrace.dev/sampling annotation ({flag})"
+        ));
+    }
+    notes
+}
+
 /// The effective configuration as JSON: flags, then the live (reloadable) part.
 pub fn effective_config(shared: &Shared) -> serde_json::Value {
     let a = &shared.settings.args;
@@ -174,6 +198,7 @@ pub fn effective_config(shared: &Shared) -> serde_json::Value {
         "responseTimeoutMs": ms(a.response_timeout),
         "idleTimeoutMs": ms(a.idle_timeout),
         "maxConnections": a.max_connections,
+        "requestMetrics": a.request_metrics,
         "maxHeaderBytes": a.max_header_bytes,
         "exportQueueSize": a.export_queue_size,
         "exportBatchSize": a.export_batch_size,
@@ -183,6 +208,14 @@ pub fn effective_config(shared: &Shared) -> serde_json::Value {
         "reloadIntervalMs": ms(a.reload_interval),
         "serviceName": live.tracer.service_name,
         "samplingRate": live.tracer.sampling_rate,
+        // The sampling in force, after flags and file, and what of the file cannot take effect.
+        "sampling": {
+            "rate": live.tracer.sampling_rate,
+            "operations": live.tracer.operation_sampling,
+            "maxTracesPerSecond": live.tracer.trace_limiter.as_ref().map(|l| l.per_second()),
+            "trustIncoming": live.tracer.trust_incoming,
+            "ineffective": ineffective_sampling(shared, &live),
+        },
         "propagation": live.tracer.formats,
         "tags": live.tracer.tags,
         "collector": live.collector.to_string(),

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use sidetrace_contract::names::env;
+use sidetrace_contract::sampling::check_rate;
 use sidetrace_contract::{CollectorProtocol, ProxyConfig, defaults};
 use sidetrace_trace::{CollectorRoots, Resource};
 
@@ -166,6 +167,10 @@ pub struct Args {
     /// (see [`DEFAULT_MAX_CONNECTIONS`]).
     #[arg(long, env = "SIDETRACE_MAX_CONNECTIONS", default_value_t = DEFAULT_MAX_CONNECTIONS)]
     pub max_connections: usize,
+    /// Per-request RED metrics: `exemplars` (with the trace id of sampled requests, served to
+    /// OpenMetrics scrapers), `on` (no exemplars) or `off`.
+    #[arg(long, env = "SIDETRACE_REQUEST_METRICS", value_enum, default_value_t = crate::red::RequestMetrics::Exemplars)]
+    pub request_metrics: crate::red::RequestMetrics,
     /// Largest request or response head accepted, in bytes (at least 8192).
     #[arg(long, env = "SIDETRACE_MAX_HEADER_BYTES", default_value_t = 65536)]
     pub max_header_bytes: usize,
@@ -246,11 +251,8 @@ impl Settings {
                 ));
             }
         }
-        if let Some(rate) = args.sampling_override.filter(|r| !(0.0..=1.0).contains(r)) {
-            return Err(Error::config(
-                "--sampling-override",
-                format!("{rate} is outside 0..=1"),
-            ));
+        if let Some(rate) = args.sampling_override {
+            check_rate(rate).map_err(|r| Error::config("--sampling-override", r))?;
         }
         if args
             .service_name_override
@@ -262,12 +264,7 @@ impl Settings {
                 "must not be empty",
             ));
         }
-        if !(0.0..=1.0).contains(&args.sampling) {
-            return Err(Error::config(
-                "--sampling",
-                format!("{} is outside 0..=1", args.sampling),
-            ));
-        }
+        check_rate(args.sampling).map_err(|r| Error::config("--sampling", r))?;
         let collector_flag =
             parse_collector(&args.collector).map_err(|r| Error::config("--collector", r))?;
         let collector_roots = match (&args.collector_ca_file, &args.collector_ca) {

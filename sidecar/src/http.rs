@@ -23,6 +23,7 @@ use sidetrace_contract::Direction;
 use sidetrace_trace::{ExportHandle, Hop, RequestInfo, ResponseInfo};
 
 use crate::limits::{IdleClock, IdleIo};
+use crate::red::{Observation, UNTRACED_OPERATION, status_class};
 use crate::state::Shared;
 use crate::upstream::{Body, BoxError, Dest, boxed, full};
 
@@ -180,8 +181,16 @@ pub async fn proxy(
         };
         sidetrace_trace::start_hop(&live.tracer, &info, &mut parts.headers, SystemTime::now())
     };
-    if hop.as_ref().is_some_and(Hop::malformed_context) {
-        shared.metrics.malformed_context();
+    if let Some(hop) = &hop {
+        if hop.malformed_context() {
+            shared.metrics.malformed_context();
+        }
+        shared
+            .metrics
+            .sampling_decision(hop.sampling_reason(), hop.is_sampled());
+    }
+    if grpc {
+        shared.metrics.grpc_request(conn.direction);
     }
     let timeout = {
         let timeouts = &live.timeouts;
@@ -274,9 +283,13 @@ pub async fn proxy(
             };
             let resp = local_reply(grpc, why);
             let status = resp.status().as_u16();
-            shared
-                .metrics
-                .request(conn.direction, Some(status), grpc, started.elapsed());
+            count(
+                &shared,
+                conn.direction,
+                hop.as_ref(),
+                status_class(Some(status), grpc.then(|| why.grpc_status())),
+                started.elapsed(),
+            );
             if let Some(hop) = hop {
                 let info = ResponseInfo {
                     status: Some(status),
@@ -291,9 +304,17 @@ pub async fn proxy(
         }
         Ok(mut resp) => {
             let status = resp.status().as_u16();
-            shared
-                .metrics
-                .request(conn.direction, Some(status), grpc, started.elapsed());
+            let head_latency = started.elapsed();
+            // gRPC's outcome is in the trailers: counted when the body ends.
+            if !grpc || status == 101 {
+                count(
+                    &shared,
+                    conn.direction,
+                    hop.as_ref(),
+                    status_class(Some(status), None),
+                    head_latency,
+                );
+            }
             if status == 101 {
                 // Keep `Connection: upgrade` + `Upgrade` so the client switches too.
                 if let Some(hop) = hop {
@@ -307,9 +328,9 @@ pub async fn proxy(
                 return Ok(resp);
             }
             strip_hop_by_hop(resp.headers_mut(), false);
-            let Some(hop) = hop else {
+            if hop.is_none() && !grpc {
                 return Ok(resp);
-            };
+            }
             let grpc_status = grpc_status(resp.headers());
             Ok(resp.map(|inner| {
                 boxed(TracedBody {
@@ -317,8 +338,10 @@ pub async fn proxy(
                     bytes: 0,
                     pending: Some(Pending {
                         hop,
-                        export: shared.export.clone(),
+                        shared,
+                        direction: conn.direction,
                         started,
+                        head_latency: grpc.then_some(head_latency),
                         status,
                         grpc_status,
                     }),
@@ -392,6 +415,24 @@ pub fn local_reply(grpc: bool, why: LocalReply) -> Response<Body> {
     resp
 }
 
+/// Counts an exchange in the RED series, under the hop's span name (or as untraced), with the
+/// trace as exemplar when the hop is sampled.
+fn count(
+    shared: &Shared,
+    direction: Direction,
+    hop: Option<&Hop>,
+    class: usize,
+    latency: Duration,
+) {
+    shared.metrics.request(&Observation {
+        direction,
+        operation: hop.map_or(UNTRACED_OPERATION, Hop::name),
+        class,
+        latency,
+        sampled_trace: hop.filter(|h| h.is_sampled()).map(|h| h.context().trace_id),
+    });
+}
+
 /// Ends `hop` now (timed from `started`) with what is known of the response, and hands the
 /// span to the exporter when sampled. Every way an exchange ends goes through here.
 fn finish(export: &ExportHandle, hop: Hop, started: Instant, info: &ResponseInfo) {
@@ -433,9 +474,12 @@ async fn tunnel(
 }
 
 struct Pending {
-    hop: Hop,
-    export: ExportHandle,
+    hop: Option<Hop>,
+    shared: Arc<Shared>,
+    direction: Direction,
     started: Instant,
+    /// Set for gRPC, whose RED count waits for the `grpc-status` trailer.
+    head_latency: Option<Duration>,
     status: u16,
     grpc_status: Option<String>,
 }
@@ -450,6 +494,15 @@ struct TracedBody {
 impl TracedBody {
     fn done(&mut self, error: Option<String>) {
         if let Some(p) = self.pending.take() {
+            if let Some(latency) = p.head_latency {
+                // No grpc-status at all (the stream was cut): `grpc_other`.
+                let class =
+                    status_class(Some(p.status), Some(p.grpc_status.as_deref().unwrap_or("")));
+                count(&p.shared, p.direction, p.hop.as_ref(), class, latency);
+            }
+            let Some(hop) = p.hop else {
+                return;
+            };
             let info = ResponseInfo {
                 status: Some(p.status),
                 grpc_status: p.grpc_status,
@@ -457,7 +510,7 @@ impl TracedBody {
                 error,
                 error_type: None,
             };
-            finish(&p.export, p.hop, p.started, &info);
+            finish(&p.shared.export, hop, p.started, &info);
         }
     }
 }

@@ -37,6 +37,7 @@ pub mod listener;
 pub mod metrics;
 pub mod orig_dst;
 pub mod reclaim;
+pub mod red;
 pub mod reload;
 pub mod run;
 pub mod state;

@@ -1,22 +1,20 @@
-//! Proxy counters and their Prometheus text rendering. Plain atomics: the request path only
-//! does relaxed increments, `/metrics` reads a snapshot.
+//! Proxy counters and their Prometheus / OpenMetrics text rendering. Plain atomics: the
+//! request path only does relaxed increments, `/metrics` reads a snapshot. The per-request
+//! RED series (count, errors, latency by operation, with exemplars) live in [`crate::red`].
 
 use std::fmt::Write as _;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
-use std::time::Duration;
+use std::time::SystemTime;
 
 use sidetrace_contract::Direction;
 use sidetrace_trace::NameBudget;
+use sidetrace_trace::sampling::Reason;
 
 use crate::detect::Detected;
+use crate::red::{Exposition, Observation, Red, RequestMetrics};
 
-/// Upper bounds of the request latency histogram, in seconds (time to response headers).
-pub const LATENCY_BUCKETS: [f64; 14] = [
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-];
 const DIRECTIONS: [Direction; 2] = [Direction::Inbound, Direction::Outbound];
-const CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "other"];
 const PROTOCOLS: [Detected; 4] = [
     Detected::Http1,
     Detected::Http2,
@@ -58,10 +56,6 @@ impl Refusal {
 
 #[derive(Default)]
 struct PerDirection {
-    requests: [AtomicU64; CLASSES.len()],
-    latency_buckets: [AtomicU64; LATENCY_BUCKETS.len()],
-    latency_sum_us: AtomicU64,
-    latency_count: AtomicU64,
     connections_open: AtomicI64,
     connections_total: AtomicU64,
     protocols: [AtomicU64; PROTOCOLS.len()],
@@ -76,10 +70,16 @@ struct PerDirection {
 #[derive(Default)]
 pub struct Metrics {
     dirs: [PerDirection; 2],
+    /// Requests, errors and latency by operation and status class.
+    red: Red,
+    /// What [`Metrics::request`] records.
+    request_metrics: RequestMetrics,
     /// Highest open-connection count (both directions) since [`Metrics::take_peak_open`].
     peak_open: AtomicI64,
     reloads_ok: AtomicU64,
     reloads_failed: AtomicU64,
+    /// Sampling decisions by reason ([`Reason::ALL`] order), not sampled and sampled.
+    sampling: [[AtomicU64; 2]; Reason::ALL.len()],
     /// Requests whose trace context was malformed and dropped (counted by the request path,
     /// which learns it from the hop).
     malformed_context: AtomicU64,
@@ -99,14 +99,6 @@ pub fn direction_label(d: Direction) -> &'static str {
     match d {
         Direction::Inbound => "inbound",
         Direction::Outbound => "outbound",
-    }
-}
-
-/// Index into [`CLASSES`] for a status code.
-fn class_index(status: Option<u16>) -> usize {
-    match status {
-        Some(s @ 100..=599) => usize::from(s / 100) - 1,
-        _ => CLASSES.len() - 1,
     }
 }
 
@@ -186,24 +178,38 @@ impl Metrics {
         self.dirs[idx(d)].idle_timeouts.fetch_add(1, Relaxed);
     }
 
-    /// Counts a finished request head exchange: status (None when no response) and latency.
-    pub fn request(&self, d: Direction, status: Option<u16>, grpc: bool, latency: Duration) {
-        let p = &self.dirs[idx(d)];
-        p.requests[class_index(status)].fetch_add(1, Relaxed);
-        if grpc {
-            p.grpc_requests.fetch_add(1, Relaxed);
+    /// The same counters recording `mode` per request.
+    pub fn with_request_metrics(self, mode: RequestMetrics) -> Self {
+        Self {
+            request_metrics: mode,
+            ..self
         }
-        let secs = latency.as_secs_f64();
-        for (i, le) in LATENCY_BUCKETS.iter().enumerate() {
-            if secs <= *le {
-                p.latency_buckets[i].fetch_add(1, Relaxed);
-            }
+    }
+
+    /// Counts a finished exchange in the RED series (see [`crate::red`]), as far as
+    /// `--request-metrics` says.
+    pub fn request(&self, o: &Observation<'_>) {
+        match self.request_metrics {
+            RequestMetrics::Exemplars => self.red.observe(o, SystemTime::now()),
+            RequestMetrics::On => self.red.observe(
+                &Observation {
+                    sampled_trace: None,
+                    ..*o
+                },
+                SystemTime::now(),
+            ),
+            RequestMetrics::Off => {}
         }
-        p.latency_sum_us.fetch_add(
-            u64::try_from(latency.as_micros()).unwrap_or(u64::MAX),
-            Relaxed,
-        );
-        p.latency_count.fetch_add(1, Relaxed);
+    }
+
+    /// Counts a gRPC request (when its head arrives).
+    pub fn grpc_request(&self, d: Direction) {
+        self.dirs[idx(d)].grpc_requests.fetch_add(1, Relaxed);
+    }
+
+    /// Counts a sampling decision.
+    pub fn sampling_decision(&self, reason: Reason, sampled: bool) {
+        self.sampling[reason.index()][usize::from(sampled)].fetch_add(1, Relaxed);
     }
 
     /// Counts a request whose trace context was malformed and replaced by a new trace.
@@ -221,28 +227,13 @@ impl Metrics {
         .fetch_add(1, Relaxed);
     }
 
-    /// Renders every counter as Prometheus text exposition format.
-    pub fn render(&self, out: &mut String) {
+    /// Renders every counter as Prometheus text, with the RED series' exemplars when `format`
+    /// is OpenMetrics (the caller converts the whole text with [`crate::red::to_openmetrics`]).
+    pub fn render(&self, out: &mut String, format: Exposition) {
         let head = |out: &mut String, name: &str, kind: &str, help: &str| {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
         };
-        head(
-            out,
-            "sidetrace_proxy_requests_total",
-            "counter",
-            "HTTP requests proxied, by direction and response status class.",
-        );
-        for d in DIRECTIONS {
-            let p = &self.dirs[idx(d)];
-            for (i, class) in CLASSES.iter().enumerate() {
-                let _ = writeln!(
-                    out,
-                    "sidetrace_proxy_requests_total{{direction=\"{}\",status_class=\"{class}\"}} {}",
-                    direction_label(d),
-                    p.requests[i].load(Relaxed)
-                );
-            }
-        }
+        self.red.render(out, format);
         head(
             out,
             "sidetrace_proxy_grpc_requests_total",
@@ -255,37 +246,6 @@ impl Metrics {
                 "sidetrace_proxy_grpc_requests_total{{direction=\"{}\"}} {}",
                 direction_label(d),
                 self.dirs[idx(d)].grpc_requests.load(Relaxed)
-            );
-        }
-        head(
-            out,
-            "sidetrace_proxy_request_duration_seconds",
-            "histogram",
-            "Time from request head to response head, by direction.",
-        );
-        for d in DIRECTIONS {
-            let p = &self.dirs[idx(d)];
-            let dl = direction_label(d);
-            for (i, le) in LATENCY_BUCKETS.iter().enumerate() {
-                let _ = writeln!(
-                    out,
-                    "sidetrace_proxy_request_duration_seconds_bucket{{direction=\"{dl}\",le=\"{le}\"}} {}",
-                    p.latency_buckets[i].load(Relaxed)
-                );
-            }
-            let count = p.latency_count.load(Relaxed);
-            let _ = writeln!(
-                out,
-                "sidetrace_proxy_request_duration_seconds_bucket{{direction=\"{dl}\",le=\"+Inf\"}} {count}"
-            );
-            let _ = writeln!(
-                out,
-                "sidetrace_proxy_request_duration_seconds_sum{{direction=\"{dl}\"}} {}",
-                p.latency_sum_us.load(Relaxed) as f64 / 1e6
-            );
-            let _ = writeln!(
-                out,
-                "sidetrace_proxy_request_duration_seconds_count{{direction=\"{dl}\"}} {count}"
             );
         }
         head(
@@ -417,6 +377,22 @@ impl Metrics {
         );
         head(
             out,
+            "sidetrace_proxy_sampling_decisions_total",
+            "counter",
+            "Head sampling decisions of traced requests, by reason (rate, limit: the rate said yes but maxTracesPerSecond had no token, parent_sampled, parent_unsampled, debug, untrusted: the caller's decision was ignored) and outcome.",
+        );
+        for reason in Reason::ALL {
+            for (sampled, label) in [(1, "true"), (0, "false")] {
+                let _ = writeln!(
+                    out,
+                    "sidetrace_proxy_sampling_decisions_total{{reason=\"{}\",sampled=\"{label}\"}} {}",
+                    reason.label(),
+                    self.sampling[reason.index()][sampled].load(Relaxed)
+                );
+            }
+        }
+        head(
+            out,
             "sidetrace_trace_context_malformed_total",
             "counter",
             "Requests whose trace context was malformed and replaced by a new trace.",
@@ -434,21 +410,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn renders_classes_buckets_and_gauges() {
+    fn renders_red_series_grpc_and_gauges() {
         let m = Metrics::default();
-        m.request(
-            Direction::Inbound,
-            Some(200),
-            false,
-            Duration::from_millis(3),
-        );
-        m.request(
-            Direction::Outbound,
-            Some(502),
-            true,
-            Duration::from_secs(20),
-        );
-        m.request(Direction::Outbound, None, false, Duration::from_millis(1));
+        m.request(&Observation {
+            direction: Direction::Inbound,
+            operation: "GET /",
+            class: crate::red::status_class(Some(200), None),
+            latency: std::time::Duration::from_millis(3),
+            sampled_trace: None,
+        });
+        m.grpc_request(Direction::Outbound);
         let g = m.connection(Direction::Inbound);
         m.detected(Direction::Inbound, Detected::Http2);
         m.refused(Direction::Outbound, Refusal::Loop);
@@ -456,16 +427,10 @@ mod tests {
         m.upstream_timeout(Direction::Outbound);
         m.idle_timeout(Direction::Inbound);
         let mut out = String::new();
-        m.render(&mut out);
+        m.render(&mut out, Exposition::Prometheus);
         for line in [
-            "sidetrace_proxy_requests_total{direction=\"inbound\",status_class=\"2xx\"} 1",
-            "sidetrace_proxy_requests_total{direction=\"outbound\",status_class=\"5xx\"} 1",
-            "sidetrace_proxy_requests_total{direction=\"outbound\",status_class=\"other\"} 1",
+            "sidetrace_proxy_requests_total{direction=\"inbound\",operation=\"GET /\",status_class=\"2xx\"} 1",
             "sidetrace_proxy_grpc_requests_total{direction=\"outbound\"} 1",
-            "sidetrace_proxy_request_duration_seconds_bucket{direction=\"inbound\",le=\"0.0025\"} 0",
-            "sidetrace_proxy_request_duration_seconds_bucket{direction=\"inbound\",le=\"0.005\"} 1",
-            "sidetrace_proxy_request_duration_seconds_bucket{direction=\"outbound\",le=\"10\"} 1",
-            "sidetrace_proxy_request_duration_seconds_bucket{direction=\"outbound\",le=\"+Inf\"} 2",
             "sidetrace_proxy_connections_open{direction=\"inbound\"} 1",
             "sidetrace_proxy_detected_protocol_total{direction=\"inbound\",protocol=\"http2\"} 1",
             "sidetrace_proxy_connections_refused_total{direction=\"outbound\",reason=\"loop\"} 1",
@@ -491,7 +456,7 @@ mod tests {
         assert!(!budget.admit("GET /b"));
         assert!(!budget.admit("GET /c"));
         let mut out = String::new();
-        m.render(&mut out);
+        m.render(&mut out, Exposition::Prometheus);
         for line in [
             "# TYPE sidetrace_span_names_overflow_total counter",
             "sidetrace_span_names_overflow_total 2",
@@ -502,12 +467,55 @@ mod tests {
     }
 
     #[test]
+    fn request_metrics_off_or_without_exemplars() {
+        let o = Observation {
+            direction: Direction::Inbound,
+            operation: "GET /",
+            class: 1,
+            latency: std::time::Duration::from_millis(1),
+            sampled_trace: sidetrace_trace::TraceId::from_u128(7),
+        };
+        let text = |mode| {
+            let m = Metrics::default().with_request_metrics(mode);
+            m.request(&o);
+            let mut out = String::new();
+            m.render(&mut out, Exposition::OpenMetrics);
+            out
+        };
+        assert!(text(RequestMetrics::Exemplars).contains("trace_id="));
+        let on = text(RequestMetrics::On);
+        assert!(
+            on.contains("operation=\"GET /\"") && !on.contains("trace_id="),
+            "{on}"
+        );
+        assert!(!text(RequestMetrics::Off).contains("operation="));
+    }
+
+    #[test]
+    fn renders_sampling_decisions_by_reason_and_outcome() {
+        let m = Metrics::default();
+        m.sampling_decision(Reason::Limit, false);
+        m.sampling_decision(Reason::Untrusted, true);
+        m.sampling_decision(Reason::Untrusted, true);
+        let mut out = String::new();
+        m.render(&mut out, Exposition::Prometheus);
+        for line in [
+            "# TYPE sidetrace_proxy_sampling_decisions_total counter",
+            "sidetrace_proxy_sampling_decisions_total{reason=\"limit\",sampled=\"false\"} 1",
+            "sidetrace_proxy_sampling_decisions_total{reason=\"untrusted\",sampled=\"true\"} 2",
+            "sidetrace_proxy_sampling_decisions_total{reason=\"rate\",sampled=\"true\"} 0",
+        ] {
+            assert!(out.lines().any(|l| l == line), "missing {line}\n{out}");
+        }
+    }
+
+    #[test]
     fn renders_the_malformed_context_counter() {
         let m = Metrics::default();
         m.malformed_context();
         m.malformed_context();
         let mut out = String::new();
-        m.render(&mut out);
+        m.render(&mut out, Exposition::Prometheus);
         for line in [
             "# TYPE sidetrace_trace_context_malformed_total counter",
             "sidetrace_trace_context_malformed_total 2",

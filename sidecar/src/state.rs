@@ -124,9 +124,11 @@ impl Shared {
         );
         let settings_file_error = settings.file_error.clone();
         let limit = ConnectionLimit::new(settings.args.max_connections);
+        let request_metrics = settings.args.request_metrics;
         Arc::new(Self {
             settings,
-            metrics: Metrics::with_name_budget(Arc::clone(&live.tracer.name_budget)),
+            metrics: Metrics::with_name_budget(Arc::clone(&live.tracer.name_budget))
+                .with_request_metrics(request_metrics),
             upstream,
             export,
             limit,
@@ -150,13 +152,19 @@ impl Shared {
     }
 
     /// Swaps in a new reloadable configuration. The default span-name budget is carried over:
-    /// it bounds the names one proxy process gives out, and a reload must not reopen it.
+    /// it bounds the names one proxy process gives out, and a reload must not reopen it. So is
+    /// the trace limiter while its limit stays the same (a reload must not refill it).
     pub fn set_live(&self, mut live: Live) {
         let mut current = self
             .live
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         live.tracer.name_budget = Arc::clone(&current.tracer.name_budget);
+        if live.tracer.trace_limiter == current.tracer.trace_limiter {
+            live.tracer
+                .trace_limiter
+                .clone_from(&current.tracer.trace_limiter);
+        }
         *current = Arc::new(live);
     }
 
@@ -451,7 +459,9 @@ mod tests {
             );
         }
         let mut out = String::new();
-        shared.metrics.render(&mut out);
+        shared
+            .metrics
+            .render(&mut out, crate::red::Exposition::Prometheus);
         assert!(
             out.lines()
                 .any(|l| l == "sidetrace_span_names_overflow_total 1"),

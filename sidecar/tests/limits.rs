@@ -273,7 +273,7 @@ async fn a_slow_upstream_gets_504_and_an_error_span_with_a_response_timeout() {
     assert_eq!(
         metric_value(
             &m,
-            "sidetrace_proxy_requests_total{direction=\"inbound\",status_class=\"5xx\"}"
+            "sidetrace_proxy_requests_total{direction=\"inbound\",operation=\"GET /hold/slow\",status_class=\"5xx\"}"
         ),
         1.0
     );

@@ -20,11 +20,14 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use http::{HeaderMap, HeaderValue};
 use sidetrace_contract::proxy_config::{DEFAULT_PROPAGATION, path_is_excluded};
-use sidetrace_contract::{Direction, OperationRule, PropagationFormat, ProxyConfig};
+use sidetrace_contract::{
+    Direction, OperationRule, OperationSampling, PropagationFormat, ProxyConfig,
+};
 
 use crate::id::{SpanContext, SpanId, TraceId, random_request_id};
 use crate::naming::{NameBudget, overflow_name, route_template};
 use crate::propagation::{self, Formats, X_REQUEST_ID};
+use crate::sampling::{self, Incoming, Policy, Reason, TraceLimiter};
 use crate::span::{Endpoint, Span, SpanKind};
 
 /// User agents of kubelet probes start with this; probes are proxied but never traced.
@@ -43,6 +46,13 @@ pub struct TracerConfig {
     pub service_name: String,
     /// Probability in 0..=1 that a trace without a sampling decision is sampled.
     pub sampling_rate: f64,
+    /// Rates of single operations, overriding `sampling_rate` for them.
+    pub operation_sampling: Vec<OperationSampling>,
+    /// Follow callers' sampling decisions (false: the proxy decides every hop itself).
+    pub trust_incoming: bool,
+    /// The `maxTracesPerSecond` token bucket, when set. Runtime state shared by clones; the
+    /// proxy carries it over a reload that keeps the same limit.
+    pub trace_limiter: Option<Arc<TraceLimiter>>,
     /// Formats written on every forwarded request (in addition to those that arrived).
     pub formats: Vec<PropagationFormat>,
     /// Span naming rules; the first match wins.
@@ -99,6 +109,9 @@ impl TracerConfig {
         Self {
             service_name: service_name.into(),
             sampling_rate: sidetrace_contract::defaults::SAMPLING_RATE,
+            operation_sampling: Vec::new(),
+            trust_incoming: true,
+            trace_limiter: None,
             formats: DEFAULT_PROPAGATION.to_vec(),
             operations: Vec::new(),
             exclude_paths: Vec::new(),
@@ -125,6 +138,11 @@ impl TracerConfig {
                 .sampling_override
                 .or(cfg.sampling_rate)
                 .unwrap_or(flags.sampling_rate),
+            operation_sampling: cfg.operation_sampling.clone(),
+            trust_incoming: !cfg.ignore_incoming_sampling,
+            trace_limiter: cfg
+                .max_traces_per_second
+                .map(|limit| Arc::new(TraceLimiter::new(limit))),
             formats: cfg.propagation_formats().to_vec(),
             operations: cfg.operations.clone(),
             exclude_paths: cfg.exclude_paths.clone(),
@@ -189,20 +207,20 @@ impl TracerConfig {
     pub fn sample_by_rate(&self, trace_id: &TraceId) -> bool {
         sample_by_rate(trace_id, self.sampling_rate)
     }
+
+    /// The sampling settings, for [`sampling::decide`].
+    pub fn sampling_policy(&self) -> Policy<'_> {
+        Policy {
+            rate: self.sampling_rate,
+            operations: &self.operation_sampling,
+            trust_incoming: self.trust_incoming,
+        }
+    }
 }
 
 /// See [`TracerConfig::sample_by_rate`].
 pub fn sample_by_rate(trace_id: &TraceId, rate: f64) -> bool {
-    // NaN compares false with everything: "never".
-    if rate.is_nan() || rate <= 0.0 {
-        return false;
-    }
-    if rate >= 1.0 {
-        return true;
-    }
-    // The cast saturates; rate < 1 keeps it below 2^64.
-    let threshold = (rate * 18_446_744_073_709_551_616.0) as u64;
-    trace_id.low() < threshold
+    sampling::under_rate(trace_id.low(), rate)
 }
 
 fn path_only(path: &str) -> &str {
@@ -267,6 +285,10 @@ pub struct ResponseInfo {
 #[derive(Clone, Debug)]
 pub struct Hop {
     context: SpanContext,
+    /// The span name, decided for every traced request (metrics count unsampled ones too).
+    name: String,
+    /// Why the hop is sampled or not.
+    sampling: Reason,
     malformed_context: bool,
     started: SystemTime,
     /// `None` when not sampled: nothing is built for spans that will not be recorded.
@@ -276,7 +298,6 @@ pub struct Hop {
 #[derive(Clone, Debug)]
 struct Pending {
     kind: SpanKind,
-    name: String,
     local: Endpoint,
     remote: Endpoint,
     tags: BTreeMap<String, String>,
@@ -304,9 +325,14 @@ impl Hop {
         self.malformed_context
     }
 
-    /// The span name, when sampled.
-    pub fn name(&self) -> Option<&str> {
-        self.pending.as_ref().map(|p| p.name.as_str())
+    /// Why the hop is (or is not) sampled, for the proxy's decision counter.
+    pub fn sampling_reason(&self) -> Reason {
+        self.sampling
+    }
+
+    /// The span name (the operation), sampled or not.
+    pub fn name(&self) -> &str {
+        &self.name
     }
 
     /// Ends the span at wall-clock time `end`; returns it only when sampled.
@@ -349,7 +375,7 @@ impl Hop {
             parent_id: self.context.parent_id,
             id: self.context.span_id,
             kind: p.kind,
-            name: p.name,
+            name: self.name,
             timestamp: micros_since_epoch(self.started),
             duration,
             local_endpoint: p.local,
@@ -363,7 +389,7 @@ impl Hop {
 /// gRPC statuses that mean failure. For a SERVER span only the codes that blame the server
 /// (OpenTelemetry's rule: Unknown, DeadlineExceeded, Unimplemented, Internal, Unavailable,
 /// DataLoss); for a CLIENT span any non-OK code.
-fn grpc_status_is_error(code: &str, kind: SpanKind) -> bool {
+pub fn grpc_status_is_error(code: &str, kind: SpanKind) -> bool {
     match kind {
         SpanKind::Client => code != "0",
         SpanKind::Server => matches!(code, "2" | "4" | "12" | "13" | "14" | "15"),
@@ -399,34 +425,30 @@ pub fn start_hop(
         );
     }
     let span_id = SpanId::random();
-    let context = match incoming.context {
-        Some(parent) => SpanContext {
-            trace_id: parent.trace_id,
-            span_id,
-            parent_id: Some(parent.span_id),
-            sampled: Some(
-                parent.debug
-                    || parent
-                        .sampled
-                        .unwrap_or_else(|| cfg.sample_by_rate(&parent.trace_id)),
-            ),
-            debug: parent.debug,
-        },
-        None => {
-            let trace_id = TraceId::random();
-            SpanContext {
-                trace_id,
-                span_id,
-                parent_id: None,
-                sampled: Some(
-                    incoming.debug
-                        || incoming
-                            .sampled
-                            .unwrap_or_else(|| cfg.sample_by_rate(&trace_id)),
-                ),
-                debug: incoming.debug,
-            }
-        }
+    let name = cfg.operation_name(req.direction, req.method, req.path, &span_host(req));
+    let parent = incoming.context;
+    let trace_id = parent.map_or_else(TraceId::random, |p| p.trace_id);
+    let arrived = Incoming {
+        sampled: parent.map_or(incoming.sampled, |p| p.sampled),
+        debug: parent.map_or(incoming.debug, |p| p.debug),
+    };
+    let policy = cfg.sampling_policy();
+    // Trusted: the trace id's bits, so every hop of the trace decides alike. Untrusted: a
+    // random draw, so a caller cannot choose an id that is always sampled.
+    let draw = if policy.trust_incoming {
+        trace_id.low()
+    } else {
+        rand::random()
+    };
+    let decision = sampling::decide(&policy, arrived, &name, draw, || {
+        cfg.trace_limiter.as_ref().is_none_or(|l| l.try_take())
+    });
+    let context = SpanContext {
+        trace_id,
+        span_id,
+        parent_id: parent.map(|p| p.span_id),
+        sampled: Some(decision.sampled),
+        debug: decision.reason == Reason::Debug,
     };
 
     if req.direction == Direction::Inbound
@@ -443,10 +465,21 @@ pub fn start_hop(
         .then(|| build_pending(cfg, req, headers));
     Some(Hop {
         context,
+        name,
+        sampling: decision.reason,
         malformed_context: incoming.malformed,
         started: now,
         pending,
     })
+}
+
+/// The host a span is named and tagged by: the authority without userinfo, else the upstream
+/// address.
+fn span_host(req: &RequestInfo<'_>) -> String {
+    req.authority.map_or_else(
+        || req.upstream_addr.to_string(),
+        |a| authority_without_userinfo(a).to_owned(),
+    )
 }
 
 fn build_pending(cfg: &TracerConfig, req: &RequestInfo<'_>, headers: &HeaderMap) -> Pending {
@@ -455,11 +488,8 @@ fn build_pending(cfg: &TracerConfig, req: &RequestInfo<'_>, headers: &HeaderMap)
         Direction::Outbound => (SpanKind::Client, req.upstream_addr),
     };
     let upstream = req.upstream_addr.to_string();
-    let host = req
-        .authority
-        .map(authority_without_userinfo)
-        .unwrap_or(&upstream);
-    let name = cfg.operation_name(req.direction, req.method, req.path, host);
+    let host = span_host(req);
+    let host = host.as_str();
 
     let mut local = Endpoint::from_addr(
         Some(cfg.service_name.clone()),
@@ -505,7 +535,6 @@ fn build_pending(cfg: &TracerConfig, req: &RequestInfo<'_>, headers: &HeaderMap)
     }
     Pending {
         kind,
-        name,
         local,
         remote,
         tags,

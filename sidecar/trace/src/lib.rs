@@ -7,7 +7,8 @@
 //!    [`propagation::extract`] reads B3 single, B3 multi and W3C context (in that order of
 //!    precedence); malformed context is ignored and reported on the hop for the proxy to count. The hop gets a new span id,
 //!    a child of the incoming span or the root of a new 128-bit trace, and a sampling
-//!    decision (incoming decision, debug, else the rate applied to the trace id).
+//!    decision ([`sampling::decide`]: a trusted caller's debug or sampled flag, else the
+//!    operation's or the service's rate, within the `maxTracesPerSecond` token bucket).
 //!    [`propagation::inject`] rewrites the headers for the next hop in the configured formats
 //!    plus every format that arrived. Excluded paths and kubelet probes return `None`.
 //!    A sampled hop is named by the first matching operation rule, else by a default built
@@ -42,6 +43,7 @@ pub mod id;
 pub mod naming;
 pub mod otlp;
 pub mod propagation;
+pub mod sampling;
 pub mod span;
 pub mod tls;
 
