@@ -543,6 +543,19 @@ pub async fn run(which: Which, opts: Opts) -> Result<String> {
         );
     }
     if which == Which::All {
+        // Counting under valgrind and strace takes minutes and wants the symbols of the
+        // profiling build: `sidetrace-bench profile` writes its own file, embedded here.
+        let path = procs::workspace_root().join("bench/RESULTS-profile.md");
+        let section = std::fs::read_to_string(&path).unwrap_or_else(|_| {
+            "Not measured: bench/RESULTS-profile.md is missing (run `make bench-profile`).\n"
+                .to_owned()
+        });
+        let _ = writeln!(
+            md,
+            "## Per-request profile (from `sidetrace-bench profile`, bench/RESULTS-profile.md)\n\n{section}"
+        );
+    }
+    if which == Which::All {
         // The operator scenario needs root and the control-plane peers, so it is a separate
         // binary (`make bench` runs it first); its section is embedded here.
         let path = procs::workspace_root().join("bench/RESULTS-operator.md");
