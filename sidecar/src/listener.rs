@@ -256,11 +256,14 @@ async fn handle_connection(
         upstream: route.upstream,
         h2: detected == Detected::Http2,
     });
+    // HTTP/2 and opaque connections are boxed: their futures are larger than HTTP/1's, and
+    // this task is sized for the largest, so every keep-alive HTTP/1 connection would carry
+    // their room while it idles.
     match detected {
         Detected::Http1 => serve_http1(io, info, Arc::clone(&shared)).await,
-        Detected::Http2 => serve_http2(io, info, Arc::clone(&shared)).await,
+        Detected::Http2 => Box::pin(serve_http2(io, info, Arc::clone(&shared))).await,
         Detected::Tls | Detected::Opaque => {
-            copy_opaque(io, route.upstream, &shared, direction).await
+            Box::pin(copy_opaque(io, route.upstream, &shared, direction)).await
         }
     }
 }
