@@ -287,7 +287,11 @@ async fn serve_http1(io: Rewind<TcpStream>, info: Arc<ConnInfo>, shared: Arc<Sha
     let direction = info.direction;
     let svc_shared = Arc::clone(&shared);
     let stop = shared.stop_signal(info.direction);
-    let svc = service_fn(move |req| proxy(Arc::clone(&svc_shared), Arc::clone(&info), req));
+    // Boxed per request: hyper keeps room for one request's future in every connection, busy
+    // or idle, so unboxed every idle keep-alive connection would hold a whole proxy future;
+    // boxed it holds a pointer, and the box lives only until the response head is ready.
+    let svc =
+        service_fn(move |req| Box::pin(proxy(Arc::clone(&svc_shared), Arc::clone(&info), req)));
     let conn = builder
         .serve_connection(TokioIo::new(io), svc)
         .with_upgrades();
