@@ -44,6 +44,14 @@ pub struct Opts {
     /// sidetrace-proxy binary (default: target/release/sidetrace-proxy).
     #[arg(long)]
     pub proxy_bin: Option<PathBuf>,
+    /// A second sidetrace-proxy binary (an earlier build) measured beside the first as
+    /// `sidetrace-baseline` in the HTTP/1.1 and memory scenarios: before/after in one run.
+    #[arg(long)]
+    pub baseline_proxy_bin: Option<PathBuf>,
+    /// sidetrace-proxy exports OTLP/HTTP (protobuf) instead of Zipkin v2 JSON in the HTTP/1.1
+    /// and memory scenarios (the sink answers both).
+    #[arg(long)]
+    pub otlp: bool,
     /// sidetrace-injector binary (default: target/release/sidetrace-injector).
     #[arg(long)]
     pub injector_bin: Option<PathBuf>,
@@ -76,6 +84,9 @@ pub enum Which {
 struct Env {
     exe: PathBuf,
     proxy: PathBuf,
+    baseline_proxy: Option<PathBuf>,
+    /// Collector path of the sink the HTTP/1.1 and memory scenarios export to.
+    span_path: &'static str,
     injector: PathBuf,
     envoy: Option<PathBuf>,
     zipkin: Option<PathBuf>,
@@ -221,6 +232,11 @@ fn start_relay(env: &Env, up: u16) -> Result<Sut> {
 /// sidetrace-proxy in explicit mode: inbound listener forwarding to the upstream, tracing
 /// every request (sampling 1) to `collector`, one worker thread.
 fn start_proxy(env: &Env, name: &str, up: u16, collector: &str) -> Result<Sut> {
+    start_proxy_bin(env, name, &env.proxy, up, collector)
+}
+
+/// [`start_proxy`] with another sidetrace-proxy binary.
+fn start_proxy_bin(env: &Env, name: &str, bin: &Path, up: u16, collector: &str) -> Result<Sut> {
     let (inb, outb, admin) = (
         procs::free_port()?,
         procs::free_port()?,
@@ -253,7 +269,7 @@ fn start_proxy(env: &Env, name: &str, up: u16, collector: &str) -> Result<Sut> {
     .iter()
     .map(|s| (*s).to_owned())
     .collect();
-    let p = env.spawn(name, &env.sut_cpu, &env.proxy, &args)?;
+    let p = env.spawn(name, &env.sut_cpu, bin, &args)?;
     procs::wait_port(lo(inb), Duration::from_secs(10))?;
     procs::wait_port(lo(admin), Duration::from_secs(10))?;
     Ok(Sut {
@@ -430,6 +446,12 @@ pub async fn run(which: Which, opts: Opts) -> Result<String> {
             .proxy_bin
             .clone()
             .unwrap_or_else(|| target.join("sidetrace-proxy")),
+        baseline_proxy: opts.baseline_proxy_bin.clone(),
+        span_path: if opts.otlp {
+            "v1/traces"
+        } else {
+            "api/v2/spans"
+        },
         injector: opts
             .injector_bin
             .clone()
@@ -598,12 +620,21 @@ pub async fn run(which: Which, opts: Opts) -> Result<String> {
 async fn http(env: &Env) -> Result<String> {
     let (_up, up) = start_upstream(env)?;
     let (_sink, sink) = start_sink(env)?;
-    let collector = format!("http://127.0.0.1:{sink}/api/v2/spans");
+    let collector = format!("http://127.0.0.1:{sink}/{}", env.span_path);
     let mut suts = vec![
         direct(up),
         start_relay(env, up)?,
         start_proxy(env, "sidetrace", up, &collector)?,
     ];
+    if let Some(bin) = &env.baseline_proxy {
+        suts.push(start_proxy_bin(
+            env,
+            "sidetrace-baseline",
+            bin,
+            up,
+            &collector,
+        )?);
+    }
     let mut notes = String::new();
     match start_envoy(env, "envoy-tracer-off", up, sink, false) {
         Ok(s) => suts.push(s),
@@ -823,7 +854,7 @@ async fn h2(env: &Env) -> Result<String> {
 async fn memory(env: &Env) -> Result<String> {
     let (_up, up) = start_upstream(env)?;
     let (_sink, sink) = start_sink(env)?;
-    let collector = format!("http://127.0.0.1:{sink}/api/v2/spans");
+    let collector = format!("http://127.0.0.1:{sink}/{}", env.span_path);
     let mut suts = vec![start_proxy(env, "sidetrace", up, &collector)?];
     let mut notes = String::new();
     match start_envoy(env, "envoy-zipkin", up, sink, true) {
@@ -834,6 +865,15 @@ async fn memory(env: &Env) -> Result<String> {
     }
     if let Ok(s) = start_envoy(env, "envoy-tracer-off", up, sink, false) {
         suts.push(s);
+    }
+    if let Some(bin) = &env.baseline_proxy {
+        suts.push(start_proxy_bin(
+            env,
+            "sidetrace-baseline",
+            bin,
+            up,
+            &collector,
+        )?);
     }
     // Each target holds 2 descriptors per idle client connection (client side + upstream side).
     let budget = (env.nofile.saturating_sub(400) / 2) as usize;
