@@ -449,12 +449,22 @@ pub fn start_hop(
     })
 }
 
+/// `addr` as text in a string sized for the longest socket address up front: `to_string`
+/// grows it twice while writing, one allocation each, for every traced request.
+fn addr_text(addr: SocketAddr) -> String {
+    use std::fmt::Write as _;
+    // `[ffff:...:ffff%4294967295]:65535`
+    let mut s = String::with_capacity(58);
+    let _ = write!(s, "{addr}");
+    s
+}
+
 fn build_pending(cfg: &TracerConfig, req: &RequestInfo<'_>, headers: &HeaderMap) -> Pending {
     let (kind, remote_addr) = match req.direction {
         Direction::Inbound => (SpanKind::Server, req.peer_addr),
         Direction::Outbound => (SpanKind::Client, req.upstream_addr),
     };
-    let upstream = req.upstream_addr.to_string();
+    let upstream = addr_text(req.upstream_addr);
     let host = req
         .authority
         .map(authority_without_userinfo)
@@ -488,7 +498,7 @@ fn build_pending(cfg: &TracerConfig, req: &RequestInfo<'_>, headers: &HeaderMap)
     };
     tag("http.url", format!("{}://{host}{url_path}", req.scheme));
     tag("http.protocol", req.protocol.to_string());
-    tag("peer.address", remote_addr.to_string());
+    tag("peer.address", addr_text(remote_addr));
     tag("upstream_address", upstream.clone());
     tag(
         "upstream_cluster",

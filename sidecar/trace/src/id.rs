@@ -123,7 +123,7 @@ impl fmt::Display for TraceId {
 
 impl Serialize for TraceId {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
+        s.serialize_str(self.hex(&mut [0; 32]))
     }
 }
 
@@ -179,7 +179,7 @@ impl fmt::Display for SpanId {
 
 impl Serialize for SpanId {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
+        s.serialize_str(self.hex(&mut [0; 16]))
     }
 }
 
