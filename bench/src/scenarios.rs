@@ -263,6 +263,10 @@ fn start_proxy_bin(env: &Env, name: &str, bin: &Path, up: u16, collector: &str) 
         "bench",
         "--worker-threads",
         "1",
+        // Above the memory scenario's idle connections: the default cap (sized for a 64 Mi
+        // container) would close most of them.
+        "--max-connections",
+        &(env.idle_conns + 1000).to_string(),
         "--log-level",
         "error",
     ]
