@@ -20,6 +20,10 @@ use anyhow::{Context as _, Result, bail};
 
 use crate::load::{Client, Proto, Req};
 use crate::procs::{self, Proc, lo};
+use crate::scenarios::proxy_args;
+
+/// The proxy's own default `--max-connections` (the profile opens fewer than this).
+const DEFAULT_MAX_CONNECTIONS: usize = 2048;
 
 /// Options of `sidetrace-bench profile`.
 #[derive(Debug, Clone, clap::Args)]
@@ -274,33 +278,11 @@ async fn one_run(
         ),
         Target::Proxy { otlp } => {
             let path = if otlp { "v1/traces" } else { "api/v2/spans" };
-            let args = [
-                "--listen-address",
-                "127.0.0.1",
-                "--admin-address",
-                "127.0.0.1",
-                "--inbound-port",
-                &listen.to_string(),
-                "--outbound-port",
-                &procs::free_port()?.to_string(),
-                "--admin-port",
-                &procs::free_port()?.to_string(),
-                "--inbound-forward-to",
-                &lo(s.up).to_string(),
-                "--collector",
-                &format!("http://127.0.0.1:{}/{path}", s.sink),
-                "--sampling",
-                "1",
-                "--service-name",
-                "bench",
-                "--worker-threads",
-                "1",
-                "--log-level",
-                "error",
-            ];
+            let ports = [listen, procs::free_port()?, procs::free_port()?];
+            let collector = format!("http://127.0.0.1:{}/{path}", s.sink);
             (
                 s.proxy.clone(),
-                args.iter().map(|a| (*a).to_owned()).collect(),
+                proxy_args(ports, lo(s.up), &collector, DEFAULT_MAX_CONNECTIONS),
             )
         }
     };
@@ -448,26 +430,15 @@ pub async fn run(opts: ProfileOpts) -> Result<String> {
     let tmp = std::env::temp_dir().join(format!("st-{}-profile", std::process::id()));
     std::fs::create_dir_all(&tmp)?;
     let cpu = "1".to_owned();
-    let up_port = procs::free_port()?;
-    let _up = Proc::spawn(
-        "upstream",
-        "0",
-        &exe,
-        &["upstream".to_owned(), lo(up_port).to_string()],
-        &[],
-        None,
-    )?;
-    let sink_port = procs::free_port()?;
-    let _sink = Proc::spawn(
-        "sink",
-        "0",
-        &exe,
-        &["sink".to_owned(), lo(sink_port).to_string()],
-        &[],
-        None,
-    )?;
-    procs::wait_port(lo(up_port), Duration::from_secs(10))?;
-    procs::wait_port(lo(sink_port), Duration::from_secs(10))?;
+    // The upstream app and the span sink, on the other CPU than the profiled process.
+    let mut peers = Vec::new();
+    for which in ["upstream", "sink"] {
+        let port = procs::free_port()?;
+        let args = [which.to_owned(), lo(port).to_string()];
+        peers.push((Proc::spawn(which, "0", &exe, &args, &[], None)?, port));
+        procs::wait_port(lo(port), Duration::from_secs(10))?;
+    }
+    let (up_port, sink_port) = (peers[0].1, peers[1].1);
     let s = Setup {
         exe: exe.clone(),
         proxy: proxy.clone(),

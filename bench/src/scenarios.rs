@@ -229,6 +229,47 @@ fn start_relay(env: &Env, up: u16) -> Result<Sut> {
     })
 }
 
+/// Command line of sidetrace-proxy in explicit mode on loopback: `ports` are the inbound,
+/// outbound and admin ports; the inbound listener forwards to `upstream`; every request is
+/// traced (sampling 1) and exported to `collector`; one worker thread.
+pub fn proxy_args(
+    ports: [u16; 3],
+    upstream: SocketAddr,
+    collector: &str,
+    max_connections: usize,
+) -> Vec<String> {
+    let [inb, outb, admin] = ports;
+    [
+        "--listen-address",
+        "127.0.0.1",
+        "--admin-address",
+        "127.0.0.1",
+        "--inbound-port",
+        &inb.to_string(),
+        "--outbound-port",
+        &outb.to_string(),
+        "--admin-port",
+        &admin.to_string(),
+        "--inbound-forward-to",
+        &upstream.to_string(),
+        "--collector",
+        collector,
+        "--sampling",
+        "1",
+        "--service-name",
+        "bench",
+        "--worker-threads",
+        "1",
+        "--max-connections",
+        &max_connections.to_string(),
+        "--log-level",
+        "error",
+    ]
+    .iter()
+    .map(|s| (*s).to_owned())
+    .collect()
+}
+
 /// sidetrace-proxy in explicit mode: inbound listener forwarding to the upstream, tracing
 /// every request (sampling 1) to `collector`, one worker thread.
 fn start_proxy(env: &Env, name: &str, up: u16, collector: &str) -> Result<Sut> {
@@ -242,37 +283,9 @@ fn start_proxy_bin(env: &Env, name: &str, bin: &Path, up: u16, collector: &str) 
         procs::free_port()?,
         procs::free_port()?,
     );
-    let args: Vec<String> = [
-        "--listen-address",
-        "127.0.0.1",
-        "--admin-address",
-        "127.0.0.1",
-        "--inbound-port",
-        &inb.to_string(),
-        "--outbound-port",
-        &outb.to_string(),
-        "--admin-port",
-        &admin.to_string(),
-        "--inbound-forward-to",
-        &lo(up).to_string(),
-        "--collector",
-        collector,
-        "--sampling",
-        "1",
-        "--service-name",
-        "bench",
-        "--worker-threads",
-        "1",
-        // Above the memory scenario's idle connections: the default cap (sized for a 64 Mi
-        // container) would close most of them.
-        "--max-connections",
-        &(env.idle_conns + 1000).to_string(),
-        "--log-level",
-        "error",
-    ]
-    .iter()
-    .map(|s| (*s).to_owned())
-    .collect();
+    // Above the memory scenario's idle connections: the default cap (sized for a 64 Mi
+    // container) would close most of them.
+    let args = proxy_args([inb, outb, admin], lo(up), collector, env.idle_conns + 1000);
     let p = env.spawn(name, &env.sut_cpu, bin, &args)?;
     procs::wait_port(lo(inb), Duration::from_secs(10))?;
     procs::wait_port(lo(admin), Duration::from_secs(10))?;
@@ -282,6 +295,20 @@ fn start_proxy_bin(env: &Env, name: &str, bin: &Path, up: u16, collector: &str) 
         procs: vec![p],
         admin: Some(admin),
     })
+}
+
+/// Adds `sidetrace-baseline` (the `--baseline-proxy-bin` build) to `suts`, when asked for.
+fn push_baseline(env: &Env, suts: &mut Vec<Sut>, up: u16, collector: &str) -> Result<()> {
+    if let Some(bin) = &env.baseline_proxy {
+        suts.push(start_proxy_bin(
+            env,
+            "sidetrace-baseline",
+            bin,
+            up,
+            collector,
+        )?);
+    }
+    Ok(())
 }
 
 /// Envoy as the same reverse proxy, one worker (`--concurrency 1`), tracer on or off.
@@ -630,15 +657,7 @@ async fn http(env: &Env) -> Result<String> {
         start_relay(env, up)?,
         start_proxy(env, "sidetrace", up, &collector)?,
     ];
-    if let Some(bin) = &env.baseline_proxy {
-        suts.push(start_proxy_bin(
-            env,
-            "sidetrace-baseline",
-            bin,
-            up,
-            &collector,
-        )?);
-    }
+    push_baseline(env, &mut suts, up, &collector)?;
     let mut notes = String::new();
     match start_envoy(env, "envoy-tracer-off", up, sink, false) {
         Ok(s) => suts.push(s),
@@ -870,15 +889,7 @@ async fn memory(env: &Env) -> Result<String> {
     if let Ok(s) = start_envoy(env, "envoy-tracer-off", up, sink, false) {
         suts.push(s);
     }
-    if let Some(bin) = &env.baseline_proxy {
-        suts.push(start_proxy_bin(
-            env,
-            "sidetrace-baseline",
-            bin,
-            up,
-            &collector,
-        )?);
-    }
+    push_baseline(env, &mut suts, up, &collector)?;
     // Each target holds 2 descriptors per idle client connection (client side + upstream side).
     let budget = (env.nofile.saturating_sub(400) / 2) as usize;
     let conns = env.idle_conns.min(budget);
