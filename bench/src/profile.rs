@@ -90,6 +90,13 @@ impl Counts {
         v
     }
 
+    /// [`Counts::top`] without the entries below `min` (noise of the subtraction).
+    pub fn top_at_least(&self, top: usize, min: f64) -> Vec<(&str, f64)> {
+        let mut v = self.top(top);
+        v.retain(|(_, x)| *x >= min);
+        v
+    }
+
     /// The breakdown summed by `group(key)`.
     pub fn grouped(&self, group: impl Fn(&str) -> String) -> Self {
         let mut by = BTreeMap::new();
@@ -523,20 +530,12 @@ pub async fn run(opts: ProfileOpts) -> Result<String> {
                         "### Heap allocations per request, {}: by site (first non-allocator frame)\n",
                         target.label()
                     );
-                    let rows: Vec<(&str, f64)> = per
-                        .top(opts.top)
-                        .into_iter()
-                        .filter(|(_, v)| *v >= 0.05)
-                        .collect();
+                    let rows = per.top_at_least(opts.top, 0.05);
                     render_table(&mut details, "site", &rows, 2);
                 }
                 _ => {
                     let _ = writeln!(details, "### Syscalls per request, {}\n", target.label());
-                    let rows: Vec<(&str, f64)> = per
-                        .top(opts.top)
-                        .into_iter()
-                        .filter(|(_, v)| *v >= 0.01)
-                        .collect();
+                    let rows = per.top_at_least(opts.top, 0.01);
                     render_table(&mut details, "syscall", &rows, 2);
                 }
             }
@@ -566,11 +565,7 @@ pub async fn run(opts: ProfileOpts) -> Result<String> {
                      and untouched pages are not in it (RssAnon in the memory scenario is the \
                      figure of record).\n"
                 );
-                let rows: Vec<(&str, f64)> = per
-                    .top(opts.top)
-                    .into_iter()
-                    .filter(|(_, v)| *v >= 1.0)
-                    .collect();
+                let rows = per.top_at_least(opts.top, 1.0);
                 render_table(&mut details, "site", &rows, 0);
             }
             (Err(e), _) | (_, Err(e)) => {
