@@ -416,8 +416,9 @@ async fn drive(addr: std::net::SocketAddr, n: usize, conns: usize) -> Result<()>
     Ok(())
 }
 
-fn render_table(out: &mut String, head: &str, rows: &[(&str, f64)], digits: usize) {
-    let _ = writeln!(out, "| {head} | per request |\n|---|--:|");
+/// A two-column table; `head` names the key, `per` the unit of the figures.
+fn render_table(out: &mut String, head: &str, per: &str, rows: &[(&str, f64)], digits: usize) {
+    let _ = writeln!(out, "| {head} | {per} |\n|---|--:|");
     for (k, v) in rows {
         let k: String = k.chars().take(110).collect();
         let _ = writeln!(out, "| `{}` | {v:.digits$} |", k.replace('|', "\\|"));
@@ -514,6 +515,7 @@ pub async fn run(opts: ProfileOpts) -> Result<String> {
                     render_table(
                         &mut details,
                         "crate",
+                        "per request",
                         &per.grouped(crate_of).top(opts.top),
                         0,
                     );
@@ -522,7 +524,13 @@ pub async fn run(opts: ProfileOpts) -> Result<String> {
                         "### Instructions per request, {}: top functions (self cost)\n",
                         target.label()
                     );
-                    render_table(&mut details, "function", &per.top(opts.top), 0);
+                    render_table(
+                        &mut details,
+                        "function",
+                        "per request",
+                        &per.top(opts.top),
+                        0,
+                    );
                 }
                 "dhat" => {
                     let _ = writeln!(
@@ -531,12 +539,12 @@ pub async fn run(opts: ProfileOpts) -> Result<String> {
                         target.label()
                     );
                     let rows = per.top_at_least(opts.top, 0.05);
-                    render_table(&mut details, "site", &rows, 2);
+                    render_table(&mut details, "site", "per request", &rows, 2);
                 }
                 _ => {
                     let _ = writeln!(details, "### Syscalls per request, {}\n", target.label());
                     let rows = per.top_at_least(opts.top, 0.01);
-                    render_table(&mut details, "syscall", &rows, 2);
+                    render_table(&mut details, "syscall", "per request", &rows, 2);
                 }
             }
         }
@@ -566,7 +574,7 @@ pub async fn run(opts: ProfileOpts) -> Result<String> {
                      figure of record).\n"
                 );
                 let rows = per.top_at_least(opts.top, 1.0);
-                render_table(&mut details, "site", &rows, 0);
+                render_table(&mut details, "site", "bytes per connection", &rows, 0);
             }
             (Err(e), _) | (_, Err(e)) => {
                 let _ = writeln!(details, "heap per idle connection: not measured: {e:#}\n");
