@@ -4,7 +4,7 @@ CARGO ?= cargo
 CACHE ?= $(HOME)/.cache/sidetrace
 export SIDETRACE_CACHE := $(CACHE)
 
-.PHONY: help test unit lint fmt crds chart-docs demo e2e-local e2e-controlplane e2e-kind bench images peers cluster-up cluster-down e2e-node ci-cold
+.PHONY: help test unit lint fmt crds chart-docs demo e2e-local e2e-controlplane e2e-kind bench bench-profile images peers cluster-up cluster-down e2e-node ci-cold
 
 help: ## list targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -59,6 +59,12 @@ bench: ## benchmarks side by side with Envoy; writes bench/RESULTS.md (BENCH_ARG
 	-$(CARGO) run -p sidetrace-bench --features operator --bin sidetrace-bench-netns
 	$(CARGO) run --release -p sidetrace-bench --bin sidetrace-bench-metrics
 	$(CARGO) run --release -p sidetrace-bench --bin sidetrace-bench -- all $(BENCH_ARGS)
+
+bench-profile: ## per-request instructions, allocations, syscalls (callgrind, dhat, strace -c) of the proxy vs a TCP relay; writes bench/RESULTS-profile.md
+	@# The release build with symbols kept (profile `profiling`), so the tables name functions.
+	$(CARGO) build --profile profiling -p sidetrace-proxy
+	$(CARGO) build --profile profiling -p sidetrace-bench --bin sidetrace-bench
+	target/profiling/sidetrace-bench profile $(PROFILE_ARGS)
 
 images: ## container images, amd64 and arm64 (ARCHES=host: the host's only); REGISTRY=prefix PUSH=1 pushes them; KIND_CLUSTER=name loads them into kind
 	@# docker, podman or buildah; archives under $(CACHE)/images; jaeger (for the tests here) when

@@ -10,7 +10,8 @@
 //! published figures (cited) and puts this run's ratios to Envoy next to theirs.
 //!
 //! Subcommands: `all` (quick profile by default, `--full` for the long one), `http`, `memory`,
-//! `export`, `h2`, `webhook`; hidden `upstream`, `relay`, `sink` run the peers. Two more
+//! `export`, `h2`, `webhook`, `profile` (per-request instructions, allocations and syscalls,
+//! counted under valgrind and strace: [`profile`]); hidden `upstream`, `relay`, `sink` run the peers. Two more
 //! binaries need root and peers (feature `operator`): `sidetrace-bench-operator` (1,000
 //! TracedServices against a real apiserver) and `sidetrace-bench-netns` (the transparent path
 //! through iptables and network-namespace pods).
@@ -18,6 +19,7 @@
 pub mod envoy;
 pub mod load;
 pub mod procs;
+pub mod profile;
 pub mod published;
 pub mod scenarios;
 pub mod servers;

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
-use sidetrace_bench::{scenarios, servers};
+use sidetrace_bench::{profile, scenarios, servers};
 
 /// Benchmarks of the sidetrace data plane and control plane, side by side with Envoy.
 #[derive(Debug, Parser)]
@@ -30,6 +30,9 @@ enum Cmd {
     H2(scenarios::Opts),
     /// Admission latency of the real sidetrace-injector over HTTPS.
     Webhook(scenarios::Opts),
+    /// Per-request instructions, heap allocations and syscalls of one hop (callgrind, dhat,
+    /// strace), sidetrace-proxy vs the plain TCP relay; writes RESULTS-profile.md.
+    Profile(profile::ProfileOpts),
     /// Peer: the upstream app.
     #[command(hide = true)]
     Upstream { listen: SocketAddr },
@@ -47,6 +50,16 @@ fn main() -> Result<()> {
         Cmd::Upstream { listen } => return servers::upstream(listen),
         Cmd::Relay { listen, to } => return servers::relay(listen, to),
         Cmd::Sink { listen } => return servers::sink(listen),
+        Cmd::Profile(o) => {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let out = o.out.clone();
+            let report = rt.block_on(profile::run(o))?;
+            std::fs::write(&out, report)?;
+            eprintln!("wrote {}", out.display());
+            return Ok(());
+        }
         Cmd::All(o) => (scenarios::Which::All, o),
         Cmd::Http(o) => (scenarios::Which::Http, o),
         Cmd::Memory(o) => (scenarios::Which::Memory, o),

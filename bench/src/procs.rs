@@ -70,6 +70,20 @@ impl Proc {
         Ok(())
     }
 
+    /// Waits up to `limit` for the process to exit on its own (it was asked to stop).
+    pub fn wait_exit(&mut self, limit: Duration) -> Result<std::process::ExitStatus> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                bail!("{} did not exit within {limit:?}", self.name);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// CPU time so far (all threads, nanoseconds).
     pub fn cpu_ns(&self) -> u64 {
         cpu_ns(self.pid())

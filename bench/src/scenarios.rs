@@ -44,6 +44,14 @@ pub struct Opts {
     /// sidetrace-proxy binary (default: target/release/sidetrace-proxy).
     #[arg(long)]
     pub proxy_bin: Option<PathBuf>,
+    /// A second sidetrace-proxy binary (an earlier build) measured beside the first as
+    /// `sidetrace-baseline` in the HTTP/1.1 and memory scenarios: before/after in one run.
+    #[arg(long)]
+    pub baseline_proxy_bin: Option<PathBuf>,
+    /// sidetrace-proxy exports OTLP/HTTP (protobuf) instead of Zipkin v2 JSON in the HTTP/1.1
+    /// and memory scenarios (the sink answers both).
+    #[arg(long)]
+    pub otlp: bool,
     /// sidetrace-injector binary (default: target/release/sidetrace-injector).
     #[arg(long)]
     pub injector_bin: Option<PathBuf>,
@@ -76,6 +84,9 @@ pub enum Which {
 struct Env {
     exe: PathBuf,
     proxy: PathBuf,
+    baseline_proxy: Option<PathBuf>,
+    /// Collector path of the sink the HTTP/1.1 and memory scenarios export to.
+    span_path: &'static str,
     injector: PathBuf,
     envoy: Option<PathBuf>,
     zipkin: Option<PathBuf>,
@@ -218,15 +229,17 @@ fn start_relay(env: &Env, up: u16) -> Result<Sut> {
     })
 }
 
-/// sidetrace-proxy in explicit mode: inbound listener forwarding to the upstream, tracing
-/// every request (sampling 1) to `collector`, one worker thread, plus `extra` flags.
-fn start_proxy(env: &Env, name: &str, up: u16, collector: &str, extra: &[&str]) -> Result<Sut> {
-    let (inb, outb, admin) = (
-        procs::free_port()?,
-        procs::free_port()?,
-        procs::free_port()?,
-    );
-    let args: Vec<String> = [
+/// Command line of sidetrace-proxy in explicit mode on loopback: `ports` are the inbound,
+/// outbound and admin ports; the inbound listener forwards to `upstream`; every request is
+/// traced (sampling 1) and exported to `collector`; one worker thread.
+pub fn proxy_args(
+    ports: [u16; 3],
+    upstream: SocketAddr,
+    collector: &str,
+    max_connections: usize,
+) -> Vec<String> {
+    let [inb, outb, admin] = ports;
+    [
         "--listen-address",
         "127.0.0.1",
         "--admin-address",
@@ -238,7 +251,7 @@ fn start_proxy(env: &Env, name: &str, up: u16, collector: &str, extra: &[&str]) 
         "--admin-port",
         &admin.to_string(),
         "--inbound-forward-to",
-        &lo(up).to_string(),
+        &upstream.to_string(),
         "--collector",
         collector,
         "--sampling",
@@ -247,14 +260,41 @@ fn start_proxy(env: &Env, name: &str, up: u16, collector: &str, extra: &[&str]) 
         "bench",
         "--worker-threads",
         "1",
+        "--max-connections",
+        &max_connections.to_string(),
         "--log-level",
         "error",
     ]
     .iter()
-    .chain(extra)
     .map(|s| (*s).to_owned())
-    .collect();
-    let p = env.spawn(name, &env.sut_cpu, &env.proxy, &args)?;
+    .collect()
+}
+
+/// sidetrace-proxy in explicit mode: inbound listener forwarding to the upstream, tracing
+/// every request (sampling 1) to `collector`, one worker thread, plus `extra` flags.
+fn start_proxy(env: &Env, name: &str, up: u16, collector: &str, extra: &[&str]) -> Result<Sut> {
+    start_proxy_bin(env, name, &env.proxy, up, collector, extra)
+}
+
+/// [`start_proxy`] with another sidetrace-proxy binary.
+fn start_proxy_bin(
+    env: &Env,
+    name: &str,
+    bin: &Path,
+    up: u16,
+    collector: &str,
+    extra: &[&str],
+) -> Result<Sut> {
+    let (inb, outb, admin) = (
+        procs::free_port()?,
+        procs::free_port()?,
+        procs::free_port()?,
+    );
+    // Above the memory scenario's idle connections: the default cap (sized for a 64 Mi
+    // container) would close most of them.
+    let mut args = proxy_args([inb, outb, admin], lo(up), collector, env.idle_conns + 1000);
+    args.extend(extra.iter().map(|s| (*s).to_owned()));
+    let p = env.spawn(name, &env.sut_cpu, bin, &args)?;
     procs::wait_port(lo(inb), Duration::from_secs(10))?;
     procs::wait_port(lo(admin), Duration::from_secs(10))?;
     Ok(Sut {
@@ -263,6 +303,21 @@ fn start_proxy(env: &Env, name: &str, up: u16, collector: &str, extra: &[&str]) 
         procs: vec![p],
         admin: Some(admin),
     })
+}
+
+/// Adds `sidetrace-baseline` (the `--baseline-proxy-bin` build) to `suts`, when asked for.
+fn push_baseline(env: &Env, suts: &mut Vec<Sut>, up: u16, collector: &str) -> Result<()> {
+    if let Some(bin) = &env.baseline_proxy {
+        suts.push(start_proxy_bin(
+            env,
+            "sidetrace-baseline",
+            bin,
+            up,
+            collector,
+            &[],
+        )?);
+    }
+    Ok(())
 }
 
 /// Envoy as the same reverse proxy, one worker (`--concurrency 1`), tracer on or off.
@@ -431,6 +486,12 @@ pub async fn run(which: Which, opts: Opts) -> Result<String> {
             .proxy_bin
             .clone()
             .unwrap_or_else(|| target.join("sidetrace-proxy")),
+        baseline_proxy: opts.baseline_proxy_bin.clone(),
+        span_path: if opts.otlp {
+            "v1/traces"
+        } else {
+            "api/v2/spans"
+        },
         injector: opts
             .injector_bin
             .clone()
@@ -530,9 +591,10 @@ pub async fn run(which: Which, opts: Opts) -> Result<String> {
         }
     }
     if which == Which::All {
-        // Scenarios that are separate binaries (`make bench` runs them first): the transparent
+        // Scenarios that are separate runs (`make bench` runs them first): the transparent
         // path and the operator need root and peers, the metrics micro benchmark links the
-        // proxy's library. Their sections are embedded here.
+        // proxy's library, the profile counts under valgrind and strace with the profiling
+        // build's symbols. Their sections are embedded here.
         for (file, bin, title, run) in [
             (
                 "RESULTS-netns.md",
@@ -551,6 +613,12 @@ pub async fn run(which: Which, opts: Opts) -> Result<String> {
                 "sidetrace-bench-metrics",
                 "RED metrics on the request path",
                 "--release --bin sidetrace-bench-metrics`",
+            ),
+            (
+                "RESULTS-profile.md",
+                "sidetrace-bench profile",
+                "Per-request profile",
+                "--profile profiling -- profile` (make bench-profile)",
             ),
         ] {
             let section = std::fs::read_to_string(procs::workspace_root().join("bench").join(file))
@@ -591,7 +659,7 @@ pub async fn run(which: Which, opts: Opts) -> Result<String> {
 async fn http(env: &Env) -> Result<String> {
     let (_up, up) = start_upstream(env)?;
     let (_sink, sink) = start_sink(env)?;
-    let collector = format!("http://127.0.0.1:{sink}/api/v2/spans");
+    let collector = format!("http://127.0.0.1:{sink}/{}", env.span_path);
     let mut suts = vec![
         direct(up),
         start_relay(env, up)?,
@@ -613,6 +681,7 @@ async fn http(env: &Env) -> Result<String> {
             &["--request-metrics", "off"],
         )?,
     ];
+    push_baseline(env, &mut suts, up, &collector)?;
     let mut notes = String::new();
     match start_envoy(env, "envoy-tracer-off", up, sink, false) {
         Ok(s) => suts.push(s),
@@ -835,7 +904,7 @@ async fn h2(env: &Env) -> Result<String> {
 async fn memory(env: &Env) -> Result<String> {
     let (_up, up) = start_upstream(env)?;
     let (_sink, sink) = start_sink(env)?;
-    let collector = format!("http://127.0.0.1:{sink}/api/v2/spans");
+    let collector = format!("http://127.0.0.1:{sink}/{}", env.span_path);
     let mut suts = vec![start_proxy(env, "sidetrace", up, &collector, &[])?];
     let mut notes = String::new();
     match start_envoy(env, "envoy-zipkin", up, sink, true) {
@@ -847,6 +916,7 @@ async fn memory(env: &Env) -> Result<String> {
     if let Ok(s) = start_envoy(env, "envoy-tracer-off", up, sink, false) {
         suts.push(s);
     }
+    push_baseline(env, &mut suts, up, &collector)?;
     // Each target holds 2 descriptors per idle client connection (client side + upstream side).
     let budget = (env.nofile.saturating_sub(400) / 2) as usize;
     let conns = env.idle_conns.min(budget);

@@ -23,10 +23,11 @@ use crate::error::{Error, Result};
 pub const MIN_HEADER_BYTES: usize = 8192;
 
 /// Default `--max-connections`, sized for the default memory limit of the proxy container
-/// (`PROXY_MEMORY_LIMIT`, 64 Mi): an idle HTTP/1 client connection costs about 19 KiB (hyper's
-/// 8 KiB read and write buffers, connection state, the task), so 2048 of them take about
-/// 38 MiB and leave some 26 MiB for the runtime, the span queue (`--export-queue-size`
-/// spans), the upstream pool and allocator slack. Raise it together with the memory limit.
+/// (`PROXY_MEMORY_LIMIT`, 64 Mi): an idle HTTP/1 client connection costs about 16 KiB (hyper's
+/// 8 KiB read and write buffers, connection state, the task; bench/RESULTS.md), so 2048 of
+/// them take about 32 MiB and leave some 32 MiB for the runtime, the span queue
+/// (`--export-queue-size` spans), the upstream pool and allocator slack. Raise it together
+/// with the memory limit.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 2048;
 
 /// Transparent tracing sidecar: intercepts a pod's HTTP traffic, propagates B3/W3C context and

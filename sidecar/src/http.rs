@@ -145,35 +145,28 @@ pub async fn proxy(
     let server_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
 
     let (mut parts, body) = req.into_parts();
-    let authority = parts
-        .uri
+    // Reference-counted clones of the bytes hyper parsed, not copies: the tracer rewrites
+    // the headers while these are read.
+    let uri = parts.uri.clone();
+    let host_header = parts.headers.get(header::HOST).cloned();
+    let user_agent = parts.headers.get(header::USER_AGENT).cloned();
+    let authority = uri
         .authority()
-        .map(|a| a.as_str().to_owned())
-        .or_else(|| {
-            parts
-                .headers
-                .get(header::HOST)
-                .and_then(|h| h.to_str().ok())
-                .map(str::to_owned)
-        });
-    let user_agent = parts
-        .headers
-        .get(header::USER_AGENT)
-        .and_then(|h| h.to_str().ok())
-        .map(str::to_owned);
-    let path = parts
-        .uri
+        .map(|a| a.as_str())
+        .or_else(|| host_header.as_ref().and_then(|h| h.to_str().ok()));
+    let user_agent = user_agent.as_ref().and_then(|h| h.to_str().ok());
+    let path = uri
         .path_and_query()
-        .map_or_else(|| parts.uri.path().to_owned(), |p| p.as_str().to_owned());
-    let scheme = parts.uri.scheme_str().unwrap_or("http").to_owned();
+        .map_or_else(|| uri.path(), |p| p.as_str());
+    let scheme = uri.scheme_str().unwrap_or("http");
     let hop = {
         let info = RequestInfo {
             direction: conn.direction,
             method: parts.method.as_str(),
-            path: &path,
-            authority: authority.as_deref(),
-            scheme: &scheme,
-            user_agent: user_agent.as_deref(),
+            path,
+            authority,
+            scheme,
+            user_agent,
             local_addr: conn.local_addr,
             peer_addr: conn.peer_addr,
             upstream_addr: conn.upstream.addr,
@@ -196,7 +189,7 @@ pub async fn proxy(
         let timeouts = &live.timeouts;
         let fallback;
         // The host span naming matches operation rules against (see `start_hop`).
-        let host = match authority.as_deref() {
+        let host = match authority {
             Some(a) => a.rsplit('@').next().unwrap_or(a),
             None if timeouts.needs_host() => {
                 fallback = conn.upstream.addr.to_string();
@@ -208,7 +201,7 @@ pub async fn proxy(
             conn.direction,
             conn.local_addr.port(),
             parts.method.as_str(),
-            &path,
+            path,
             host,
         )
     };
@@ -226,9 +219,9 @@ pub async fn proxy(
                 .await
                 .map(|r| r.map(boxed))
         } else if upgrade {
-            shared
-                .upstream
-                .send_upgrade(conn.upstream, out)
+            // Boxed: upgrades are rare and dial a fresh connection, a large future that
+            // every request's future would otherwise make room for.
+            Box::pin(shared.upstream.send_upgrade(conn.upstream, out))
                 .await
                 .map(|mut resp| {
                     let switched = resp.status() == StatusCode::SWITCHING_PROTOCOLS

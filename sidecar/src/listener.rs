@@ -256,11 +256,14 @@ async fn handle_connection(
         upstream: route.upstream,
         h2: detected == Detected::Http2,
     });
+    // HTTP/2 and opaque connections are boxed: their futures are larger than HTTP/1's, and
+    // this task is sized for the largest, so every keep-alive HTTP/1 connection would carry
+    // their room while it idles.
     match detected {
         Detected::Http1 => serve_http1(io, info, Arc::clone(&shared)).await,
-        Detected::Http2 => serve_http2(io, info, Arc::clone(&shared)).await,
+        Detected::Http2 => Box::pin(serve_http2(io, info, Arc::clone(&shared))).await,
         Detected::Tls | Detected::Opaque => {
-            copy_opaque(io, route.upstream, &shared, direction).await
+            Box::pin(copy_opaque(io, route.upstream, &shared, direction)).await
         }
     }
 }
@@ -284,7 +287,11 @@ async fn serve_http1(io: Rewind<TcpStream>, info: Arc<ConnInfo>, shared: Arc<Sha
     let direction = info.direction;
     let svc_shared = Arc::clone(&shared);
     let stop = shared.stop_signal(info.direction);
-    let svc = service_fn(move |req| proxy(Arc::clone(&svc_shared), Arc::clone(&info), req));
+    // Boxed per request: hyper keeps room for one request's future in every connection, busy
+    // or idle, so unboxed every idle keep-alive connection would hold a whole proxy future;
+    // boxed it holds a pointer, and the box lives only until the response head is ready.
+    let svc =
+        service_fn(move |req| Box::pin(proxy(Arc::clone(&svc_shared), Arc::clone(&info), req)));
     let conn = builder
         .serve_connection(TokioIo::new(io), svc)
         .with_upgrades();

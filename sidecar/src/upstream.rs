@@ -221,8 +221,14 @@ impl Upstream {
     ) -> Result<Response<Body>> {
         let mut req = req;
         if let Some(mut tx) = self.take_idle_h1(addr) {
-            let ready = tokio::time::timeout(Duration::from_secs(1), tx.ready()).await;
-            if matches!(ready, Ok(Ok(()))) {
+            // A pooled connection is almost always ready at once: only a connection still
+            // finishing its previous exchange needs the (timer-backed) wait.
+            let ready = tx.is_ready()
+                || matches!(
+                    tokio::time::timeout(Duration::from_secs(1), tx.ready()).await,
+                    Ok(Ok(()))
+                );
+            if ready {
                 match tx.try_send_request(req).await {
                     Ok(resp) => return Ok(self.pooled_response(addr, tx, resp)),
                     Err(mut e) => match e.take_message() {
@@ -238,7 +244,10 @@ impl Upstream {
                 tracing::debug!(%addr, "idle upstream connection not ready; dialling a new one");
             }
         }
-        let mut tx = self.handshake_h1(addr, false).await?;
+        // Boxed: dialling is the rare path, and its future is most of this one's size; kept
+        // inline it would make every request's future (and every idle connection, which
+        // holds room for one) that much larger.
+        let mut tx = Box::pin(self.handshake_h1(addr, false)).await?;
         let resp = tx.send_request(req).await?;
         Ok(self.pooled_response(addr, tx, resp))
     }
@@ -272,30 +281,33 @@ impl Upstream {
         };
         let mut tx = match existing {
             Some(tx) => tx,
-            None => {
-                let io = TokioIo::new(self.connect(addr).await?);
-                let (tx, conn) = http2::Builder::new(TokioExecutor::new())
-                    .timer(TokioTimer::new())
-                    .max_header_list_size(u32::try_from(self.max_header_bytes).unwrap_or(u32::MAX))
-                    .keep_alive_interval(Duration::from_secs(30))
-                    .handshake(io)
-                    .await?;
-                tokio::spawn(async move {
-                    if let Err(e) = conn.await {
-                        tracing::debug!(%addr, error = %e, "upstream HTTP/2 connection ended with an error");
-                    }
-                });
-                let mut pools = self.pools();
-                if pools.h2.len() > PRUNE_ABOVE {
-                    pools.h2.retain(|_, tx| !tx.is_closed());
-                }
-                pools.h2.insert(addr, tx.clone());
-                drop(pools);
-                tx
-            }
+            // Boxed, as in `send_h1`: the dial is rare and large.
+            None => Box::pin(self.dial_h2(addr)).await?,
         };
         tx.ready().await?;
         Ok(tx.send_request(req).await?)
+    }
+
+    /// Opens and pools the destination's shared HTTP/2 connection.
+    async fn dial_h2(&self, addr: Dest) -> Result<http2::SendRequest<Body>> {
+        let io = TokioIo::new(self.connect(addr).await?);
+        let (tx, conn) = http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .max_header_list_size(u32::try_from(self.max_header_bytes).unwrap_or(u32::MAX))
+            .keep_alive_interval(Duration::from_secs(30))
+            .handshake(io)
+            .await?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(%addr, error = %e, "upstream HTTP/2 connection ended with an error");
+            }
+        });
+        let mut pools = self.pools();
+        if pools.h2.len() > PRUNE_ABOVE {
+            pools.h2.retain(|_, tx| !tx.is_closed());
+        }
+        pools.h2.insert(addr, tx.clone());
+        Ok(tx)
     }
 }
 

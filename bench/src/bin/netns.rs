@@ -32,6 +32,9 @@ struct Cli {
     /// Open-loop rate.
     #[arg(long, default_value_t = 500.0)]
     rate: f64,
+    /// sidetrace-proxy binary (default: target/release/sidetrace-proxy).
+    #[arg(long)]
+    proxy_bin: Option<PathBuf>,
     /// Output Markdown file.
     #[arg(long, default_value_os_t = root().join("bench/RESULTS-netns.md"))]
     out: PathBuf,
@@ -63,7 +66,10 @@ async fn main() -> Result<()> {
     };
     // The proxy under test is the release build; the demo app too when one is built.
     let release = root().join("target/release");
-    bins.proxy = release.join("sidetrace-proxy");
+    bins.proxy = cli
+        .proxy_bin
+        .clone()
+        .unwrap_or_else(|| release.join("sidetrace-proxy"));
     let app_note = match [
         release.join("sidetrace-demo-app"),
         root().join("target/x86_64-unknown-linux-gnu/release/sidetrace-demo-app"),
@@ -159,11 +165,14 @@ async fn run(cli: &Cli, bins: &Binaries, app_note: &str) -> Result<String> {
     let mut out = format!(
         "Open loop at {} rps from the client pod (sockets opened inside its namespace), {} \
          rounds × {} s, interleaved; processes unpinned (the harness starts them). Demo app build: \
-         {app_note}; proxy: target/release/sidetrace-proxy; each topology has its own Zipkin \
+         {app_note}; proxy: {}; each topology has its own Zipkin \
          server. Added = sidecars minus no sidecars, per round.\n\n\
          | path | topology | p50 µs | p90 µs | p99 µs | added p50 µs | added p99 µs | errors |\n\
          |---|---|---|---|---|---|---|---|\n",
-        cli.rate, cli.rounds, cli.secs
+        cli.rate,
+        cli.rounds,
+        cli.secs,
+        bins.proxy.display()
     );
     for (pi, (_, _, label)) in paths.iter().enumerate() {
         for (ti, (tname, _)) in topologies.iter().enumerate() {

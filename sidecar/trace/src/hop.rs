@@ -474,12 +474,22 @@ pub fn start_hop(
 }
 
 /// The host a span is named and tagged by: the authority without userinfo, else the upstream
-/// address.
-fn span_host(req: &RequestInfo<'_>) -> String {
-    req.authority.map_or_else(
-        || req.upstream_addr.to_string(),
-        |a| authority_without_userinfo(a).to_owned(),
-    )
+/// address (borrowed when the request names one: no allocation on the common path).
+fn span_host<'a>(req: &RequestInfo<'a>) -> std::borrow::Cow<'a, str> {
+    match req.authority {
+        Some(a) => std::borrow::Cow::Borrowed(authority_without_userinfo(a)),
+        None => std::borrow::Cow::Owned(addr_text(req.upstream_addr)),
+    }
+}
+
+/// `addr` as text in a string sized for the longest socket address up front: `to_string`
+/// grows it twice while writing, one allocation each, for every traced request.
+fn addr_text(addr: SocketAddr) -> String {
+    use std::fmt::Write as _;
+    // `[ffff:...:ffff%4294967295]:65535`
+    let mut s = String::with_capacity(58);
+    let _ = write!(s, "{addr}");
+    s
 }
 
 fn build_pending(cfg: &TracerConfig, req: &RequestInfo<'_>, headers: &HeaderMap) -> Pending {
@@ -487,9 +497,11 @@ fn build_pending(cfg: &TracerConfig, req: &RequestInfo<'_>, headers: &HeaderMap)
         Direction::Inbound => (SpanKind::Server, req.peer_addr),
         Direction::Outbound => (SpanKind::Client, req.upstream_addr),
     };
-    let upstream = req.upstream_addr.to_string();
-    let host = span_host(req);
-    let host = host.as_str();
+    let upstream = addr_text(req.upstream_addr);
+    let host = req
+        .authority
+        .map(authority_without_userinfo)
+        .unwrap_or(&upstream);
 
     let mut local = Endpoint::from_addr(
         Some(cfg.service_name.clone()),
@@ -518,7 +530,7 @@ fn build_pending(cfg: &TracerConfig, req: &RequestInfo<'_>, headers: &HeaderMap)
     };
     tag("http.url", format!("{}://{host}{url_path}", req.scheme));
     tag("http.protocol", req.protocol.to_string());
-    tag("peer.address", remote_addr.to_string());
+    tag("peer.address", addr_text(remote_addr));
     tag("upstream_address", upstream.clone());
     tag(
         "upstream_cluster",

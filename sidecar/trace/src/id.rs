@@ -78,28 +78,52 @@ impl TraceId {
 
     /// Lowercase hex in the width the id has: 16 or 32 digits.
     pub fn to_hex(&self) -> String {
-        self.to_string()
+        self.hex(&mut [0; 32]).to_owned()
     }
 
     /// Lowercase hex, always 32 digits (W3C `traceparent`).
     pub fn to_hex_32(&self) -> String {
-        format!("{:016x}{:016x}", self.high, self.low)
+        self.hex_32(&mut [0; 32]).to_owned()
     }
+
+    /// [`TraceId::to_hex`] written into `buf`, without allocating.
+    pub fn hex<'b>(&self, buf: &'b mut [u8; 32]) -> &'b str {
+        if self.wide {
+            self.hex_32(buf)
+        } else {
+            let (low, _) = buf.split_at_mut(16);
+            hex16(self.low, low)
+        }
+    }
+
+    /// [`TraceId::to_hex_32`] written into `buf`, without allocating.
+    pub fn hex_32<'b>(&self, buf: &'b mut [u8; 32]) -> &'b str {
+        let (high, low) = buf.split_at_mut(16);
+        hex16(self.high, high);
+        hex16(self.low, low);
+        std::str::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+/// `v` as 16 lowercase hex digits in `out` (16 bytes). Ids are written on every request
+/// (headers, spans): a table lookup costs a fraction of `{:016x}`'s formatting machinery.
+fn hex16(v: u64, out: &mut [u8]) -> &str {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for (i, b) in out.iter_mut().take(16).enumerate() {
+        *b = DIGITS[((v >> (60 - 4 * i)) & 0xf) as usize];
+    }
+    std::str::from_utf8(&out[..16]).unwrap_or_default()
 }
 
 impl fmt::Display for TraceId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.wide {
-            write!(f, "{:016x}{:016x}", self.high, self.low)
-        } else {
-            write!(f, "{:016x}", self.low)
-        }
+        f.write_str(self.hex(&mut [0; 32]))
     }
 }
 
 impl Serialize for TraceId {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
+        s.serialize_str(self.hex(&mut [0; 32]))
     }
 }
 
@@ -138,19 +162,24 @@ impl SpanId {
 
     /// 16 lowercase hex digits.
     pub fn to_hex(&self) -> String {
-        self.to_string()
+        self.hex(&mut [0; 16]).to_owned()
+    }
+
+    /// [`SpanId::to_hex`] written into `buf`, without allocating.
+    pub fn hex<'b>(&self, buf: &'b mut [u8; 16]) -> &'b str {
+        hex16(self.0, buf)
     }
 }
 
 impl fmt::Display for SpanId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:016x}", self.0)
+        f.write_str(self.hex(&mut [0; 16]))
     }
 }
 
 impl Serialize for SpanId {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
+        s.serialize_str(self.hex(&mut [0; 16]))
     }
 }
 
@@ -203,14 +232,24 @@ pub fn random_request_id() -> String {
     let b: u64 = rng.random();
     let a = (a & 0xffff_ffff_ffff_0fff) | 0x0000_0000_0000_4000; // version 4
     let b = (b & 0x3fff_ffff_ffff_ffff) | 0x8000_0000_0000_0000; // RFC 4122 variant
-    format!(
-        "{:08x}-{:04x}-{:04x}-{:04x}-{:012x}",
-        a >> 32,
-        (a >> 16) & 0xffff,
-        a & 0xffff,
-        b >> 48,
-        b & 0xffff_ffff_ffff
-    )
+    // 8-4-4 digits of `a`, then 4-12 of `b`.
+    let (mut ha, mut hb) = ([0; 16], [0; 16]);
+    let (ha, hb) = (hex16(a, &mut ha), hex16(b, &mut hb));
+    let mut id = String::with_capacity(36);
+    for part in [
+        &ha[..8],
+        "-",
+        &ha[8..12],
+        "-",
+        &ha[12..],
+        "-",
+        &hb[..4],
+        "-",
+        &hb[4..],
+    ] {
+        id.push_str(part);
+    }
+    id
 }
 
 #[cfg(test)]

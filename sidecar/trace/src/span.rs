@@ -94,11 +94,20 @@ pub struct Span {
     pub tags: BTreeMap<String, String>,
 }
 
+/// Room reserved per span in a batch's JSON (a proxy span with its dozen tags is about
+/// 600–700 bytes): the buffer is allocated once per batch instead of growing by repeated
+/// reallocation and copying as it fills.
+const SPAN_JSON_BYTES: usize = 768;
+
 /// Encodes a batch as the JSON array `POST /api/v2/spans` takes.
 pub fn encode_zipkin_v2(spans: &[Span]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(spans.len().saturating_mul(SPAN_JSON_BYTES));
     // Serialising these plain structs (strings, integers, addresses) cannot fail; the
     // fallback only avoids an unwrap.
-    serde_json::to_vec(spans).unwrap_or_else(|_| b"[]".to_vec())
+    match serde_json::to_writer(&mut out, spans) {
+        Ok(()) => out,
+        Err(_) => b"[]".to_vec(),
+    }
 }
 
 /// The SERVER span the encoding tests of both formats start from, so that the Zipkin and OTLP

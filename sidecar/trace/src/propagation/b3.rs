@@ -121,10 +121,10 @@ pub(super) fn parse_b3_single(headers: &HeaderMap) -> Parsed {
 /// Writes `x-b3-traceid` (the id's own width), `x-b3-spanid`, `x-b3-parentspanid` when there
 /// is a parent, and `x-b3-sampled: 1|0`, or `x-b3-flags: 1` alone for debug.
 pub(super) fn inject_multi(headers: &mut HeaderMap, ctx: &SpanContext) {
-    put(headers, X_B3_TRACEID, ctx.trace_id.to_hex());
-    put(headers, X_B3_SPANID, ctx.span_id.to_hex());
+    put(headers, X_B3_TRACEID, ctx.trace_id.hex(&mut [0; 32]));
+    put(headers, X_B3_SPANID, ctx.span_id.hex(&mut [0; 16]));
     if let Some(p) = ctx.parent_id {
-        put(headers, X_B3_PARENTSPANID, p.to_hex());
+        put(headers, X_B3_PARENTSPANID, p.hex(&mut [0; 16]));
     }
     if ctx.debug {
         headers.insert(X_B3_FLAGS, HeaderValue::from_static("1"));
@@ -143,17 +143,21 @@ pub(super) fn inject_single(headers: &mut HeaderMap, ctx: &SpanContext) {
     } else {
         ctx.sampled.map(|s| if s { "1" } else { "0" })
     };
-    let mut v = format!("{}-{}", ctx.trace_id, ctx.span_id);
+    // Longest form: 32 + 1 + 16 + 1 + 1 + 1 + 16.
+    let mut v = String::with_capacity(68);
+    v.push_str(ctx.trace_id.hex(&mut [0; 32]));
+    v.push('-');
+    v.push_str(ctx.span_id.hex(&mut [0; 16]));
     if let Some(c) = sampling_char {
         v.push('-');
         v.push_str(c);
         // The parent may only follow a sampling field in the single-header grammar.
         if let Some(p) = ctx.parent_id {
             v.push('-');
-            v.push_str(&p.to_hex());
+            v.push_str(p.hex(&mut [0; 16]));
         }
     }
-    put(headers, B3, v);
+    put(headers, B3, &v);
 }
 
 #[cfg(test)]

@@ -154,6 +154,9 @@ fn single<'h>(headers: &'h HeaderMap, name: &HeaderName) -> Result<Option<&'h st
 /// Reads every supported format from `headers`. Never fails; see the module docs for
 /// precedence.
 pub fn extract(headers: &HeaderMap) -> Extracted {
+    if !any_context_header(headers) {
+        return Extracted::default();
+    }
     let single = b3::parse_b3_single(headers);
     let multi = b3::parse_b3_multi(headers);
     let w3c = w3c::parse_traceparent(headers);
@@ -203,16 +206,26 @@ pub fn extract(headers: &HeaderMap) -> Extracted {
     out
 }
 
-fn put(headers: &mut HeaderMap, name: HeaderName, value: String) {
+fn put(headers: &mut HeaderMap, name: HeaderName, value: &str) {
     // Our values are hex and dashes, always valid header text; the fallible conversion only
-    // avoids an unwrap.
-    if let Ok(v) = HeaderValue::try_from(value) {
+    // avoids an unwrap. The value is copied once, into the header.
+    if let Ok(v) = HeaderValue::from_str(value) {
         headers.insert(name, v);
     }
 }
 
+/// Whether any trace context header is present. One pass comparing the request's own
+/// header names is cheaper than hashing each of the eight context names for a lookup, and
+/// most requests at a trace's edge carry none.
+fn any_context_header(headers: &HeaderMap) -> bool {
+    headers.keys().any(|k| CONTEXT_HEADERS.contains(k))
+}
+
 /// Removes every trace context header of every format.
 pub fn remove_context_headers(headers: &mut HeaderMap) {
+    if !any_context_header(headers) {
+        return;
+    }
     for name in &CONTEXT_HEADERS {
         headers.remove(name);
     }

@@ -87,11 +87,18 @@ pub(super) fn tracestate(headers: &HeaderMap) -> Option<HeaderValue> {
 /// Writes `traceparent: 00-{trace as 32 hex}-{span}-{01|00}`, plus `tracestate` when given.
 pub(super) fn inject(headers: &mut HeaderMap, ctx: &SpanContext, tracestate: Option<&HeaderValue>) {
     let flags = if ctx.is_sampled() { "01" } else { "00" };
-    put(
-        headers,
-        TRACEPARENT,
-        format!("00-{}-{}-{flags}", ctx.trace_id.to_hex_32(), ctx.span_id),
-    );
+    let mut v = String::with_capacity(55);
+    for part in [
+        "00-",
+        ctx.trace_id.hex_32(&mut [0; 32]),
+        "-",
+        ctx.span_id.hex(&mut [0; 16]),
+        "-",
+        flags,
+    ] {
+        v.push_str(part);
+    }
+    put(headers, TRACEPARENT, &v);
     if let Some(ts) = tracestate {
         headers.insert(TRACESTATE, ts.clone());
     }
