@@ -15,6 +15,16 @@ pub enum Error {
         #[source]
         source: kube::Error,
     },
+    /// A request through the API server's proxy answered with an error status.
+    #[error("{what}: {status}: {body}")]
+    Status {
+        /// What was asked.
+        what: String,
+        /// The HTTP status (the API server's, or the proxied pod's).
+        status: http::StatusCode,
+        /// The answer, trimmed.
+        body: String,
+    },
     /// A request through the API server's proxy did not answer in time.
     #[error("{what}: no answer within {secs}s")]
     Timeout {

@@ -79,20 +79,40 @@ where
 }
 
 impl Target {
-    /// GET `path` on the API server (a pod or service proxy path), as text, within the bound.
+    /// GET `path` on the API server (a pod or service proxy path), as text, within the bound;
+    /// an error status is [`Error::Status`] with the answer's text (a proxied pod's answer is
+    /// not the API server's Status object, so kube's own error mapping would lose it).
     async fn get_text(&self, path: &str) -> Result<String> {
+        let what = format!("GET {path}");
         let req = http::Request::get(path)
-            .body(Vec::new())
+            .body(kube::client::Body::from(Vec::new()))
             .map_err(|e| Error::Invalid {
-                what: path.to_owned(),
+                what: what.clone(),
                 message: e.to_string(),
             })?;
-        match tokio::time::timeout(self.timeout, self.client.request_text(req)).await {
-            Ok(r) => r.map_err(api_err(format!("GET {path}"))),
-            Err(_) => Err(Error::Timeout {
-                what: format!("GET {path}"),
-                secs: self.timeout.as_secs(),
-            }),
+        let exchange = async {
+            let resp = self.client.send(req).await?;
+            let status = resp.status();
+            let body = resp.into_body().collect_bytes().await?;
+            Ok::<_, kube::Error>((status, String::from_utf8_lossy(&body).into_owned()))
+        };
+        let (status, body) = match tokio::time::timeout(self.timeout, exchange).await {
+            Ok(r) => r.map_err(api_err(what.clone()))?,
+            Err(_) => {
+                return Err(Error::Timeout {
+                    what,
+                    secs: self.timeout.as_secs(),
+                });
+            }
+        };
+        if status.is_success() {
+            Ok(body)
+        } else {
+            Err(Error::Status {
+                what,
+                status,
+                body: body.trim().chars().take(500).collect(),
+            })
         }
     }
 
@@ -171,10 +191,7 @@ impl Target {
         };
         view.ready = match self.admin(namespace, pod, "/ready").await {
             Ok(_) => Ok(()),
-            Err(Error::Api {
-                source: kube::Error::Api(s),
-                ..
-            }) => Err(s.message.trim().to_owned()),
+            Err(Error::Status { status, body, .. }) => Err(format!("{status}: {body}")),
             Err(e) => Err(e.to_string()),
         };
         match self.admin(namespace, pod, "/config").await {
@@ -380,14 +397,17 @@ async fn control_plane(t: &Target, probe_namespace: Option<&str>) -> Result<Vec<
     });
     out.push(check::crd(crd_name, crd.as_ref()));
 
-    let deployments: Api<Deployment> = Api::namespaced(c.clone(), cp);
-    let operator = get_opt(deployments.clone(), defaults::OPERATOR_NAME, "deployment").await?;
-    out.push(check::deployment(
-        "operator",
-        cp,
-        defaults::OPERATOR_NAME,
-        operator.as_ref().map(deployment_facts),
-    ));
+    let deployment = |role: &'static str, name: &'static str| async move {
+        let api: Api<Deployment> = Api::namespaced(c.clone(), cp);
+        let d = get_opt(api, name, "deployment").await?;
+        Ok::<_, Error>(check::deployment(
+            role,
+            cp,
+            name,
+            d.as_ref().map(deployment_facts),
+        ))
+    };
+    out.push(deployment("operator", defaults::OPERATOR_NAME).await?);
     let lease = get_opt(
         Api::<Lease>::namespaced(c.clone(), cp),
         defaults::OPERATOR_NAME,
@@ -405,13 +425,7 @@ async fn control_plane(t: &Target, probe_namespace: Option<&str>) -> Result<Vec<
         }
     });
     out.push(check::leader(cp, defaults::OPERATOR_NAME, lease.as_ref()));
-    let injector = get_opt(deployments, defaults::INJECTOR_NAME, "deployment").await?;
-    out.push(check::deployment(
-        "injector",
-        cp,
-        defaults::INJECTOR_NAME,
-        injector.as_ref().map(deployment_facts),
-    ));
+    out.push(deployment("injector", defaults::INJECTOR_NAME).await?);
 
     let mwc = get_opt(
         Api::<MutatingWebhookConfiguration>::all(c.clone()),
@@ -749,10 +763,13 @@ pub async fn trace(t: &Target, id: &str) -> Result<Vec<Span>> {
     let path = jaeger_path(t, &format!("/api/traces/{}", id.to_ascii_lowercase()));
     match t.get_text(&path).await {
         Ok(body) => Ok(spans::jaeger_spans(&jaeger_json(&path, &body)?)),
-        Err(Error::Api {
-            source: kube::Error::Api(s),
-            ..
-        }) if s.code == 404 && !s.message.contains("services") => Ok(Vec::new()),
+        // Jaeger's own 404 (its JSON errors); the API server's 404 for a missing Service is
+        // a Status object naming the kind.
+        Err(Error::Status { status, body, .. })
+            if status == http::StatusCode::NOT_FOUND && !body.contains("\"kind\":\"Status\"") =>
+        {
+            Ok(Vec::new())
+        }
         Err(e) => Err(e),
     }
 }

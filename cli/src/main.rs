@@ -133,13 +133,22 @@ fn print(text: &str) -> Result<(), Error> {
         .map_err(|e| Error::Output(e.to_string()))
 }
 
-fn serialized<T: serde::Serialize>(value: &T, output: Output) -> Result<String, Error> {
-    match output {
-        Output::Yaml => serde_yaml::to_string(value).map_err(|e| Error::Output(e.to_string())),
-        _ => serde_json::to_string_pretty(value)
+/// Prints `value` as JSON or YAML when `-o` asks for it, else `text()` (for people).
+fn emit<T: serde::Serialize>(
+    value: &T,
+    output: Option<Output>,
+    text: impl FnOnce() -> String,
+) -> Result<(), Error> {
+    let out = match output {
+        Some(Output::Yaml) => {
+            serde_yaml::to_string(value).map_err(|e| Error::Output(e.to_string()))?
+        }
+        Some(Output::Json) => serde_json::to_string_pretty(value)
             .map(|s| s + "\n")
-            .map_err(|e| Error::Output(e.to_string())),
-    }
+            .map_err(|e| Error::Output(e.to_string()))?,
+        _ => text(),
+    };
+    print(&out)
 }
 
 async fn run(cli: Cli) -> Result<ExitCode, Error> {
@@ -163,10 +172,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Error> {
             progress.say("checking the control plane, namespaces and proxies");
             let checks = gather::check(&target, &scope, *proxies).await?;
             progress.done();
-            print(&match cli.output {
-                Some(o @ (Output::Json | Output::Yaml)) => serialized(&checks, o)?,
-                _ => render::checklist(&checks, colour),
-            })?;
+            emit(&checks, cli.output, || render::checklist(&checks, colour))?;
             Ok(if check::any_failed(&checks) {
                 ExitCode::FAILURE
             } else {
@@ -177,9 +183,8 @@ async fn run(cli: Cli) -> Result<ExitCode, Error> {
             progress.say("reading TracedServices, pods and proxies");
             let rows = gather::status(&target, &scope, *window).await?;
             progress.done();
-            print(&match cli.output {
-                Some(o @ (Output::Json | Output::Yaml)) => serialized(&rows, o)?,
-                o => status::render_table(&rows, o == Some(Output::Wide)),
+            emit(&rows, cli.output, || {
+                status::render_table(&rows, cli.output == Some(Output::Wide))
             })?;
             Ok(ExitCode::SUCCESS)
         }
@@ -200,10 +205,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Error> {
                 );
                 return Ok(ExitCode::FAILURE);
             }
-            print(&match cli.output {
-                Some(o @ (Output::Json | Output::Yaml)) => serialized(&found, o)?,
-                _ => spans::render_tree(&found),
-            })?;
+            emit(&found, cli.output, || spans::render_tree(&found))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Traces {
@@ -214,13 +216,12 @@ async fn run(cli: Cli) -> Result<ExitCode, Error> {
             progress.say("asking Jaeger");
             let found = gather::traces(&target, service, *limit, *lookback).await?;
             progress.done();
-            print(&match cli.output {
-                Some(o @ (Output::Json | Output::Yaml)) => serialized(&found, o)?,
-                _ => found
+            emit(&found, cli.output, || {
+                found
                     .iter()
                     .map(|t| spans::render_tree(t))
                     .collect::<Vec<_>>()
-                    .join("\n"),
+                    .join("\n")
             })?;
             Ok(ExitCode::SUCCESS)
         }

@@ -719,9 +719,13 @@ spec:
     ensure!(
         code == 0
             && ["front-proxy", "service1", "service2"].iter().all(|app| {
-                table
-                    .lines()
-                    .any(|l| l.contains(&format!("   {app}   {app}-")) && l.contains(" yes "))
+                table.lines().any(|l| {
+                    let cells: Vec<&str> = l.split_whitespace().collect();
+                    cells.len() >= 4
+                        && cells[1] == *app
+                        && cells[2].starts_with(&format!("{app}-"))
+                        && cells[3] == "yes"
+                })
             }),
         "sidetrace status: exit {code}\n{table}"
     );
