@@ -161,6 +161,13 @@ async fn run(cli: Cli) -> Result<ExitCode, Error> {
         std::io::stdout().is_terminal(),
         std::env::var("NO_COLOR").ok().as_deref(),
     );
+    // Bad input is refused before anything is asked of the cluster.
+    if let Command::Trace { id } = &cli.command
+        && !gather::is_trace_id(id)
+    {
+        eprintln!("sidetrace trace: {id:?} is not a trace id (16 or 32 hex digits)");
+        return Ok(ExitCode::from(exit::USAGE as u8));
+    }
     progress.say("connecting");
     let target = Target {
         client: client(&cli).await?,
@@ -189,11 +196,6 @@ async fn run(cli: Cli) -> Result<ExitCode, Error> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Trace { id } => {
-            if !gather::is_trace_id(id) {
-                progress.done();
-                eprintln!("sidetrace trace: {id:?} is not a trace id (16 or 32 hex digits)");
-                return Ok(ExitCode::from(exit::USAGE as u8));
-            }
             progress.say("asking Jaeger");
             let found = gather::trace(&target, id).await?;
             progress.done();
