@@ -84,6 +84,7 @@ cluster-down: ## stop the one-node cluster and remove its processes, mounts, nam
 
 e2e-node: ## end-to-end suite on the one-node cluster alone (starts the cluster if needed; make test runs it too)
 	@[ -s /var/lib/sidetrace-cluster/env ] || e2e/cluster/cluster-up.sh
+	$(CARGO) build -p sidetrace-cli
 	$(CARGO) test -p sidetrace-e2e --test node -- --test-threads=1
 
 ci-cold: ## run .ci/run as a brand-new machine would: fresh clone, empty HOME and caches (PURGE_DEBS=1: remove the Debian packages the project installs first)

@@ -33,3 +33,15 @@ pub const CONTROL_PLANE_NAMESPACE: &str = "sidetrace-system";
 pub const PROXY_CPU_REQUEST: &str = "10m";
 pub const PROXY_MEMORY_REQUEST: &str = "16Mi";
 pub const PROXY_MEMORY_LIMIT: &str = "64Mi";
+
+/// The chart's control-plane object names, which the operator's flags default to and
+/// `sidetrace check` inspects: the operator's Deployment and its leader-election Lease.
+pub const OPERATOR_NAME: &str = "sidetrace-operator";
+/// The injector's Deployment, Service and MutatingWebhookConfiguration.
+pub const INJECTOR_NAME: &str = "sidetrace-injector";
+/// The Secret holding the webhook's serving certificate, key and CA bundle.
+pub const WEBHOOK_SECRET: &str = "sidetrace-injector-tls";
+/// The chart's Jaeger query Service (API and UI) and its port.
+pub const JAEGER_QUERY_SERVICE: &str = "jaeger-query";
+/// Port of [`JAEGER_QUERY_SERVICE`].
+pub const JAEGER_QUERY_PORT: u16 = 16686;

@@ -291,6 +291,64 @@ impl SkipRecord {
     }
 }
 
+/// Where an existing pod stands, judged from its metadata: what the webhook wrote on it and
+/// the labels of the pod and its namespace now.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PodState {
+    /// Carries the sidecar; `config_from` is the TracedService whose config the webhook
+    /// mounted, from the status annotation's `tracedService` (None: injected without one).
+    Injected { config_from: Option<String> },
+    /// The rule says it should carry the sidecar and it does not: a restart injects it.
+    /// `why` says how it came to be without one.
+    Missing { why: String },
+    /// The rule leaves it alone, for this reason.
+    Skipped(SkipReason),
+}
+
+/// Judges an existing pod from its metadata and its namespace's labels with the same rule the
+/// webhook applied at admission ([`decide`]); the facts only the pod spec holds (host network,
+/// another mesh's proxy) come from the [`SkipRecord`] the webhook wrote on the pod. The
+/// operator's status and `sidetrace check` both read pods through this.
+pub fn pod_state(
+    namespace: &str,
+    pod_labels: &BTreeMap<String, String>,
+    pod_annotations: &BTreeMap<String, String>,
+    namespace_labels: &BTreeMap<String, String>,
+    control_plane_namespace: &str,
+) -> PodState {
+    if let Some(status) = pod_annotations.get(names::STATUS_ANNOTATION) {
+        let config_from = serde_json::from_str::<serde_json::Value>(status)
+            .ok()
+            .and_then(|v| v["tracedService"].as_str().map(str::to_owned));
+        return PodState::Injected { config_from };
+    }
+    let record = pod_annotations
+        .get(names::SKIP_ANNOTATION)
+        .and_then(|v| SkipRecord::parse(v));
+    let mut facts = PodFacts {
+        namespace,
+        inject_label: pod_labels.get(names::INJECT_LABEL).map(String::as_str),
+        ..PodFacts::default()
+    };
+    if let Some(r) = &record {
+        r.apply_to(&mut facts);
+    }
+    match decide(&facts, Some(namespace_labels), control_plane_namespace) {
+        Decision::Skip(reason) => PodState::Skipped(reason),
+        Decision::Inject(_) => PodState::Missing {
+            why: match &record {
+                Some(r) => format!(
+                    "admitted without it when {}; that has changed since",
+                    r.message
+                ),
+                None => "created before injection was enabled, or while the webhook was \
+                         unreachable"
+                    .to_owned(),
+            },
+        },
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -17,6 +17,17 @@ mod traced_service;
 
 pub use traced_service::*;
 
+/// Condition types of a TracedService's status (the operator writes them, `sidetrace check`
+/// reads them).
+pub mod condition {
+    /// The config is rendered and nothing prevents the selected pods from using it.
+    pub const READY: &str = "Ready";
+    /// Every selected pod that should carry the sidecar does.
+    pub const PODS_INJECTED: &str = "PodsInjected";
+    /// Every sampling setting of the spec takes effect on the selected pods.
+    pub const SAMPLING: &str = "Sampling";
+}
+
 use kube::CustomResourceExt;
 
 /// Header written above the generated YAML.

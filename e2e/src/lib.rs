@@ -5,6 +5,7 @@
 //! when they (or root) are missing, tells the test to skip — or to fail under `CI=true`.
 
 pub mod chartdocs;
+pub mod cli;
 pub mod cluster;
 pub mod collector;
 pub mod controlplane;

@@ -21,7 +21,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail, ensure};
 use serde_json::Value;
 use sidetrace_e2e::cluster::Cluster;
-use sidetrace_e2e::collector::{Span, jaeger_spans, render_tree};
+use sidetrace_e2e::collector::{Span, jaeger_traces as traces_of, render_tree};
 
 const RELEASE: &str = "sidetrace";
 const SYSTEM_NS: &str = "sidetrace-system";
@@ -284,13 +284,115 @@ fn jaeger_traces(cluster: &Cluster, query: &str, service: &str) -> Result<Vec<Ve
         "http://{query}:16686/api/traces?service={service}&limit=50&lookback=1h"
     ))?;
     ensure!(code == 200, "jaeger query: {code} {body}");
-    let v: Value = serde_json::from_str(&body)?;
-    Ok(v["data"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|t| jaeger_spans(&serde_json::json!({"data": [t]})))
-        .collect())
+    Ok(traces_of(&serde_json::from_str(&body)?))
+}
+
+/// `sidetrace ARGS` against the cluster: its exit code and stdout (stderr appended).
+fn sidetrace(cluster: &Cluster, args: &[&str]) -> Result<(i32, String)> {
+    sidetrace_e2e::cli::run(&cluster.env().kubeconfig, args)
+}
+
+/// Poll `sidetrace check ARGS` (running `between` before each attempt) until `want(exit code,
+/// output)`; the output that satisfied it.
+fn wait_check(
+    cluster: &Cluster,
+    what: &str,
+    args: &[&str],
+    mut between: impl FnMut() -> Result<()>,
+    want: impl Fn(i32, &str) -> bool,
+) -> Result<String> {
+    let mut last = String::new();
+    let ns = args
+        .windows(2)
+        .find(|w| w[0] == "-n")
+        .map_or(SYSTEM_NS, |w| w[1]);
+    let mut full = vec!["check"];
+    full.extend(args);
+    cluster
+        .wait(what, ns, WAIT, || {
+            between()?;
+            let (code, out) = sidetrace(cluster, &full)?;
+            let ok = want(code, &out);
+            last = format!("exit {code}\n{out}");
+            Ok(ok)
+        })
+        .with_context(|| format!("last `sidetrace {}`: {last}", full.join(" ")))?;
+    say(&format!("sidetrace {}: {last}", full.join(" ")));
+    Ok(last)
+}
+
+fn no_op() -> Result<()> {
+    Ok(())
+}
+
+fn scale(cluster: &Cluster, deployment: &str, replicas: u32) -> Result<()> {
+    cluster.kc(&[
+        "scale",
+        "deployment",
+        "-n",
+        SYSTEM_NS,
+        deployment,
+        &format!("--replicas={replicas}"),
+    ])?;
+    if replicas == 0 {
+        cluster.wait(&format!("{deployment} pods gone"), SYSTEM_NS, WAIT, || {
+            Ok(pods(
+                cluster,
+                SYSTEM_NS,
+                &format!("app.kubernetes.io/name={deployment}"),
+            )?
+            .is_empty())
+        })
+    } else {
+        cluster.wait(&format!("{deployment} available"), SYSTEM_NS, WAIT, || {
+            deployment_available(cluster, SYSTEM_NS, deployment)
+        })
+    }
+}
+
+/// `sidetrace trace ID` prints the demo's five-span tree read from the Jaeger pod through the
+/// API server's service proxy, shaped as `make demo` prints it; `traces --service` lists it.
+fn cli_reads_the_trace(cluster: &Cluster, query: &str, s1_op: &str) -> Result<()> {
+    let traces = jaeger_traces(cluster, query, "front-proxy")?;
+    let t = traces
+        .iter()
+        .find(|t| t.len() == 5)
+        .context("no five-span trace in Jaeger")?;
+    let id = t[0].trace_id.as_str();
+    let (code, out) = sidetrace(cluster, &["trace", id])?;
+    ensure!(code == 0, "sidetrace trace {id}: exit {code}\n{out}");
+    let lines: Vec<&str> = out.lines().collect();
+    let shape = [
+        format!("trace {id} (5 spans)"),
+        "● front-proxy SERVER".to_owned(),
+        "   └─ front-proxy CLIENT".to_owned(),
+        "      └─ service1 SERVER".to_owned(),
+        format!("         └─ service1 CLIENT  {}", s1_op.to_lowercase()),
+        "            └─ service2 SERVER".to_owned(),
+    ];
+    ensure!(
+        lines.len() == shape.len()
+            && lines
+                .iter()
+                .zip(&shape)
+                .all(|(l, want)| l.to_lowercase().starts_with(&want.to_lowercase())),
+        "sidetrace trace {id} printed:\n{out}\nJaeger's API holds:\n{}",
+        render_tree(t)
+    );
+    let (code, out) = sidetrace(
+        cluster,
+        &["traces", "--service", "front-proxy", "--limit", "50"],
+    )?;
+    ensure!(
+        code == 0 && out.contains(&format!("trace {id} (5 spans)")),
+        "sidetrace traces --service front-proxy: exit {code}\n{out}"
+    );
+    let (code, out) = sidetrace(cluster, &["trace", "0123456789abcdef"])?;
+    ensure!(
+        code == 1 && out.contains("has no trace 0123456789abcdef"),
+        "an unknown trace: exit {code}\n{out}"
+    );
+    Ok(())
 }
 
 fn find<'a>(spans: &'a [Span], service: &str, kind: &str) -> Result<&'a Span> {
@@ -651,6 +753,168 @@ spec:
     // 4. The full trace from Jaeger's query API.
     request_and_read_trace(&cluster, &ns, &client_ip, &query, "checkStock")?;
 
+    // 4b. The command line on the healthy install: `check` passes, `trace` prints the tree
+    // from the Jaeger pod, `status` lists the injected pods.
+    say("sidetrace check, trace and status on the healthy install");
+    let healthy = wait_check(
+        &cluster,
+        "sidetrace check passes",
+        &["-n", &ns, "--proxies", "10"],
+        no_op,
+        |code, _| code == 0,
+    )?;
+    for line in [
+        "✓ CRD tracedservices.sidetrace.dev is installed",
+        "✓ operator leader elected",
+        "✓ webhook caBundle matches the serving certificate",
+        "✓ webhook is reachable: a dry-run pod",
+        "✓ namespace is labelled sidetrace.dev/inject=enabled",
+        &format!("proxy {ns}/front-proxy-"),
+        "✓ proxy is ready",
+        "is served by service sidetrace-system/jaeger-collector",
+    ] {
+        ensure!(healthy.contains(line), "no {line:?} in:\n{healthy}");
+    }
+    cli_reads_the_trace(&cluster, &query, "checkStock")?;
+    let (code, table) = sidetrace(&cluster, &["status", "-n", &ns, "--window", "1s"])?;
+    ensure!(
+        code == 0
+            && ["front-proxy", "service1", "service2"].iter().all(|app| {
+                table.lines().any(|l| {
+                    let cells: Vec<&str> = l.split_whitespace().collect();
+                    cells.len() >= 4
+                        && cells[1] == *app
+                        && cells[2].starts_with(&format!("{app}-"))
+                        && cells[3] == "yes"
+                })
+            }),
+        "sidetrace status: exit {code}\n{table}"
+    );
+
+    // 4c. A namespace that is not labelled, then a pod created before it was.
+    say("sidetrace check: namespace not labelled, pod created before the label");
+    let late = format!("{ns}-late");
+    let _late_guard = NamespaceGuard {
+        cluster: &cluster,
+        name: late.clone(),
+    };
+    cluster.apply(&format!(
+        "{}{}",
+        namespace(&late, false),
+        deployment(&late, "early", &[])
+    ))?;
+    wait_check(
+        &cluster,
+        "check names the unlabelled namespace",
+        &["-n", &late],
+        no_op,
+        |code, out| {
+            code == 1
+                && out.contains("✗ namespace is not labelled sidetrace.dev/inject=enabled")
+                && out.contains(&format!(
+                    "kubectl label namespace {late} sidetrace.dev/inject=enabled"
+                ))
+        },
+    )?;
+    cluster.kc(&["label", "namespace", &late, "sidetrace.dev/inject=enabled"])?;
+    wait_check(
+        &cluster,
+        "check names the pod created before the label",
+        &["-n", &late],
+        no_op,
+        |code, out| {
+            code == 1
+                && out.contains("✓ namespace is labelled")
+                && out.contains("should carry the sidecar and do not")
+                && out.contains("pod early-")
+                && out.contains("created before injection was enabled")
+                && out.contains(&format!(
+                    "kubectl -n {late} rollout restart deployment/early"
+                ))
+        },
+    )?;
+
+    // 4d. A caBundle that does not verify the serving certificate (the operator, which would
+    // repair it, is stopped first): another CA's, the cluster's own.
+    say("sidetrace check: caBundle mismatch");
+    scale(&cluster, "sidetrace-operator", 0)?;
+    let cluster_ca = cluster.kc(&[
+        "get",
+        "configmap",
+        "kube-root-ca.crt",
+        "-n",
+        "default",
+        "-o",
+        "jsonpath={.data.ca\\.crt}",
+    ])?;
+    ensure!(
+        cluster_ca.contains("BEGIN CERTIFICATE"),
+        "kube-root-ca.crt: {cluster_ca}"
+    );
+    {
+        use base64::Engine as _;
+        let other = base64::engine::general_purpose::STANDARD.encode(cluster_ca);
+        let patch: Vec<Value> = (0..2)
+            .map(|i| {
+                serde_json::json!({"op": "replace",
+                    "path": format!("/webhooks/{i}/clientConfig/caBundle"), "value": other})
+            })
+            .collect();
+        cluster.kc(&[
+            "patch",
+            "mutatingwebhookconfiguration",
+            "sidetrace-injector",
+            "--type=json",
+            "-p",
+            &Value::Array(patch).to_string(),
+        ])?;
+    }
+    wait_check(
+        &cluster,
+        "check names the caBundle mismatch",
+        &["-n", &ns],
+        no_op,
+        |code, out| {
+            code == 1
+                && out.contains(
+                    "✗ webhook caBundle does not match the serving certificate in secret \
+                     sidetrace-system/sidetrace-injector-tls: the serving certificate is not \
+                     signed by any CA in the caBundle",
+                )
+                && out.contains(
+                    "✗ operator (deployment sidetrace-system/sidetrace-operator) is scaled to zero",
+                )
+        },
+    )?;
+    scale(&cluster, "sidetrace-operator", 1)?;
+    wait_check(
+        &cluster,
+        "the operator repairs the caBundle and check sees it",
+        &["-n", &ns],
+        no_op,
+        |_, out| {
+            out.contains("✓ webhook caBundle matches") && out.contains("✓ operator leader elected")
+        },
+    )?;
+
+    // 4e. The collector with nothing behind it.
+    say("sidetrace check: collector unreachable");
+    scale(&cluster, "jaeger", 0)?;
+    wait_check(
+        &cluster,
+        "check names the unreachable collector",
+        &["-n", &ns],
+        no_op,
+        |code, out| {
+            code == 1
+                && out.contains(&format!(
+                    "✗ collector http://{collector}:4318/v1/traces is unreachable: service \
+                     sidetrace-system/jaeger-collector has no ready endpoints"
+                ))
+        },
+    )?;
+    scale(&cluster, "jaeger", 1)?;
+
     // 5. A TracedService update renames service1's operation; no pod restarts.
     say("TracedService update");
     let before = pods(&cluster, &ns, "app=service1")?.remove(0);
@@ -728,6 +992,31 @@ spec:
         || {
             let (code, body) = cluster.http_get(&format!("http://{client_ip}:8080/go"))?;
             Ok(code == 200 && body.contains("(service2)"))
+        },
+    )?;
+    // The proxy's own view, through the API server's pod proxy: nothing exported, every span
+    // dropped because the collector cannot be reached over TLS.
+    let service2_pod = pods(&cluster, &ns, "app=service2")?.remove(0)["metadata"]["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    wait_check(
+        &cluster,
+        "check names service2's collector as unreachable from its proxy",
+        &["-n", &ns, "--proxies", "10"],
+        || {
+            cluster.http_get(&format!("http://{client_ip}:8080/go"))?;
+            Ok(())
+        },
+        |code, out| {
+            code == 1
+                && out
+                    .split(&format!("proxy {ns}/{service2_pod}"))
+                    .nth(1)
+                    .is_some_and(|rest| {
+                        rest.contains("✗ spans do not reach the collector: 0 span(s) exported")
+                            && rest.contains(&https)
+                    })
         },
     )?;
 
@@ -826,22 +1115,22 @@ spec:
 
     // 6. Webhook loss with failurePolicy Ignore: pods are still created, without a sidecar.
     say("webhook loss");
-    cluster.kc(&[
-        "scale",
-        "deployment",
-        "-n",
-        SYSTEM_NS,
-        "sidetrace-injector",
-        "--replicas=0",
-    ])?;
-    cluster.wait("injector pods gone", SYSTEM_NS, WAIT, || {
-        Ok(pods(
-            &cluster,
-            SYSTEM_NS,
-            "app.kubernetes.io/name=sidetrace-injector",
-        )?
-        .is_empty())
-    })?;
+    scale(&cluster, "sidetrace-injector", 0)?;
+    wait_check(
+        &cluster,
+        "check names the injector scaled to zero",
+        &["-n", &ns],
+        no_op,
+        |code, out| {
+            code == 1
+                && out.contains(
+                    "✗ injector (deployment sidetrace-system/sidetrace-injector) is scaled to zero",
+                )
+                && out.contains("--replicas=1")
+                && (out.contains("✗ webhook is not reachable")
+                    || out.contains("✗ webhook refused or failed"))
+        },
+    )?;
     cluster.apply(&deployment(&ns, "lonely", &[]))?;
     cluster.wait("lonely Ready without the injector", &ns, WAIT, || {
         all_ready(&cluster, &ns, "app=lonely", 1)

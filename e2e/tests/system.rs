@@ -19,7 +19,7 @@ use anyhow::{Context, Result, anyhow, bail, ensure};
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Secret};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use serde_json::json;
@@ -814,6 +814,49 @@ async fn scenario(cp: &ControlPlane) -> Result<()> {
     .await?;
     ensure!(!is_injected(&sys), "kube-system pod was injected");
 
+    // 5a. `sidetrace check` against this apiserver: the control plane as it sees it (the CRD,
+    // the Lease, the caBundle against the Secret's certificate for the URL's address, the
+    // webhook answering a dry-run pod), a namespace that is not labelled, then a pod created
+    // before it was. (The chart's Deployments have no kubelet here: their lines fail, truly.)
+    cp.create_namespace("late", &[]).await?;
+    create_pod(&client, "late", pod("early", &[("app", "early")])).await?;
+    let (code, out) = sidetrace_e2e::cli::run(cp.kubeconfig(), &["check", "-n", "late"])?;
+    for line in [
+        "✓ CRD tracedservices.sidetrace.dev is installed and serves v1alpha1",
+        "✓ operator leader elected: op-a",
+        &format!(
+            "✓ webhook caBundle matches the serving certificate in secret \
+             {NS}/sidetrace-injector-tls ({host})"
+        ),
+        "✓ webhook is reachable: a dry-run pod in shop was injected",
+        "✗ namespace is not labelled sidetrace.dev/inject=enabled",
+        "fix: kubectl label namespace late sidetrace.dev/inject=enabled",
+    ] {
+        ensure!(
+            code == 1 && out.contains(line),
+            "no {line:?} in (exit {code}):\n{out}"
+        );
+    }
+    Api::<Namespace>::all(client.clone())
+        .patch(
+            "late",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {"sidetrace.dev/inject": "enabled"}}})),
+        )
+        .await?;
+    let (code, out) = sidetrace_e2e::cli::run(cp.kubeconfig(), &["check", "-n", "late"])?;
+    for line in [
+        "✓ namespace is labelled sidetrace.dev/inject=enabled",
+        "✗ 1 pod(s) should carry the sidecar and do not:",
+        "pod early: created before injection was enabled, or while the webhook was unreachable",
+        "fix: restart them: kubectl -n late delete pod early",
+    ] {
+        ensure!(
+            code == 1 && out.contains(line),
+            "no {line:?} in (exit {code}):\n{out}"
+        );
+    }
+
     // Pod Security: a namespace enforcing baseline would refuse the injected pod (the init
     // container runs as root with NET_ADMIN and NET_RAW), so the webhook leaves the pod alone
     // and it is admitted. Dry runs until the injector's namespace cache has the new labels
@@ -1085,6 +1128,14 @@ async fn scenario(cp: &ControlPlane) -> Result<()> {
     injector.stop();
     let p = create_pod(&client, "shop", pod("webhook-down", &[("app", "x")])).await?;
     ensure!(!is_injected(&p), "injected with the webhook down?");
+    let (code, out) = sidetrace_e2e::cli::run(cp.kubeconfig(), &["check", "-n", "shop"])?;
+    ensure!(
+        code == 1
+            && out.contains(
+                "✗ webhook is not reachable: a dry-run pod in shop was admitted without it"
+            ),
+        "sidetrace check with the webhook down (exit {code}):\n{out}"
+    );
 
     // 10b. A leader whose renewals hang stops leading before another replica could take the
     // Lease: op-c reaches the apiserver through a proxy that stops forwarding, as a network

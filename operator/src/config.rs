@@ -38,21 +38,21 @@ pub struct Args {
     #[arg(
         long,
         env = "SIDETRACE_WEBHOOK_SECRET",
-        default_value = "sidetrace-injector-tls"
+        default_value = defaults::WEBHOOK_SECRET
     )]
     pub webhook_secret: String,
     /// MutatingWebhookConfiguration whose caBundle the operator keeps in sync.
     #[arg(
         long,
         env = "SIDETRACE_WEBHOOK_CONFIGURATION",
-        default_value = "sidetrace-injector"
+        default_value = defaults::INJECTOR_NAME
     )]
     pub webhook_configuration: String,
     /// Service name of the injector (its DNS names go into the certificate).
     #[arg(
         long,
         env = "SIDETRACE_WEBHOOK_SERVICE",
-        default_value = "sidetrace-injector"
+        default_value = defaults::INJECTOR_NAME
     )]
     pub webhook_service: String,
     /// Extra names or IPs for the serving certificate (e.g. the address of an out-of-cluster
@@ -81,7 +81,7 @@ pub struct Args {
     #[arg(
         long,
         env = "SIDETRACE_LEASE_NAME",
-        default_value = "sidetrace-operator"
+        default_value = defaults::OPERATOR_NAME
     )]
     pub lease_name: String,
     /// A leader that has not renewed for this long is replaced.

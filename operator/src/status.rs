@@ -3,19 +3,11 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
-use sidetrace_contract::injection::{self, Decision, SkipReason, SkipRecord};
+use sidetrace_contract::injection::{self, SkipReason};
 use sidetrace_contract::names;
 use sidetrace_crds::TracedServiceStatus;
 
-/// Condition types.
-pub mod condition {
-    /// The config is rendered and nothing prevents the selected pods from using it.
-    pub const READY: &str = "Ready";
-    /// Every selected pod that should carry the sidecar does.
-    pub const PODS_INJECTED: &str = "PodsInjected";
-    /// Every sampling setting of the spec takes effect on the selected pods.
-    pub const SAMPLING: &str = "Sampling";
-}
+pub use sidetrace_crds::condition;
 
 /// Condition reasons, stable for alerting and `kubectl wait`.
 pub mod reason {
@@ -45,18 +37,7 @@ pub mod reason {
 /// How many uninjected pod names the status lists (the count is always exact).
 pub const MAX_LISTED_PODS: usize = 20;
 
-/// Where a selected pod stands, by the one injection rule (`sidetrace_contract::injection`).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum PodState {
-    /// Carries the sidecar; `config_from` is the TracedService whose config the webhook
-    /// mounted, from the status annotation's `tracedService` (None: injected without one).
-    Injected { config_from: Option<String> },
-    /// The rule says it should carry the sidecar and it does not: a restart injects it.
-    /// `why` says how it came to be without one.
-    Missing { why: String },
-    /// The rule leaves it alone, for this reason.
-    Skipped(SkipReason),
-}
+pub use sidetrace_contract::injection::PodState;
 
 /// One selected pod, as the operator sees it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -77,44 +58,15 @@ impl PodFacts {
         namespace_labels: &BTreeMap<String, String>,
         control_plane_namespace: &str,
     ) -> Self {
-        if let Some(status) = pod_annotations.get(names::STATUS_ANNOTATION) {
-            let config_from = serde_json::from_str::<serde_json::Value>(status)
-                .ok()
-                .and_then(|v| v["tracedService"].as_str().map(str::to_owned));
-            return Self {
-                name: name.to_owned(),
-                state: PodState::Injected { config_from },
-            };
-        }
-        let record = pod_annotations
-            .get(names::SKIP_ANNOTATION)
-            .and_then(|v| SkipRecord::parse(v));
-        let mut facts = injection::PodFacts {
-            namespace,
-            inject_label: pod_labels.get(names::INJECT_LABEL).map(String::as_str),
-            ..injection::PodFacts::default()
-        };
-        if let Some(r) = &record {
-            r.apply_to(&mut facts);
-        }
-        let state = match injection::decide(&facts, Some(namespace_labels), control_plane_namespace)
-        {
-            Decision::Skip(reason) => PodState::Skipped(reason),
-            Decision::Inject(_) => PodState::Missing {
-                why: match &record {
-                    Some(r) => format!(
-                        "admitted without it when {}; that has changed since",
-                        r.message
-                    ),
-                    None => "created before injection was enabled, or while the webhook was \
-                             unreachable"
-                        .to_owned(),
-                },
-            },
-        };
         Self {
             name: name.to_owned(),
-            state,
+            state: injection::pod_state(
+                namespace,
+                pod_labels,
+                pod_annotations,
+                namespace_labels,
+                control_plane_namespace,
+            ),
         }
     }
 
@@ -442,6 +394,7 @@ pub fn transitions(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sidetrace_contract::injection::SkipRecord;
 
     fn t(s: i64) -> Time {
         Time(k8s_openapi::jiff::Timestamp::from_second(s).expect("ts"))

@@ -264,7 +264,7 @@ pub struct Binaries {
 }
 
 /// The cargo output directory holding this executable (`target/debug` for tests and bins).
-fn cargo_bin_dir() -> Option<PathBuf> {
+pub(crate) fn cargo_bin_dir() -> Option<PathBuf> {
     if let Some(d) = std::env::var_os("SIDETRACE_BIN_DIR").filter(|d| !d.is_empty()) {
         return Some(PathBuf::from(d));
     }
