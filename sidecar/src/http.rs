@@ -20,7 +20,7 @@ use http::{Method, Request, Response, StatusCode};
 use hyper::body::{Body as _, Frame, Incoming, SizeHint};
 use hyper_util::rt::TokioIo;
 use sidetrace_contract::Direction;
-use sidetrace_trace::{ExportHandle, Hop, RequestInfo, ResponseInfo};
+use sidetrace_trace::{ExportHandle, Hop, InFlightGuard, RequestInfo, ResponseInfo};
 
 use crate::limits::{IdleClock, IdleIo};
 use crate::state::Shared;
@@ -178,11 +178,28 @@ pub async fn proxy(
             upstream_addr: conn.upstream.addr,
             protocol,
         };
-        sidetrace_trace::start_hop(&live.tracer, &info, &mut parts.headers, SystemTime::now())
+        sidetrace_trace::start_hop_inferring(
+            &live.tracer,
+            &info,
+            &mut parts.headers,
+            SystemTime::now(),
+            Some(&shared.in_flight),
+        )
     };
     if hop.as_ref().is_some_and(Hop::malformed_context) {
         shared.metrics.malformed_context();
     }
+    if let Some(how) = hop.as_ref().and_then(Hop::inference) {
+        shared.metrics.parent_inference(how);
+    }
+    // An inbound request is in flight, for the app's outbound calls to infer their parent
+    // from, until its response body ends. Untraced ones count too, as work that is not
+    // attributable: a call made during them must not be linked to another request.
+    let in_flight = (conn.direction == Direction::Inbound).then(|| {
+        shared
+            .in_flight
+            .enter(hop.as_ref().map(|h| h.candidate(&parts.headers)))
+    });
     let timeout = {
         let timeouts = &live.timeouts;
         let fallback;
@@ -227,12 +244,17 @@ pub async fn proxy(
                     if switched {
                         if let Some(server) = server_upgrade {
                             let client = hyper::upgrade::on(&mut resp);
+                            // The app may work for an inbound tunnel's client for as long
+                            // as it is open, untraced.
+                            let in_flight = (conn.direction == Direction::Inbound)
+                                .then(|| shared.in_flight.enter(None));
                             tokio::spawn(tunnel(
                                 server,
                                 client,
                                 conn.upstream.addr,
                                 Arc::clone(&shared),
                                 conn.direction,
+                                in_flight,
                             ));
                         }
                         resp.map(|_| full(Bytes::new()))
@@ -307,21 +329,22 @@ pub async fn proxy(
                 return Ok(resp);
             }
             strip_hop_by_hop(resp.headers_mut(), false);
-            let Some(hop) = hop else {
+            if hop.is_none() && in_flight.is_none() {
                 return Ok(resp);
-            };
+            }
             let grpc_status = grpc_status(resp.headers());
             Ok(resp.map(|inner| {
                 boxed(TracedBody {
                     inner,
                     bytes: 0,
-                    pending: Some(Pending {
+                    pending: hop.map(|hop| Pending {
                         hop,
                         export: shared.export.clone(),
                         started,
                         status,
                         grpc_status,
                     }),
+                    in_flight,
                 })
             }))
         }
@@ -408,6 +431,7 @@ async fn tunnel(
     upstream: SocketAddr,
     shared: Arc<Shared>,
     direction: sidetrace_contract::Direction,
+    _in_flight: Option<InFlightGuard>,
 ) {
     let (server, client) = match tokio::try_join!(server, client) {
         Ok(pair) => pair,
@@ -440,15 +464,18 @@ struct Pending {
     grpc_status: Option<String>,
 }
 
-/// Response body that ends the span when the body ends (or is abandoned).
+/// Response body that ends the span, and takes an inbound request out of the pod's requests
+/// in flight, when the body ends (or is abandoned).
 struct TracedBody {
     inner: Body,
     bytes: u64,
     pending: Option<Pending>,
+    in_flight: Option<InFlightGuard>,
 }
 
 impl TracedBody {
     fn done(&mut self, error: Option<String>) {
+        self.in_flight = None;
         if let Some(p) = self.pending.take() {
             let info = ResponseInfo {
                 status: Some(p.status),

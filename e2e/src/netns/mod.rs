@@ -139,14 +139,18 @@ impl Pod {
         }
     }
 
-    /// The demo app's arguments: the sandbox's routes.
-    fn app_args(self) -> Vec<String> {
+    /// The demo app's arguments: the sandbox's routes, and how the app behaves (`opts`).
+    fn app_args(self, opts: Options) -> Vec<String> {
         let mut a = vec![
             "--listen".to_owned(),
             format!("0.0.0.0:{APP_PORT}"),
             "--name".to_owned(),
             self.service_name().to_owned(),
+            format!("--copy-trace-headers={}", opts.copy_trace_headers),
         ];
+        if let Some(n) = opts.app_workers {
+            a.push(format!("--workers={n}"));
+        }
         let route = |path: &str, to: Pod, to_path: &str| {
             [
                 "--route".to_owned(),
@@ -177,11 +181,17 @@ impl fmt::Display for Pod {
 
 /// The sidecar config the operator renders from the pod's TracedService example.
 pub fn proxy_config_yaml(pod: Pod) -> Result<Option<String>> {
+    proxy_config_yaml_for(pod, Options::default())
+}
+
+/// [`proxy_config_yaml`], with the example's `inferParents` set when `opts` asks for it.
+fn proxy_config_yaml_for(pod: Pod, opts: Options) -> Result<Option<String>> {
     let Some(text) = pod.traced_service_yaml() else {
         return Ok(None);
     };
-    let ts: sidetrace_crds::TracedService =
+    let mut ts: sidetrace_crds::TracedService =
         serde_yaml::from_str(text).with_context(|| format!("parsing the {pod} TracedService"))?;
+    ts.spec.infer_parents |= opts.infer_parents;
     Ok(Some(ts.spec.to_proxy_config(None).to_yaml()))
 }
 
@@ -442,6 +452,13 @@ pub struct Options {
     pub sidecars: bool,
     /// What runs in the front pod.
     pub front: Front,
+    /// The apps copy the trace headers of their inbound requests onto their calls (the
+    /// seed's apps); `false`: they copy nothing.
+    pub copy_trace_headers: bool,
+    /// The apps are synchronous servers with this many workers (`None`: async servers).
+    pub app_workers: Option<usize>,
+    /// The pods' TracedServices set `inferParents`.
+    pub infer_parents: bool,
 }
 
 impl Default for Options {
@@ -449,6 +466,9 @@ impl Default for Options {
         Self {
             sidecars: true,
             front: Front::Sidetrace,
+            copy_trace_headers: true,
+            app_workers: None,
+            infer_parents: false,
         }
     }
 }
@@ -628,7 +648,9 @@ impl Topology {
         let pod_ns = self.ns(pod);
         // The app first, checked on loopback inside the pod before any rule exists.
         let mut app = Command::new(&bins.demo_app);
-        app.args(pod.app_args()).env_clear().env("RUST_LOG", "info");
+        app.args(pod.app_args(opts))
+            .env_clear()
+            .env("RUST_LOG", "info");
         // An ordinary uid, like an app container — unless it could not exec the binary (see
         // `others_can_execute`; the proxy check already guarantees that for the same directory).
         if others_can_execute(&bins.demo_app) {
@@ -652,7 +674,7 @@ impl Topology {
         std::fs::write(self.dir.join(format!("{pod}-init.log")), out)?;
 
         // The sidecar, as uid/gid 1337.
-        let config = match proxy_config_yaml(pod)? {
+        let config = match proxy_config_yaml_for(pod, opts)? {
             Some(yaml) => {
                 let path = self.dir.join(format!("{pod}-proxy.yaml"));
                 std::fs::write(&path, yaml)?;
@@ -920,7 +942,7 @@ mod tests {
 
     #[test]
     fn routes_follow_the_sandbox() {
-        let a = Pod::Service1.app_args();
+        let a = Pod::Service1.app_args(Options::default());
         assert!(a.contains(&"/trace/1=http://10.250.1.13:8080/trace/2".to_owned()));
         let env = proxy_env(Pod::Front, "http://10.250.1.5:9411/api/v2/spans", None);
         assert!(env.contains(&(

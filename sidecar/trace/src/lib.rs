@@ -39,6 +39,7 @@ pub mod error;
 pub mod export;
 pub mod hop;
 pub mod id;
+pub mod infer;
 pub mod naming;
 pub mod otlp;
 pub mod propagation;
@@ -47,8 +48,11 @@ pub mod tls;
 
 pub use error::{Error, Result};
 pub use export::{ExportHandle, ExportStats, Exporter, ExporterConfig, render_metrics};
-pub use hop::{Hop, RequestInfo, ResponseInfo, TracerConfig, TracerFlags, start_hop};
+pub use hop::{
+    Hop, RequestInfo, ResponseInfo, TracerConfig, TracerFlags, start_hop, start_hop_inferring,
+};
 pub use id::{SpanContext, SpanId, TraceId};
+pub use infer::{InFlight, InFlightGuard, Inference};
 pub use naming::{MAX_DEFAULT_NAMES, NameBudget, route_template};
 pub use otlp::{Resource, encode_otlp};
 pub use propagation::{Extracted, Formats};
