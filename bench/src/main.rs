@@ -30,6 +30,8 @@ enum Cmd {
     H2(scenarios::Opts),
     /// Admission latency of the real sidetrace-injector over HTTPS.
     Webhook(scenarios::Opts),
+    /// Parent inference on the outbound hop: header-less calls, the mode off vs on.
+    Infer(scenarios::Opts),
     /// Peer: the upstream app.
     #[command(hide = true)]
     Upstream { listen: SocketAddr },
@@ -53,6 +55,7 @@ fn main() -> Result<()> {
         Cmd::Export(o) => (scenarios::Which::Export, o),
         Cmd::H2(o) => (scenarios::Which::H2, o),
         Cmd::Webhook(o) => (scenarios::Which::Webhook, o),
+        Cmd::Infer(o) => (scenarios::Which::Infer, o),
     };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

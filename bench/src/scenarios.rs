@@ -70,6 +70,8 @@ pub enum Which {
     H2,
     /// Admission webhook.
     Webhook,
+    /// Parent inference on the outbound hop, off vs on.
+    Infer,
 }
 
 /// Resolved profile and environment.
@@ -221,6 +223,27 @@ fn start_relay(env: &Env, up: u16) -> Result<Sut> {
 /// sidetrace-proxy in explicit mode: inbound listener forwarding to the upstream, tracing
 /// every request (sampling 1) to `collector`, one worker thread.
 fn start_proxy(env: &Env, name: &str, up: u16, collector: &str) -> Result<Sut> {
+    start_proxy_on(env, name, up, collector, Listener::Inbound, &[])
+}
+
+/// Which of the proxy's listeners a scenario loads.
+#[derive(Clone, Copy)]
+enum Listener {
+    /// Requests to the pod (SERVER spans).
+    Inbound,
+    /// The app's calls (CLIENT spans).
+    Outbound,
+}
+
+/// [`start_proxy`] on `listener`, with `extra` flags.
+fn start_proxy_on(
+    env: &Env,
+    name: &str,
+    up: u16,
+    collector: &str,
+    listener: Listener,
+    extra: &[&str],
+) -> Result<Sut> {
     let (inb, outb, admin) = (
         procs::free_port()?,
         procs::free_port()?,
@@ -237,7 +260,10 @@ fn start_proxy(env: &Env, name: &str, up: u16, collector: &str) -> Result<Sut> {
         &outb.to_string(),
         "--admin-port",
         &admin.to_string(),
-        "--inbound-forward-to",
+        match listener {
+            Listener::Inbound => "--inbound-forward-to",
+            Listener::Outbound => "--outbound-forward-to",
+        },
         &lo(up).to_string(),
         "--collector",
         collector,
@@ -251,14 +277,19 @@ fn start_proxy(env: &Env, name: &str, up: u16, collector: &str) -> Result<Sut> {
         "error",
     ]
     .iter()
+    .chain(extra)
     .map(|s| (*s).to_owned())
     .collect();
     let p = env.spawn(name, &env.sut_cpu, &env.proxy, &args)?;
-    procs::wait_port(lo(inb), Duration::from_secs(10))?;
+    let listen = match listener {
+        Listener::Inbound => inb,
+        Listener::Outbound => outb,
+    };
+    procs::wait_port(lo(listen), Duration::from_secs(10))?;
     procs::wait_port(lo(admin), Duration::from_secs(10))?;
     Ok(Sut {
         name: name.to_owned(),
-        addr: lo(inb),
+        addr: lo(listen),
         procs: vec![p],
         admin: Some(admin),
     })
@@ -496,8 +527,9 @@ pub async fn run(which: Which, opts: Opts) -> Result<String> {
         nofile = env.nofile,
     );
     type Section = (Which, &'static str);
-    let sections: [Section; 5] = [
+    let sections: [Section; 6] = [
         (Which::Http, "HTTP/1.1 hop overhead"),
+        (Which::Infer, "Parent inference (outbound hop, off vs on)"),
         (Which::H2, "HTTP/2 (h2c) unary"),
         (Which::Memory, "Memory"),
         (Which::Export, "Span export"),
@@ -517,6 +549,7 @@ pub async fn run(which: Which, opts: Opts) -> Result<String> {
             Which::Memory => memory(&env).await,
             Which::Export => export(&env).await,
             Which::Webhook => webhook(&env).await,
+            Which::Infer => infer(&env).await,
             Which::All => Ok(String::new()),
         };
         let _ = writeln!(md, "## {title}\n");
@@ -758,6 +791,73 @@ async fn http(env: &Env) -> Result<String> {
          CPU-second\" is the throughput-per-core figure. Spans received by the sink during this \
          scenario (sidetrace + Envoy): {}.\n",
         spans.trim()
+    );
+    Ok(out)
+}
+
+/// What parent inference costs on the app's calls: header-less `GET /small` through the
+/// outbound listener, the mode off vs on (`--infer-parents-override true`), side by side in
+/// each round. On, every call takes the snapshot of the pod's inbound requests in flight (none
+/// here, so each is tagged `absent`); the inbound side keeps that set in both modes.
+async fn infer(env: &Env) -> Result<String> {
+    let (_up, up) = start_upstream(env)?;
+    let (_sink, sink) = start_sink(env)?;
+    let collector = format!("http://127.0.0.1:{sink}/api/v2/spans");
+    let on = ["--infer-parents-override", "true"];
+    let mut suts = vec![
+        direct(up),
+        start_proxy_on(
+            env,
+            "inference-off",
+            up,
+            &collector,
+            Listener::Outbound,
+            &[],
+        )?,
+        start_proxy_on(env, "inference-on", up, &collector, Listener::Outbound, &on)?,
+    ];
+    let mut clients = Vec::new();
+    for s in &suts {
+        clients.push(Client::new(s.addr, Proto::H1, 8).await?);
+    }
+    let n = suts.len();
+    let mut cells: Vec<Cell> = (0..env.rates.len() * n).map(|_| Cell::default()).collect();
+    let req = Req::get("/small");
+    for round in 0..env.rounds {
+        for (ri, &rate) in env.rates.iter().enumerate() {
+            for k in 0..n {
+                let si = (k + round) % n;
+                suts[si].check()?;
+                let _ = load::open_loop(&clients[si], &req, rate, env.warm_dur()).await;
+                let c0 = suts[si].cpu_ns();
+                let run = load::open_loop(&clients[si], &req, rate, env.dur()).await;
+                let cpu = (!suts[si].procs.is_empty()).then(|| suts[si].cpu_ns() - c0);
+                cells[ri * n + si].push(run, cpu);
+            }
+        }
+        eprintln!("  infer round {}/{} done", round + 1, env.rounds);
+    }
+    let mut out = String::new();
+    for (ri, rate) in env.rates.iter().enumerate() {
+        let _ = writeln!(out, "### `GET /small` at {rate} rps (open loop)\n");
+        out.push_str(LAT_HEADER);
+        let base = &cells[ri * n];
+        for (si, s) in suts.iter().enumerate() {
+            lat_row(
+                &mut out,
+                &s.name,
+                &cells[ri * n + si],
+                (si != 0).then_some(base),
+            );
+        }
+        out.push('\n');
+    }
+    let decisions = proxy_metric(&suts[2], "sidetrace_parent_inference_total").await;
+    let _ = writeln!(
+        out,
+        "Decisions counted by the inference-on proxy: {decisions:.0} (every call, all `absent`); \
+         by the inference-off proxy: {:.0}.\n",
+        proxy_metric(&suts[1], "sidetrace_parent_inference_total").await
     );
     Ok(out)
 }

@@ -94,6 +94,10 @@ struct Args {
     /// (default: no limit, an async server).
     #[arg(long)]
     workers: Option<std::num::NonZeroUsize>,
+    /// Call downstreams over HTTP/2 cleartext (prior knowledge, as gRPC clients do), many
+    /// calls multiplexed on one connection; default HTTP/1.1.
+    #[arg(long)]
+    downstream_h2: bool,
 }
 
 fn parse_route(s: &str) -> Result<(String, Uri), String> {
@@ -363,7 +367,9 @@ async fn main() -> Result<()> {
     }
     let mut connector = HttpConnector::new();
     connector.set_connect_timeout(Some(Duration::from_secs(5)));
-    let client = Client::builder(TokioExecutor::new()).build(connector);
+    let client = Client::builder(TokioExecutor::new())
+        .http2_only(args.downstream_h2)
+        .build(connector);
     if let Some(url) = args.once {
         return once(&client, url).await;
     }

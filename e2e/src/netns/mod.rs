@@ -151,6 +151,9 @@ impl Pod {
         if let Some(n) = opts.app_workers {
             a.push(format!("--workers={n}"));
         }
+        if opts.app_h2 {
+            a.push("--downstream-h2".to_owned());
+        }
         let route = |path: &str, to: Pod, to_path: &str| {
             [
                 "--route".to_owned(),
@@ -457,6 +460,8 @@ pub struct Options {
     pub copy_trace_headers: bool,
     /// The apps are synchronous servers with this many workers (`None`: async servers).
     pub app_workers: Option<usize>,
+    /// The apps call their downstreams over HTTP/2 cleartext (prior knowledge).
+    pub app_h2: bool,
     /// The pods' TracedServices set `inferParents`.
     pub infer_parents: bool,
 }
@@ -468,6 +473,7 @@ impl Default for Options {
             front: Front::Sidetrace,
             copy_trace_headers: true,
             app_workers: None,
+            app_h2: false,
             infer_parents: false,
         }
     }
@@ -825,6 +831,40 @@ impl Topology {
     /// One series' value from `pod`'s proxy metrics (0 when the series is absent).
     pub async fn metric(&self, pod: Pod, series: &str) -> Result<f64> {
         Ok(metric_value(&self.metrics(pod).await?, series).unwrap_or(0.0))
+    }
+
+    /// Every span the collector holds for the meshed pods' services (deduplicated: a trace
+    /// through several services is listed for each), polled until there are at least `want`;
+    /// an error saying how many arrived after `timeout` (a hang guard).
+    pub async fn wait_spans(&self, want: usize, timeout: Duration) -> Result<Vec<collector::Span>> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let mut seen = std::collections::BTreeSet::new();
+            let mut spans = Vec::new();
+            for pod in Pod::MESHED {
+                let traces = self
+                    .collector()
+                    .traces(pod.service_name(), 10_000)
+                    .await
+                    .unwrap_or_default();
+                for s in traces.into_iter().flatten() {
+                    if seen.insert((s.trace_id.clone(), s.id.clone(), s.kind().to_owned())) {
+                        spans.push(s);
+                    }
+                }
+            }
+            if spans.len() >= want {
+                return Ok(spans);
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "{} of {want} spans after {timeout:?}; front proxy log:\n{}",
+                    spans.len(),
+                    self.log_tail("front-proxy", 20)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
     }
 
     /// The last lines of a process's log (`front-proxy`, `service1-app`, `collector`, ...).

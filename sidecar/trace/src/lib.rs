@@ -20,6 +20,11 @@
 //!    [`encode_otlp`] (protobuf, OpenTelemetry semantic conventions, the pod's [`Resource`])
 //!    or [`encode_zipkin_v2`] (JSON): one span model, two encodings, so they cannot drift.
 //!
+//! Opt-in ([`TracerConfig::infer_parents`]): for apps that copy no headers, the proxy calls
+//! [`start_hop_inferring`] with the pod's inbound requests in flight ([`InFlight`]); an
+//! outbound request without context then continues the only one in flight, or starts a new
+//! trace when there are none or several ([`infer`]).
+//!
 //! Details of the API beyond that flow, and why they exist:
 //! - [`ExporterConfig::new`] fills in defaults; `initial_backoff` is the wait before the first
 //!   retry of a failed batch (doubled per retry, capped), so a collector that is restarting is
