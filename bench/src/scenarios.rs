@@ -615,6 +615,30 @@ pub async fn run(which: Which, opts: Opts) -> Result<String> {
     Ok(md)
 }
 
+/// One measured open-loop run of every target at `rate`, each after a warm-up at the same
+/// rate, in an order that rotates with `round`; target `i`'s figures go to `cells[i]`.
+async fn open_loop_round(
+    env: &Env,
+    suts: &mut [Sut],
+    clients: &[Arc<Client>],
+    req: &Req,
+    rate: f64,
+    round: usize,
+    cells: &mut [Cell],
+) -> Result<()> {
+    let n = suts.len();
+    for k in 0..n {
+        let si = (k + round) % n;
+        suts[si].check()?;
+        let _ = load::open_loop(&clients[si], req, rate, env.warm_dur()).await;
+        let c0 = suts[si].cpu_ns();
+        let run = load::open_loop(&clients[si], req, rate, env.dur()).await;
+        let cpu = (!suts[si].procs.is_empty()).then(|| suts[si].cpu_ns() - c0);
+        cells[si].push(run, cpu);
+    }
+    Ok(())
+}
+
 async fn http(env: &Env) -> Result<String> {
     let (_up, up) = start_upstream(env)?;
     let (_sink, sink) = start_sink(env)?;
@@ -648,15 +672,9 @@ async fn http(env: &Env) -> Result<String> {
         for (bi, (_, path)) in bodies.iter().enumerate() {
             let req = Req::get(path);
             for (ri, &rate) in env.rates.iter().enumerate() {
-                for k in 0..n {
-                    let si = (k + round) % n;
-                    suts[si].check()?;
-                    let _ = load::open_loop(&clients[si], &req, rate, env.warm_dur()).await;
-                    let c0 = suts[si].cpu_ns();
-                    let run = load::open_loop(&clients[si], &req, rate, env.dur()).await;
-                    let cpu = (!suts[si].procs.is_empty()).then(|| suts[si].cpu_ns() - c0);
-                    cells[idx(bi, ri, si)].push(run, cpu);
-                }
+                let at = idx(bi, ri, 0);
+                let cells = &mut cells[at..at + n];
+                open_loop_round(env, &mut suts, &clients, &req, rate, round, cells).await?;
             }
         }
         eprintln!("  http round {}/{} done", round + 1, env.rounds);
@@ -825,15 +843,9 @@ async fn infer(env: &Env) -> Result<String> {
     let req = Req::get("/small");
     for round in 0..env.rounds {
         for (ri, &rate) in env.rates.iter().enumerate() {
-            for k in 0..n {
-                let si = (k + round) % n;
-                suts[si].check()?;
-                let _ = load::open_loop(&clients[si], &req, rate, env.warm_dur()).await;
-                let c0 = suts[si].cpu_ns();
-                let run = load::open_loop(&clients[si], &req, rate, env.dur()).await;
-                let cpu = (!suts[si].procs.is_empty()).then(|| suts[si].cpu_ns() - c0);
-                cells[ri * n + si].push(run, cpu);
-            }
+            let at = ri * n;
+            let cells = &mut cells[at..at + n];
+            open_loop_round(env, &mut suts, &clients, &req, rate, round, cells).await?;
         }
         eprintln!("  infer round {}/{} done", round + 1, env.rounds);
     }
