@@ -30,11 +30,11 @@ crds: ## regenerate the CRD YAML from crds/src (checked for drift by a test)
 chart-docs: ## regenerate the values table in helm/sidetrace/README.md from values.yaml's comments (checked for drift by a test)
 	$(CARGO) run -q -p sidetrace-e2e --bin sidetrace-chart-docs
 
-demo: ## the local end-to-end demo: front -> service1 -> service2 in netns pods, traces printed
+demo: ## the local end-to-end demo: front -> service1 -> service2 in netns pods, traces printed (DEMO_ARGS=--headerless: apps that copy no headers, parent inference off then on)
 	@# Installs what it needs first (iptables, iproute2, a JRE, the Zipkin jar), saying so.
 	@if [ -x "$(CACHE)/bin/jaeger" ]; then e2e/peers.sh system; else e2e/peers.sh system zipkin; fi
 	$(CARGO) build -p sidetrace-init -p sidetrace-proxy -p sidetrace-e2e --bins
-	$(CARGO) run -q -p sidetrace-e2e --bin sidetrace-demo
+	$(CARGO) run -q -p sidetrace-e2e --bin sidetrace-demo -- $(DEMO_ARGS)
 
 e2e-local: ## local end-to-end data plane tests (root, iptables, network namespaces)
 	e2e/peers.sh system zipkin

@@ -33,6 +33,8 @@ enum Cmd {
     /// Per-request instructions, heap allocations and syscalls of one hop (callgrind, dhat,
     /// strace), sidetrace-proxy vs the plain TCP relay; writes RESULTS-profile.md.
     Profile(profile::ProfileOpts),
+    /// Parent inference on the outbound hop: header-less calls, the mode off vs on.
+    Infer(scenarios::Opts),
     /// Peer: the upstream app.
     #[command(hide = true)]
     Upstream { listen: SocketAddr },
@@ -66,6 +68,7 @@ fn main() -> Result<()> {
         Cmd::Export(o) => (scenarios::Which::Export, o),
         Cmd::H2(o) => (scenarios::Which::H2, o),
         Cmd::Webhook(o) => (scenarios::Which::Webhook, o),
+        Cmd::Infer(o) => (scenarios::Which::Infer, o),
     };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -20,7 +20,7 @@ use anyhow::{Context as _, Result, bail};
 
 use crate::load::{Client, Proto, Req};
 use crate::procs::{self, Proc, lo};
-use crate::scenarios::proxy_args;
+use crate::scenarios::{Listener, proxy_args};
 
 /// The proxy's own default `--max-connections` (the profile opens fewer than this).
 const DEFAULT_MAX_CONNECTIONS: usize = 2048;
@@ -289,7 +289,13 @@ async fn one_run(
             let collector = format!("http://127.0.0.1:{}/{path}", s.sink);
             (
                 s.proxy.clone(),
-                proxy_args(ports, lo(s.up), &collector, DEFAULT_MAX_CONNECTIONS),
+                proxy_args(
+                    ports,
+                    Listener::Inbound,
+                    lo(s.up),
+                    &collector,
+                    DEFAULT_MAX_CONNECTIONS,
+                ),
             )
         }
     };

@@ -78,6 +78,8 @@ pub enum Which {
     H2,
     /// Admission webhook.
     Webhook,
+    /// Parent inference on the outbound hop, off vs on.
+    Infer,
 }
 
 /// Resolved profile and environment.
@@ -229,11 +231,21 @@ fn start_relay(env: &Env, up: u16) -> Result<Sut> {
     })
 }
 
+/// Which of the proxy's listeners a scenario loads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Listener {
+    /// Requests to the pod (SERVER spans).
+    Inbound,
+    /// The app's calls (CLIENT spans).
+    Outbound,
+}
+
 /// Command line of sidetrace-proxy in explicit mode on loopback: `ports` are the inbound,
-/// outbound and admin ports; the inbound listener forwards to `upstream`; every request is
-/// traced (sampling 1) and exported to `collector`; one worker thread.
+/// outbound and admin ports; `listener` forwards to `upstream`; every request is traced
+/// (sampling 1) and exported to `collector`; one worker thread.
 pub fn proxy_args(
     ports: [u16; 3],
+    listener: Listener,
     upstream: SocketAddr,
     collector: &str,
     max_connections: usize,
@@ -250,7 +262,10 @@ pub fn proxy_args(
         &outb.to_string(),
         "--admin-port",
         &admin.to_string(),
-        "--inbound-forward-to",
+        match listener {
+            Listener::Inbound => "--inbound-forward-to",
+            Listener::Outbound => "--outbound-forward-to",
+        },
         &upstream.to_string(),
         "--collector",
         collector,
@@ -273,7 +288,15 @@ pub fn proxy_args(
 /// sidetrace-proxy in explicit mode: inbound listener forwarding to the upstream, tracing
 /// every request (sampling 1) to `collector`, one worker thread, plus `extra` flags.
 fn start_proxy(env: &Env, name: &str, up: u16, collector: &str, extra: &[&str]) -> Result<Sut> {
-    start_proxy_bin(env, name, &env.proxy, up, collector, extra)
+    start_proxy_on(
+        env,
+        name,
+        &env.proxy,
+        up,
+        collector,
+        Listener::Inbound,
+        extra,
+    )
 }
 
 /// [`start_proxy`] with another sidetrace-proxy binary.
@@ -285,6 +308,19 @@ fn start_proxy_bin(
     collector: &str,
     extra: &[&str],
 ) -> Result<Sut> {
+    start_proxy_on(env, name, bin, up, collector, Listener::Inbound, extra)
+}
+
+/// [`start_proxy_bin`] on `listener`.
+fn start_proxy_on(
+    env: &Env,
+    name: &str,
+    bin: &Path,
+    up: u16,
+    collector: &str,
+    listener: Listener,
+    extra: &[&str],
+) -> Result<Sut> {
     let (inb, outb, admin) = (
         procs::free_port()?,
         procs::free_port()?,
@@ -292,14 +328,24 @@ fn start_proxy_bin(
     );
     // Above the memory scenario's idle connections: the default cap (sized for a 64 Mi
     // container) would close most of them.
-    let mut args = proxy_args([inb, outb, admin], lo(up), collector, env.idle_conns + 1000);
+    let mut args = proxy_args(
+        [inb, outb, admin],
+        listener,
+        lo(up),
+        collector,
+        env.idle_conns + 1000,
+    );
     args.extend(extra.iter().map(|s| (*s).to_owned()));
     let p = env.spawn(name, &env.sut_cpu, bin, &args)?;
-    procs::wait_port(lo(inb), Duration::from_secs(10))?;
+    let listen = match listener {
+        Listener::Inbound => inb,
+        Listener::Outbound => outb,
+    };
+    procs::wait_port(lo(listen), Duration::from_secs(10))?;
     procs::wait_port(lo(admin), Duration::from_secs(10))?;
     Ok(Sut {
         name: name.to_owned(),
-        addr: lo(inb),
+        addr: lo(listen),
         procs: vec![p],
         admin: Some(admin),
     })
@@ -558,8 +604,9 @@ pub async fn run(which: Which, opts: Opts) -> Result<String> {
         nofile = env.nofile,
     );
     type Section = (Which, &'static str);
-    let sections: [Section; 5] = [
+    let sections: [Section; 6] = [
         (Which::Http, "HTTP/1.1 hop overhead"),
+        (Which::Infer, "Parent inference (outbound hop, off vs on)"),
         (Which::H2, "HTTP/2 (h2c) unary"),
         (Which::Memory, "Memory"),
         (Which::Export, "Span export"),
@@ -579,6 +626,7 @@ pub async fn run(which: Which, opts: Opts) -> Result<String> {
             Which::Memory => memory(&env).await,
             Which::Export => export(&env).await,
             Which::Webhook => webhook(&env).await,
+            Which::Infer => infer(&env).await,
             Which::All => Ok(String::new()),
         };
         let _ = writeln!(md, "## {title}\n");
@@ -656,6 +704,30 @@ pub async fn run(which: Which, opts: Opts) -> Result<String> {
     Ok(md)
 }
 
+/// One measured open-loop run of every target at `rate`, each after a warm-up at the same
+/// rate, in an order that rotates with `round`; target `i`'s figures go to `cells[i]`.
+async fn open_loop_round(
+    env: &Env,
+    suts: &mut [Sut],
+    clients: &[Arc<Client>],
+    req: &Req,
+    rate: f64,
+    round: usize,
+    cells: &mut [Cell],
+) -> Result<()> {
+    let n = suts.len();
+    for k in 0..n {
+        let si = (k + round) % n;
+        suts[si].check()?;
+        let _ = load::open_loop(&clients[si], req, rate, env.warm_dur()).await;
+        let c0 = suts[si].cpu_ns();
+        let run = load::open_loop(&clients[si], req, rate, env.dur()).await;
+        let cpu = (!suts[si].procs.is_empty()).then(|| suts[si].cpu_ns() - c0);
+        cells[si].push(run, cpu);
+    }
+    Ok(())
+}
+
 async fn http(env: &Env) -> Result<String> {
     let (_up, up) = start_upstream(env)?;
     let (_sink, sink) = start_sink(env)?;
@@ -706,15 +778,9 @@ async fn http(env: &Env) -> Result<String> {
         for (bi, (_, path)) in bodies.iter().enumerate() {
             let req = Req::get(path);
             for (ri, &rate) in env.rates.iter().enumerate() {
-                for k in 0..n {
-                    let si = (k + round) % n;
-                    suts[si].check()?;
-                    let _ = load::open_loop(&clients[si], &req, rate, env.warm_dur()).await;
-                    let c0 = suts[si].cpu_ns();
-                    let run = load::open_loop(&clients[si], &req, rate, env.dur()).await;
-                    let cpu = (!suts[si].procs.is_empty()).then(|| suts[si].cpu_ns() - c0);
-                    cells[idx(bi, ri, si)].push(run, cpu);
-                }
+                let at = idx(bi, ri, 0);
+                let cells = &mut cells[at..at + n];
+                open_loop_round(env, &mut suts, &clients, &req, rate, round, cells).await?;
             }
         }
         eprintln!("  http round {}/{} done", round + 1, env.rounds);
@@ -849,6 +915,76 @@ async fn http(env: &Env) -> Result<String> {
          CPU-second\" is the throughput-per-core figure. Spans received by the sink during this \
          scenario (sidetrace + Envoy): {}.\n",
         spans.trim()
+    );
+    Ok(out)
+}
+
+/// What parent inference costs on the app's calls: header-less `GET /small` through the
+/// outbound listener, the mode off vs on (`--infer-parents-override true`), side by side in
+/// each round. On, every call takes the snapshot of the pod's inbound requests in flight (none
+/// here, so each is tagged `absent`); the inbound side keeps that set in both modes.
+async fn infer(env: &Env) -> Result<String> {
+    let (_up, up) = start_upstream(env)?;
+    let (_sink, sink) = start_sink(env)?;
+    let collector = format!("http://127.0.0.1:{sink}/api/v2/spans");
+    let on = ["--infer-parents-override", "true"];
+    let mut suts = vec![
+        direct(up),
+        start_proxy_on(
+            env,
+            "inference-off",
+            &env.proxy,
+            up,
+            &collector,
+            Listener::Outbound,
+            &[],
+        )?,
+        start_proxy_on(
+            env,
+            "inference-on",
+            &env.proxy,
+            up,
+            &collector,
+            Listener::Outbound,
+            &on,
+        )?,
+    ];
+    let mut clients = Vec::new();
+    for s in &suts {
+        clients.push(Client::new(s.addr, Proto::H1, 8).await?);
+    }
+    let n = suts.len();
+    let mut cells: Vec<Cell> = (0..env.rates.len() * n).map(|_| Cell::default()).collect();
+    let req = Req::get("/small");
+    for round in 0..env.rounds {
+        for (ri, &rate) in env.rates.iter().enumerate() {
+            let at = ri * n;
+            let cells = &mut cells[at..at + n];
+            open_loop_round(env, &mut suts, &clients, &req, rate, round, cells).await?;
+        }
+        eprintln!("  infer round {}/{} done", round + 1, env.rounds);
+    }
+    let mut out = String::new();
+    for (ri, rate) in env.rates.iter().enumerate() {
+        let _ = writeln!(out, "### `GET /small` at {rate} rps (open loop)\n");
+        out.push_str(LAT_HEADER);
+        let base = &cells[ri * n];
+        for (si, s) in suts.iter().enumerate() {
+            lat_row(
+                &mut out,
+                &s.name,
+                &cells[ri * n + si],
+                (si != 0).then_some(base),
+            );
+        }
+        out.push('\n');
+    }
+    let decisions = proxy_metric(&suts[2], "sidetrace_parent_inference_total").await;
+    let _ = writeln!(
+        out,
+        "Decisions counted by the inference-on proxy: {decisions:.0} (every call, all `absent`); \
+         by the inference-off proxy: {:.0}.\n",
+        proxy_metric(&suts[1], "sidetrace_parent_inference_total").await
     );
     Ok(out)
 }

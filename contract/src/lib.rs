@@ -31,6 +31,6 @@ pub use capture::Ipv6Capture;
 pub use duration::parse_duration;
 pub use proxy_config::{
     CollectorProtocol, Direction, OperationRule, PortSpec, PropagationFormat, Protocol,
-    ProxyConfig, ProxyConfigError, check_collector_endpoint,
+    ProxyConfig, ProxyConfigError, check_collector_endpoint, parse_switch,
 };
 pub use sampling::OperationSampling;

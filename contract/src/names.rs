@@ -40,6 +40,9 @@ pub mod annotations {
     /// Wire protocol towards the collector (`otlp-http` or `zipkin`, checked by
     /// [`crate::CollectorProtocol::parse`]); beats the TracedService and the chart.
     pub const COLLECTOR_PROTOCOL: &str = "sidetrace.dev/collector-protocol";
+    /// `true` or `false` (checked by [`crate::parse_switch`]): infer the parent of the app's
+    /// outbound calls that carry no trace context; beats the TracedService's `inferParents`.
+    pub const INFER_PARENTS: &str = "sidetrace.dev/infer-parents";
 }
 
 /// Name of the injected init container that programs iptables.
@@ -97,6 +100,8 @@ pub mod env {
     pub const SERVICE_NAME_OVERRIDE: &str = "SIDETRACE_SERVICE_NAME_OVERRIDE";
     /// Sampling rate from the pod annotation; beats the config file. See SERVICE_NAME_OVERRIDE.
     pub const SAMPLING_OVERRIDE: &str = "SIDETRACE_SAMPLING_OVERRIDE";
+    /// Parent inference from the pod annotation; beats the config file's `inferParents`.
+    pub const INFER_PARENTS_OVERRIDE: &str = "SIDETRACE_INFER_PARENTS_OVERRIDE";
     pub const CONFIG: &str = "SIDETRACE_CONFIG";
     pub const LOG_LEVEL: &str = "SIDETRACE_LOG_LEVEL";
     /// The proxy's `--drain-period` (how long its outbound side outlives SIGTERM).

@@ -314,6 +314,24 @@ pub struct ProxyConfig {
     /// rendered file when false, so configs written before the field existed stay byte-equal.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub record_query_string: bool,
+    /// Infer the parent of the app's outbound requests that carry no trace context: when
+    /// exactly one inbound request of the pod is in flight, the outbound request continues
+    /// its trace; otherwise it starts a new one, as without this. Off by default; for apps
+    /// that copy no trace headers. Omitted from the rendered file when false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub infer_parents: bool,
+}
+
+/// The one rule for an on/off switch written as text (the pod annotation
+/// `sidetrace.dev/infer-parents` and the proxy's `--infer-parents-override`, which the webhook
+/// sets from it): exactly `true` or `false`, what a Kubernetes annotation's YAML string and
+/// the CRD's boolean spell. Anything else is an error naming the accepted values.
+pub fn parse_switch(text: &str) -> Result<bool, String> {
+    match text {
+        "true" => Ok(true),
+        "false" => Ok(false),
+        other => Err(format!("{other:?} is neither true nor false")),
+    }
 }
 
 /// Formats written when the config names none: B3 multi-header (what the Envoy demo's apps
@@ -543,6 +561,31 @@ recordQueryString: true
         let err = ProxyConfig::from_yaml("recordQueryString: sometimes\n").expect_err("not a bool");
         assert_eq!(err.metric_label(), "parse");
         assert!(err.to_string().contains("line 1"), "{err}");
+    }
+
+    #[test]
+    fn parent_inference_is_off_unless_the_file_opts_in() {
+        let c = ProxyConfig::from_yaml("serviceName: a\n").expect("valid");
+        assert!(!c.infer_parents, "off by default");
+        assert!(
+            !c.to_yaml().contains("inferParents"),
+            "the default is not written"
+        );
+        let c = ProxyConfig::from_yaml("inferParents: true\n").expect("valid");
+        assert!(c.infer_parents);
+        assert_eq!(ProxyConfig::from_yaml(&c.to_yaml()).expect("round trip"), c);
+        let err = ProxyConfig::from_yaml("inferParents: maybe\n").expect_err("not a bool");
+        assert_eq!(err.metric_label(), "parse");
+    }
+
+    #[test]
+    fn switches_are_exactly_true_or_false() {
+        assert_eq!(parse_switch("true"), Ok(true));
+        assert_eq!(parse_switch("false"), Ok(false));
+        for bad in ["", "True", "yes", "1", " true", "on"] {
+            let err = parse_switch(bad).expect_err(bad);
+            assert!(err.contains("neither true nor false"), "{err}");
+        }
     }
 
     #[test]

@@ -72,6 +72,13 @@ pub struct TracedServiceSpec {
     /// query strings are known to be safe to store in the tracing backend.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub record_query_string: bool,
+    /// For apps that copy no trace headers: when the app calls out without trace context and
+    /// exactly one request to the pod is in flight, the call continues that request's trace
+    /// (its span is tagged sidetrace.parent=inferred). With none or several in flight no link
+    /// is made (tagged absent or ambiguous). Off by default. The pod annotation
+    /// sidetrace.dev/infer-parents overrides it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub infer_parents: bool,
 }
 
 /// Head sampling settings. The effective values of each pod are on its proxy's `/config`
@@ -245,6 +252,7 @@ impl TracedServiceSpec {
             tags: self.tags.clone(),
             exclude_paths: self.exclude_paths.clone(),
             record_query_string: self.record_query_string,
+            infer_parents: self.infer_parents,
         }
     }
 }
@@ -307,6 +315,20 @@ mod tests {
         );
         let off = spec("selector: {matchLabels: {app: a}}").to_proxy_config(None);
         assert!(!off.to_yaml().contains("recordQueryString"));
+    }
+
+    #[test]
+    fn infer_parents_is_carried_into_the_proxy_config() {
+        let s = spec("selector: {matchLabels: {app: a}}\ninferParents: true");
+        assert!(s.to_proxy_config(None).infer_parents);
+        assert!(
+            s.to_proxy_config(None)
+                .to_yaml()
+                .contains("inferParents: true")
+        );
+        let off = spec("selector: {matchLabels: {app: a}}").to_proxy_config(None);
+        assert!(!off.infer_parents, "off by default");
+        assert!(!off.to_yaml().contains("inferParents"));
     }
 
     #[test]

@@ -42,6 +42,8 @@ pub struct Overrides {
     pub log_level: Option<String>,
     /// `sidetrace.dev/collector-protocol`, by the one rule ([`CollectorProtocol::parse`]).
     pub collector_protocol: Option<CollectorProtocol>,
+    /// `sidetrace.dev/infer-parents`, by the one rule ([`sidetrace_contract::parse_switch`]).
+    pub infer_parents: Option<bool>,
 }
 
 /// Parses every override annotation. `named_ports` maps the pod's container port names to
@@ -106,6 +108,11 @@ pub fn parse(
             field(annotations, ann::COLLECTOR_PROTOCOL),
             &mut warnings,
             parse_collector_protocol,
+        ),
+        infer_parents: checked(
+            field(annotations, ann::INFER_PARENTS),
+            &mut warnings,
+            parse_infer_parents,
         ),
     };
     (o, warnings)
@@ -276,6 +283,11 @@ fn parse_collector_protocol(raw: &str) -> Result<CollectorProtocol, String> {
     })
 }
 
+/// The contract's rule, worded for a warning that already quotes the value.
+fn parse_infer_parents(raw: &str) -> Result<bool, String> {
+    sidetrace_contract::parse_switch(raw).map_err(|_| "is neither true nor false".to_owned())
+}
+
 fn parse_log_level(raw: &str) -> Result<String, String> {
     let v = raw.trim().to_ascii_lowercase();
     if LOG_LEVELS.contains(&v.as_str()) {
@@ -326,6 +338,7 @@ mod tests {
                 (ann::PROXY_CPU, "100m"),
                 (ann::PROXY_MEMORY, "128Mi"),
                 (ann::LOG_LEVEL, "DEBUG"),
+                (ann::INFER_PARENTS, "true"),
             ]),
             &named(),
         );
@@ -345,6 +358,7 @@ mod tests {
         assert_eq!(o.proxy_cpu.as_deref(), Some("100m"));
         assert_eq!(o.proxy_memory.as_deref(), Some("128Mi"));
         assert_eq!(o.log_level.as_deref(), Some("debug"));
+        assert_eq!(o.infer_parents, Some(true));
     }
 
     #[test]
@@ -371,6 +385,8 @@ mod tests {
             (ann::PROXY_MEMORY, "64MB", "quantity"),
             (ann::PROXY_MEMORY, "1.2.3", "quantity"),
             (ann::LOG_LEVEL, "verbose", "one of error"),
+            (ann::INFER_PARENTS, "yes", "neither true nor false"),
+            (ann::INFER_PARENTS, "True", "neither true nor false"),
         ];
         for (key, value, problem) in cases {
             let (o, w) = parse(&annotations(&[(key, value)]), &named());

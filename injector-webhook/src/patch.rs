@@ -217,6 +217,9 @@ pub fn proxy_container(settings: &Settings, resolved: &Resolved) -> Value {
     if let Some(p) = o.collector_protocol {
         env.push(json!({"name": names::env::COLLECTOR_PROTOCOL_OVERRIDE, "value": p.as_str()}));
     }
+    if let Some(on) = o.infer_parents {
+        env.push(json!({"name": names::env::INFER_PARENTS_OVERRIDE, "value": on.to_string()}));
+    }
     env.push(json!({"name": names::env::LOG_LEVEL, "value": resolved.log_level}));
     if settings.mode == SidecarMode::Native {
         // A native sidecar gets SIGTERM only after the app containers have exited: nothing is
@@ -622,6 +625,24 @@ mod tests {
                     serde_json::from_value(c.clone()).expect("valid container");
                 assert_eq!(serde_json::to_value(&typed).expect("json"), c);
             }
+        }
+    }
+
+    #[test]
+    fn the_infer_parents_annotation_reaches_the_proxy_as_its_override() {
+        let env = |r: &Resolved| {
+            proxy_container(&Settings::default(), r)["env"]
+                .as_array()
+                .expect("env")
+                .iter()
+                .find(|e| e["name"] == names::env::INFER_PARENTS_OVERRIDE)
+                .map(|e| e["value"].clone())
+        };
+        assert_eq!(env(&resolved()), None, "absent: the TracedService decides");
+        for on in [true, false] {
+            let mut r = resolved();
+            r.overrides.infer_parents = Some(on);
+            assert_eq!(env(&r), Some(Value::from(on.to_string())));
         }
     }
 

@@ -85,6 +85,10 @@ pub struct Args {
     /// Sampling rate that beats the config file's (from the pod's `sidetrace.dev/sampling`).
     #[arg(long, env = env::SAMPLING_OVERRIDE)]
     pub sampling_override: Option<f64>,
+    /// Parent inference that beats the config file's `inferParents`, `true` or `false` (the
+    /// webhook sets it from the pod's `sidetrace.dev/infer-parents` annotation only).
+    #[arg(long, env = env::INFER_PARENTS_OVERRIDE, value_parser = sidetrace_contract::parse_switch)]
+    pub infer_parents_override: Option<bool>,
     /// Sidecar config file (YAML, the ConfigMap the operator renders); watched and reloaded.
     #[arg(long, env = env::CONFIG)]
     pub config: Option<PathBuf>,

@@ -20,7 +20,7 @@ use http::{Method, Request, Response, StatusCode};
 use hyper::body::{Body as _, Frame, Incoming, SizeHint};
 use hyper_util::rt::TokioIo;
 use sidetrace_contract::Direction;
-use sidetrace_trace::{ExportHandle, Hop, RequestInfo, ResponseInfo};
+use sidetrace_trace::{ExportHandle, Hop, InFlightGuard, RequestInfo, ResponseInfo};
 
 use crate::limits::{IdleClock, IdleIo};
 use crate::red::{Observation, UNTRACED_OPERATION, status_class};
@@ -172,7 +172,13 @@ pub async fn proxy(
             upstream_addr: conn.upstream.addr,
             protocol,
         };
-        sidetrace_trace::start_hop(&live.tracer, &info, &mut parts.headers, SystemTime::now())
+        sidetrace_trace::start_hop_inferring(
+            &live.tracer,
+            &info,
+            &mut parts.headers,
+            SystemTime::now(),
+            Some(&shared.in_flight),
+        )
     };
     if let Some(hop) = &hop {
         if hop.malformed_context() {
@@ -185,6 +191,17 @@ pub async fn proxy(
     if grpc {
         shared.metrics.grpc_request(conn.direction);
     }
+    if let Some(how) = hop.as_ref().and_then(Hop::inference) {
+        shared.metrics.parent_inference(how);
+    }
+    // An inbound request is in flight, for the app's outbound calls to infer their parent
+    // from, until its response body ends. Untraced ones count too, as work that is not
+    // attributable: a call made during them must not be linked to another request.
+    let in_flight = (conn.direction == Direction::Inbound).then(|| {
+        shared
+            .in_flight
+            .enter(hop.as_ref().map(|h| h.candidate(&parts.headers)))
+    });
     let timeout = {
         let timeouts = &live.timeouts;
         let fallback;
@@ -229,12 +246,17 @@ pub async fn proxy(
                     if switched {
                         if let Some(server) = server_upgrade {
                             let client = hyper::upgrade::on(&mut resp);
+                            // The app may work for an inbound tunnel's client for as long
+                            // as it is open, untraced.
+                            let in_flight = (conn.direction == Direction::Inbound)
+                                .then(|| shared.in_flight.enter(None));
                             tokio::spawn(tunnel(
                                 server,
                                 client,
                                 conn.upstream.addr,
                                 Arc::clone(&shared),
                                 conn.direction,
+                                in_flight,
                             ));
                         }
                         resp.map(|_| full(Bytes::new()))
@@ -321,7 +343,9 @@ pub async fn proxy(
                 return Ok(resp);
             }
             strip_hop_by_hop(resp.headers_mut(), false);
-            if hop.is_none() && !grpc {
+            // The body is wrapped when something ends with it: the span, gRPC's trailers for the
+            // request metrics, or the inbound request's place among those in flight.
+            if hop.is_none() && !grpc && in_flight.is_none() {
                 return Ok(resp);
             }
             let grpc_status = grpc_status(resp.headers());
@@ -338,6 +362,7 @@ pub async fn proxy(
                         status,
                         grpc_status,
                     }),
+                    in_flight,
                 })
             }))
         }
@@ -442,6 +467,7 @@ async fn tunnel(
     upstream: SocketAddr,
     shared: Arc<Shared>,
     direction: sidetrace_contract::Direction,
+    _in_flight: Option<InFlightGuard>,
 ) {
     let (server, client) = match tokio::try_join!(server, client) {
         Ok(pair) => pair,
@@ -477,15 +503,18 @@ struct Pending {
     grpc_status: Option<String>,
 }
 
-/// Response body that ends the span when the body ends (or is abandoned).
+/// Response body that ends the span, and takes an inbound request out of the pod's requests
+/// in flight, when the body ends (or is abandoned).
 struct TracedBody {
     inner: Body,
     bytes: u64,
     pending: Option<Pending>,
+    in_flight: Option<InFlightGuard>,
 }
 
 impl TracedBody {
     fn done(&mut self, error: Option<String>) {
+        self.in_flight = None;
         if let Some(p) = self.pending.take() {
             if let Some(latency) = p.head_latency {
                 // No grpc-status at all (the stream was cut): `grpc_other`.

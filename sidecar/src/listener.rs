@@ -361,6 +361,10 @@ async fn serve_http2(io: Rewind<TcpStream>, info: Arc<ConnInfo>, shared: Arc<Sha
 }
 
 async fn copy_opaque(io: Rewind<TcpStream>, upstream: Dest, shared: &Shared, direction: Direction) {
+    // The proxy cannot see requests inside an opaque inbound connection: while it is open the
+    // app may be working for it, so the app's outbound calls must not be linked to another
+    // inbound request (see `sidetrace_trace::infer`).
+    let _in_flight = (direction == Direction::Inbound).then(|| shared.in_flight.enter(None));
     let mut up = match shared.upstream.connect(upstream).await {
         Ok(s) => s,
         Err(e) => {

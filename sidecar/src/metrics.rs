@@ -8,8 +8,8 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::time::SystemTime;
 
 use sidetrace_contract::Direction;
-use sidetrace_trace::NameBudget;
 use sidetrace_trace::sampling::Reason;
+use sidetrace_trace::{Inference, NameBudget};
 
 use crate::detect::Detected;
 use crate::red::{Exposition, Observation, Red, RequestMetrics};
@@ -83,6 +83,9 @@ pub struct Metrics {
     /// Requests whose trace context was malformed and dropped (counted by the request path,
     /// which learns it from the hop).
     malformed_context: AtomicU64,
+    /// Outbound requests without context of their own, by how their parent was inferred
+    /// (indexed like [`Inference::ALL`]).
+    parent_inference: [AtomicU64; Inference::ALL.len()],
     /// The tracer's default span-name budget, whose overflow counter is reported here.
     span_names: Arc<NameBudget>,
 }
@@ -215,6 +218,12 @@ impl Metrics {
     /// Counts a request whose trace context was malformed and replaced by a new trace.
     pub fn malformed_context(&self) {
         self.malformed_context.fetch_add(1, Relaxed);
+    }
+
+    /// Counts how an outbound request's parent was inferred.
+    pub fn parent_inference(&self, how: Inference) {
+        let i = Inference::ALL.iter().position(|h| *h == how).unwrap_or(0);
+        self.parent_inference[i].fetch_add(1, Relaxed);
     }
 
     /// Counts a config reload attempt.
@@ -402,6 +411,20 @@ impl Metrics {
             "sidetrace_trace_context_malformed_total {}",
             self.malformed_context.load(Relaxed)
         );
+        head(
+            out,
+            "sidetrace_parent_inference_total",
+            "counter",
+            "Outbound requests without trace context of their own, by how their parent was inferred: inferred (the one inbound request in flight), ambiguous (several), absent (none traced).",
+        );
+        for (how, n) in Inference::ALL.iter().zip(&self.parent_inference) {
+            let _ = writeln!(
+                out,
+                "sidetrace_parent_inference_total{{decision=\"{}\"}} {}",
+                how.as_str(),
+                n.load(Relaxed)
+            );
+        }
     }
 }
 
@@ -506,6 +529,24 @@ mod tests {
             "sidetrace_proxy_sampling_decisions_total{reason=\"rate\",sampled=\"true\"} 0",
         ] {
             assert!(out.lines().any(|l| l == line), "missing {line}\n{out}");
+        }
+    }
+
+    #[test]
+    fn renders_parent_inference_decisions() {
+        let m = Metrics::default();
+        m.parent_inference(Inference::Inferred);
+        m.parent_inference(Inference::Inferred);
+        m.parent_inference(Inference::Absent);
+        let mut out = String::new();
+        m.render(&mut out, Exposition::Prometheus);
+        for line in [
+            "# TYPE sidetrace_parent_inference_total counter",
+            "sidetrace_parent_inference_total{decision=\"inferred\"} 2",
+            "sidetrace_parent_inference_total{decision=\"ambiguous\"} 0",
+            "sidetrace_parent_inference_total{decision=\"absent\"} 1",
+        ] {
+            assert!(out.lines().any(|l| l == line), "{line} missing:\n{out}");
         }
     }
 

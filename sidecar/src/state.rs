@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
 use sidetrace_contract::{CollectorProtocol, Direction, ProxyConfig};
-use sidetrace_trace::{ExportHandle, TracerConfig, TracerFlags};
+use sidetrace_trace::{ExportHandle, InFlight, TracerConfig, TracerFlags};
 use tokio::sync::watch;
 
 use crate::config::{Settings, parse_collector};
@@ -82,6 +82,7 @@ impl Live {
                 Some(std::net::IpAddr::V4(ip)) => Some(ip),
                 _ => None,
             },
+            infer_parents_override: args.infer_parents_override,
         };
         let tracer = TracerConfig::from_proxy_config(&file, &flags);
         let timeouts = ResponseTimeouts::new(args.response_timeout, &file)?;
@@ -107,6 +108,9 @@ pub struct Shared {
     pub export: ExportHandle,
     /// Room left under `--max-connections`.
     pub limit: ConnectionLimit,
+    /// The pod's inbound requests in flight, kept whether or not the config infers parents
+    /// (a reload that turns inference on must see requests already in flight).
+    pub in_flight: Arc<InFlight>,
     live: RwLock<Arc<Live>>,
     ready: AtomicBool,
     draining: AtomicBool,
@@ -132,6 +136,7 @@ impl Shared {
             upstream,
             export,
             limit,
+            in_flight: InFlight::new(),
             live: RwLock::new(Arc::new(live)),
             ready: AtomicBool::new(false),
             draining: AtomicBool::new(false),

@@ -7,8 +7,17 @@
 //! the seed service copies. That copying is the only thing an application must do for the
 //! sidecars on both sides to stitch the hops into one trace.
 //!
+//! `--copy-trace-headers=false` makes it an app that copies nothing (most apps in the wild):
+//! its calls then carry no trace context, and only a sidecar that infers parents
+//! (`inferParents`) keeps the hops in one trace. `--workers N` makes it a synchronous server
+//! (a worker pool of N: at most N requests handled at once, the others wait), where the
+//! default handles every request concurrently, as an async server does.
+//!
 //! Routes: every path answers `Hello from behind sidetrace (<name>)!`; a configured route first
-//! calls its downstream and appends the downstream's answer, indented; `/healthz` answers `ok`;
+//! calls its downstream and appends the downstream's answer, indented. A path below a route
+//! (`/trace/1/<id>`) calls the route's URL with the same suffix (`.../trace/2/<id>`), so a
+//! request can be followed through every hop by its path alone, never by a header the sidecar
+//! reads (the ground truth of the parent-inference tests); `/healthz` answers `ok`;
 //! `/headers` lists the trace headers the app received (tests read what the sidecar forwarded).
 //! A request with `content-type: application/grpc` (HTTP/2) is a gRPC echo: the request's
 //! length-prefixed message comes back with `grpc-status: 0` in the trailers.
@@ -78,6 +87,17 @@ struct Args {
     /// Serve nothing: GET this URL once and exit (0 on a 2xx answer), as a batch job does.
     #[arg(long)]
     once: Option<Uri>,
+    /// Copy the seed's trace headers onto downstream calls (`false`: copy nothing).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    copy_trace_headers: bool,
+    /// Handle at most this many requests at once, as a synchronous server's worker pool does
+    /// (default: no limit, an async server).
+    #[arg(long)]
+    workers: Option<std::num::NonZeroUsize>,
+    /// Call downstreams over HTTP/2 cleartext (prior knowledge, as gRPC clients do), many
+    /// calls multiplexed on one connection; default HTTP/1.1.
+    #[arg(long)]
+    downstream_h2: bool,
 }
 
 fn parse_route(s: &str) -> Result<(String, Uri), String> {
@@ -106,6 +126,24 @@ fn propagated_headers(inbound: &HeaderMap) -> HeaderMap {
     out
 }
 
+/// The downstream URL for a request to `path`: a route's own path, or a path below it (its
+/// suffix appended to the route URL's path).
+fn route_target(routes: &[(String, Uri)], path: &str) -> Option<Uri> {
+    routes.iter().find_map(|(p, uri)| {
+        let suffix = path.strip_prefix(p.as_str())?;
+        if suffix.is_empty() {
+            return Some(uri.clone());
+        }
+        if !suffix.starts_with('/') {
+            return None;
+        }
+        let authority = uri.authority()?;
+        format!("http://{authority}{}{suffix}", uri.path())
+            .parse()
+            .ok()
+    })
+}
+
 /// The greeting, and the downstream's answer indented under it when there was one.
 fn answer(name: &str, downstream: Option<(&Uri, &str)>) -> String {
     let mut s = format!("Hello from behind sidetrace ({name})!\n");
@@ -123,6 +161,9 @@ fn answer(name: &str, downstream: Option<(&Uri, &str)>) -> String {
 struct App {
     name: String,
     routes: Vec<(String, Uri)>,
+    copy_trace_headers: bool,
+    /// The worker pool of a synchronous server (`--workers`).
+    workers: Option<tokio::sync::Semaphore>,
     client: Client<HttpConnector, Empty<Bytes>>,
     /// Closes the `--tcp-echo` listener when notified.
     close_tcp_echo: Arc<tokio::sync::Notify>,
@@ -172,6 +213,11 @@ async fn grpc_echo(req: Request<Incoming>) -> Response<Body> {
 
 impl App {
     async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
+        // A closed semaphore never happens (it is never closed); no permit then means no limit.
+        let _worker = match &self.workers {
+            Some(pool) => pool.acquire().await.ok(),
+            None => None,
+        };
         if is_grpc(req.headers()) {
             return grpc_echo(req).await;
         }
@@ -191,12 +237,15 @@ impl App {
             }
             return text(StatusCode::OK, s);
         }
-        let Some((_, target)) = self.routes.iter().find(|(p, _)| *p == path) else {
+        let Some(target) = route_target(&self.routes, &path) else {
             return text(StatusCode::OK, answer(&self.name, None));
         };
+        let target = &target;
         let mut out = Request::new(Empty::<Bytes>::new());
         *out.uri_mut() = target.clone();
-        *out.headers_mut() = propagated_headers(req.headers());
+        if self.copy_trace_headers {
+            *out.headers_mut() = propagated_headers(req.headers());
+        }
         let call = async {
             let resp = self.client.request(out).await?;
             let status = resp.status();
@@ -318,7 +367,9 @@ async fn main() -> Result<()> {
     }
     let mut connector = HttpConnector::new();
     connector.set_connect_timeout(Some(Duration::from_secs(5)));
-    let client = Client::builder(TokioExecutor::new()).build(connector);
+    let client = Client::builder(TokioExecutor::new())
+        .http2_only(args.downstream_h2)
+        .build(connector);
     if let Some(url) = args.once {
         return once(&client, url).await;
     }
@@ -336,6 +387,8 @@ async fn main() -> Result<()> {
     let app = Arc::new(App {
         name: args.name,
         routes: args.routes,
+        copy_trace_headers: args.copy_trace_headers,
+        workers: args.workers.map(|n| tokio::sync::Semaphore::new(n.get())),
         client,
         close_tcp_echo,
     });
@@ -395,6 +448,19 @@ mod tests {
         assert!(parse_route("/a").is_err());
         assert!(parse_route("/a=https://x/").is_err());
         assert!(parse_route("/a=/relative").is_err());
+    }
+
+    #[test]
+    fn paths_below_a_route_carry_their_suffix_downstream() {
+        let routes = vec![parse_route("/trace/1=http://s2:8080/trace/2").unwrap()];
+        let at = |p: &str| route_target(&routes, p).map(|u| u.to_string());
+        assert_eq!(at("/trace/1").as_deref(), Some("http://s2:8080/trace/2"));
+        assert_eq!(
+            at("/trace/1/n4-c2-r7").as_deref(),
+            Some("http://s2:8080/trace/2/n4-c2-r7")
+        );
+        assert_eq!(at("/trace/10"), None, "a longer segment is another path");
+        assert_eq!(at("/other"), None);
     }
 
     #[test]

@@ -9,6 +9,12 @@
 //! forwarder dials into their namespaces) until Ctrl-C. Without one (scripts, CI) it tears
 //! down and exits 0 after printing. Missing prerequisites (root, iptables, java, the binaries)
 //! are explained and exit 2.
+//!
+//! `--headerless` shows what parent inference does for apps that copy no trace headers: the
+//! apps copy nothing, and the same requests run twice, first with the TracedServices as they
+//! are (each pod's call starts a trace of its own: three pieces per request), then with
+//! `inferParents: true` (one whole trace per request, the calls tagged
+//! `sidetrace.parent=inferred`).
 
 use std::io::IsTerminal as _;
 use std::net::SocketAddr;
@@ -36,6 +42,10 @@ struct Args {
     /// of the sidetrace-meshed services.
     #[arg(long)]
     envoy_front: bool,
+    /// Apps that copy no trace headers, without and then with parent inference
+    /// (`inferParents`).
+    #[arg(long, conflicts_with = "envoy_front")]
+    headerless: bool,
 }
 
 /// One demo request: path, headers, and how many spans its trace should end up with.
@@ -125,7 +135,9 @@ async fn run(args: Args, bins: Binaries) -> Result<()> {
             sidetrace_contract::CollectorProtocol::Zipkin => "Zipkin v2 JSON (/api/v2/spans)",
         }
     );
-    let t0 = Instant::now();
+    if args.headerless {
+        return run_headerless(&args, &bins).await;
+    }
     let front = if args.envoy_front {
         if bins.envoy.is_none() {
             bail!("--envoy-front: Envoy is not installed; run `e2e/peers.sh envoy`");
@@ -134,7 +146,7 @@ async fn run(args: Args, bins: Binaries) -> Result<()> {
     } else {
         Front::Sidetrace
     };
-    let t = Topology::start(
+    let t = start(
         &bins,
         Options {
             front,
@@ -142,14 +154,6 @@ async fn run(args: Args, bins: Binaries) -> Result<()> {
         },
     )
     .await?;
-    println!(
-        "    ready in {:.1}s (10.250.1.0/24: front {}, service1 {}, service2 {}, {label} {})",
-        t0.elapsed().as_secs_f64(),
-        Pod::Front.ip(),
-        Pod::Service1.ip(),
-        Pod::Service2.ip(),
-        Pod::Collector.ip()
-    );
     match send_and_print(&t, front).await {
         Ok(()) => {}
         Err(e) => {
@@ -162,6 +166,95 @@ async fn run(args: Args, bins: Binaries) -> Result<()> {
         return Ok(());
     }
     serve_until_ctrl_c(&t, &args).await
+}
+
+async fn start(bins: &Binaries, opts: Options) -> Result<Topology> {
+    let t0 = Instant::now();
+    let t = Topology::start(bins, opts).await?;
+    println!(
+        "    ready in {:.1}s (10.250.1.0/24: front {}, service1 {}, service2 {}, {} {})",
+        t0.elapsed().as_secs_f64(),
+        Pod::Front.ip(),
+        Pod::Service1.ip(),
+        Pod::Service2.ip(),
+        bins.collector.label(),
+        Pod::Collector.ip()
+    );
+    Ok(t)
+}
+
+/// Requests per pass of `--headerless`.
+const HEADERLESS_REQUESTS: usize = 2;
+
+/// `--headerless`: the same requests through apps that copy no headers, inference off then on.
+async fn run_headerless(args: &Args, bins: &Binaries) -> Result<()> {
+    let mut last = None;
+    for infer_parents in [false, true] {
+        println!(
+            "==> apps that copy no trace headers; TracedServices with inferParents: {infer_parents}"
+        );
+        let t = start(
+            bins,
+            Options {
+                copy_trace_headers: false,
+                infer_parents,
+                ..Options::default()
+            },
+        )
+        .await?;
+        if let Err(e) = send_headerless(&t).await {
+            t.keep_logs();
+            return Err(e);
+        }
+        last = Some(t);
+    }
+    println!(
+        "    Off, each pod's call starts a trace of its own; on, each call continues the one \
+         request its pod was serving (tag sidetrace.parent=inferred). With several requests in \
+         flight at once a call is not linked (tag sidetrace.parent=ambiguous): never a guess."
+    );
+    match last {
+        Some(t) if !args.no_wait && std::io::stdin().is_terminal() => {
+            serve_until_ctrl_c(&t, args).await
+        }
+        _ => {
+            println!("==> not a terminal: tearing down");
+            Ok(())
+        }
+    }
+}
+
+async fn send_headerless(t: &Topology) -> Result<()> {
+    for _ in 0..HEADERLESS_REQUESTS {
+        let r = t.get(Pod::Client, Pod::Front, "/trace/1", &[]).await?;
+        println!(
+            "    GET /trace/1 -> {} {}",
+            r.status,
+            r.body.lines().next().unwrap_or("")
+        );
+        if !r.status.is_success() {
+            bail!("GET /trace/1 answered {}:\n{}", r.status, r.body);
+        }
+    }
+    let spans = t.wait_spans(HEADERLESS_REQUESTS * 5, SPANS_WAIT).await?;
+    let mut traces: std::collections::BTreeMap<&str, Vec<Span>> = Default::default();
+    for s in &spans {
+        traces.entry(&s.trace_id).or_default().push(s.clone());
+    }
+    let mut traces: Vec<Vec<Span>> = traces.into_values().collect();
+    traces.sort_by_key(|tr| tr.iter().filter_map(|s| s.timestamp).min());
+    println!(
+        "==> {} requests, {} traces in {}",
+        HEADERLESS_REQUESTS,
+        traces.len(),
+        t.collector().kind().label()
+    );
+    for trace in &traces {
+        println!();
+        print!("{}", render_tree(trace));
+    }
+    println!();
+    Ok(())
 }
 
 async fn send_and_print(t: &Topology, front: Front) -> Result<()> {

@@ -139,14 +139,21 @@ impl Pod {
         }
     }
 
-    /// The demo app's arguments: the sandbox's routes.
-    fn app_args(self) -> Vec<String> {
+    /// The demo app's arguments: the sandbox's routes, and how the app behaves (`opts`).
+    fn app_args(self, opts: Options) -> Vec<String> {
         let mut a = vec![
             "--listen".to_owned(),
             format!("0.0.0.0:{APP_PORT}"),
             "--name".to_owned(),
             self.service_name().to_owned(),
+            format!("--copy-trace-headers={}", opts.copy_trace_headers),
         ];
+        if let Some(n) = opts.app_workers {
+            a.push(format!("--workers={n}"));
+        }
+        if opts.app_h2 {
+            a.push("--downstream-h2".to_owned());
+        }
         let route = |path: &str, to: Pod, to_path: &str| {
             [
                 "--route".to_owned(),
@@ -177,11 +184,17 @@ impl fmt::Display for Pod {
 
 /// The sidecar config the operator renders from the pod's TracedService example.
 pub fn proxy_config_yaml(pod: Pod) -> Result<Option<String>> {
+    proxy_config_yaml_for(pod, Options::default())
+}
+
+/// [`proxy_config_yaml`], with the example's `inferParents` set when `opts` asks for it.
+fn proxy_config_yaml_for(pod: Pod, opts: Options) -> Result<Option<String>> {
     let Some(text) = pod.traced_service_yaml() else {
         return Ok(None);
     };
-    let ts: sidetrace_crds::TracedService =
+    let mut ts: sidetrace_crds::TracedService =
         serde_yaml::from_str(text).with_context(|| format!("parsing the {pod} TracedService"))?;
+    ts.spec.infer_parents |= opts.infer_parents;
     Ok(Some(ts.spec.to_proxy_config(None).to_yaml()))
 }
 
@@ -442,6 +455,15 @@ pub struct Options {
     pub sidecars: bool,
     /// What runs in the front pod.
     pub front: Front,
+    /// The apps copy the trace headers of their inbound requests onto their calls (the
+    /// seed's apps); `false`: they copy nothing.
+    pub copy_trace_headers: bool,
+    /// The apps are synchronous servers with this many workers (`None`: async servers).
+    pub app_workers: Option<usize>,
+    /// The apps call their downstreams over HTTP/2 cleartext (prior knowledge).
+    pub app_h2: bool,
+    /// The pods' TracedServices set `inferParents`.
+    pub infer_parents: bool,
 }
 
 impl Default for Options {
@@ -449,6 +471,10 @@ impl Default for Options {
         Self {
             sidecars: true,
             front: Front::Sidetrace,
+            copy_trace_headers: true,
+            app_workers: None,
+            app_h2: false,
+            infer_parents: false,
         }
     }
 }
@@ -628,7 +654,9 @@ impl Topology {
         let pod_ns = self.ns(pod);
         // The app first, checked on loopback inside the pod before any rule exists.
         let mut app = Command::new(&bins.demo_app);
-        app.args(pod.app_args()).env_clear().env("RUST_LOG", "info");
+        app.args(pod.app_args(opts))
+            .env_clear()
+            .env("RUST_LOG", "info");
         // An ordinary uid, like an app container — unless it could not exec the binary (see
         // `others_can_execute`; the proxy check already guarantees that for the same directory).
         if others_can_execute(&bins.demo_app) {
@@ -652,7 +680,7 @@ impl Topology {
         std::fs::write(self.dir.join(format!("{pod}-init.log")), out)?;
 
         // The sidecar, as uid/gid 1337.
-        let config = match proxy_config_yaml(pod)? {
+        let config = match proxy_config_yaml_for(pod, opts)? {
             Some(yaml) => {
                 let path = self.dir.join(format!("{pod}-proxy.yaml"));
                 std::fs::write(&path, yaml)?;
@@ -805,6 +833,40 @@ impl Topology {
         Ok(metric_value(&self.metrics(pod).await?, series).unwrap_or(0.0))
     }
 
+    /// Every span the collector holds for the meshed pods' services (deduplicated: a trace
+    /// through several services is listed for each), polled until there are at least `want`;
+    /// an error saying how many arrived after `timeout` (a hang guard).
+    pub async fn wait_spans(&self, want: usize, timeout: Duration) -> Result<Vec<collector::Span>> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let mut seen = std::collections::BTreeSet::new();
+            let mut spans = Vec::new();
+            for pod in Pod::MESHED {
+                let traces = self
+                    .collector()
+                    .traces(pod.service_name(), 10_000)
+                    .await
+                    .unwrap_or_default();
+                for s in traces.into_iter().flatten() {
+                    if seen.insert((s.trace_id.clone(), s.id.clone(), s.kind().to_owned())) {
+                        spans.push(s);
+                    }
+                }
+            }
+            if spans.len() >= want {
+                return Ok(spans);
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "{} of {want} spans after {timeout:?}; front proxy log:\n{}",
+                    spans.len(),
+                    self.log_tail("front-proxy", 20)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    }
+
     /// The last lines of a process's log (`front-proxy`, `service1-app`, `collector`, ...).
     pub fn log_tail(&self, name: &str, n: usize) -> String {
         collector::tail(&self.dir.join(format!("{name}.log")), n)
@@ -920,7 +982,7 @@ mod tests {
 
     #[test]
     fn routes_follow_the_sandbox() {
-        let a = Pod::Service1.app_args();
+        let a = Pod::Service1.app_args(Options::default());
         assert!(a.contains(&"/trace/1=http://10.250.1.13:8080/trace/2".to_owned()));
         let env = proxy_env(Pod::Front, "http://10.250.1.5:9411/api/v2/spans", None);
         assert!(env.contains(&(

@@ -25,6 +25,7 @@ use sidetrace_contract::{
 };
 
 use crate::id::{SpanContext, SpanId, TraceId, random_request_id};
+use crate::infer::{self, Candidate, InFlight, Inference, PARENT_TAG, Parent};
 use crate::naming::{NameBudget, overflow_name, route_template};
 use crate::propagation::{self, Formats, X_REQUEST_ID};
 use crate::sampling::{self, Incoming, Policy, Reason, TraceLimiter};
@@ -66,6 +67,10 @@ pub struct TracerConfig {
     /// Keep the query string in `http.url` (a TracedService's `recordQueryString`). Off by
     /// default: query strings carry tokens.
     pub record_query_string: bool,
+    /// Infer the parent of outbound requests that carry no trace context from the pod's
+    /// inbound requests in flight ([`crate::infer`]). Off by default: without it spans are
+    /// exactly what header propagation alone gives.
+    pub infer_parents: bool,
     /// The distinct default span names this proxy has given out (see
     /// [`TracerConfig::operation_name`]). Runtime state shared by every clone: the proxy
     /// carries it over config reloads so the bound holds for the life of the process.
@@ -90,6 +95,8 @@ pub struct TracerFlags {
     pub tags: BTreeMap<String, String>,
     /// The pod's IPv4 (see [`TracerConfig::local_ipv4`]).
     pub local_ipv4: Option<Ipv4Addr>,
+    /// Parent inference that beats the file's `inferParents` (the pod's annotation).
+    pub infer_parents_override: Option<bool>,
 }
 
 impl TracerFlags {
@@ -118,6 +125,7 @@ impl TracerConfig {
             tags: BTreeMap::new(),
             local_ipv4: None,
             record_query_string: false,
+            infer_parents: false,
             name_budget: Arc::default(),
         }
     }
@@ -149,6 +157,7 @@ impl TracerConfig {
             tags,
             local_ipv4: flags.local_ipv4,
             record_query_string: cfg.record_query_string,
+            infer_parents: flags.infer_parents_override.unwrap_or(cfg.infer_parents),
             // A fresh budget; the proxy keeps its first one for the life of the process.
             name_budget: Arc::default(),
         }
@@ -289,6 +298,10 @@ pub struct Hop {
     name: String,
     /// Why the hop is sampled or not.
     sampling: Reason,
+    /// Formats the context was written in for the next hop.
+    formats: Formats,
+    /// How the parent was chosen, when the pod infers parents and the app sent no context.
+    inference: Option<Inference>,
     malformed_context: bool,
     started: SystemTime,
     /// `None` when not sampled: nothing is built for spans that will not be recorded.
@@ -312,6 +325,23 @@ impl Hop {
     /// This hop's span context (the one written into the forwarded headers).
     pub fn context(&self) -> &SpanContext {
         &self.context
+    }
+
+    /// How this outbound hop's parent was chosen, when the pod infers parents and the app
+    /// sent no context of its own; `None` otherwise (and always for inbound hops).
+    pub fn inference(&self) -> Option<Inference> {
+        self.inference
+    }
+
+    /// What the app receives with this (inbound) hop's request, for [`InFlight::enter`]:
+    /// the context and formats written, and the `x-request-id` of `headers` (the request's
+    /// headers as forwarded).
+    pub fn candidate(&self, headers: &HeaderMap) -> Candidate {
+        Candidate {
+            context: self.context,
+            formats: self.formats,
+            request_id: headers.get(&X_REQUEST_ID).cloned(),
+        }
     }
 
     /// Whether the span will be recorded.
@@ -413,10 +443,43 @@ pub fn start_hop(
     headers: &mut HeaderMap,
     now: SystemTime,
 ) -> Option<Hop> {
+    start_hop_inferring(cfg, req, headers, now, None)
+}
+
+/// [`start_hop`], given the pod's inbound requests in flight. When the config infers parents
+/// ([`TracerConfig::infer_parents`]) and an outbound request carries no context of its own,
+/// [`infer::decide`](crate::infer::decide) picks its parent: the one inbound request in
+/// flight, whose context, formats and `x-request-id` the request then carries exactly as if
+/// the app had copied them; or none (ambiguous, absent), a new trace. The outcome is on
+/// [`Hop::inference`] and in the span's [`PARENT_TAG`] tag. Off, or for inbound requests,
+/// this is [`start_hop`].
+pub fn start_hop_inferring(
+    cfg: &TracerConfig,
+    req: &RequestInfo<'_>,
+    headers: &mut HeaderMap,
+    now: SystemTime,
+    in_flight: Option<&InFlight>,
+) -> Option<Hop> {
     if cfg.is_excluded(req.path, req.user_agent) {
         return None;
     }
-    let incoming = propagation::extract(headers);
+    let mut incoming = propagation::extract(headers);
+    let parent = match in_flight {
+        Some(set) if cfg.infer_parents && req.direction == Direction::Outbound => {
+            Some(infer::decide(&incoming, || set.snapshot()))
+        }
+        _ => None,
+    };
+    let inference = parent.as_ref().and_then(Parent::inference);
+    if let Some(Parent::Inferred(c)) = parent {
+        incoming.context = Some(c.context);
+        incoming.arrived = incoming.arrived.union(c.formats);
+        if let Some(id) = c.request_id
+            && !headers.contains_key(&X_REQUEST_ID)
+        {
+            headers.insert(X_REQUEST_ID, id);
+        }
+    }
     if incoming.malformed {
         tracing::debug!(
             direction = ?req.direction,
@@ -462,11 +525,13 @@ pub fn start_hop(
 
     let pending = context
         .is_sampled()
-        .then(|| build_pending(cfg, req, headers));
+        .then(|| build_pending(cfg, req, headers, inference));
     Some(Hop {
         context,
         name,
         sampling: decision.reason,
+        formats,
+        inference,
         malformed_context: incoming.malformed,
         started: now,
         pending,
@@ -492,7 +557,12 @@ fn addr_text(addr: SocketAddr) -> String {
     s
 }
 
-fn build_pending(cfg: &TracerConfig, req: &RequestInfo<'_>, headers: &HeaderMap) -> Pending {
+fn build_pending(
+    cfg: &TracerConfig,
+    req: &RequestInfo<'_>,
+    headers: &HeaderMap,
+    inference: Option<Inference>,
+) -> Pending {
     let (kind, remote_addr) = match req.direction {
         Direction::Inbound => (SpanKind::Server, req.peer_addr),
         Direction::Outbound => (SpanKind::Client, req.upstream_addr),
@@ -544,6 +614,9 @@ fn build_pending(cfg: &TracerConfig, req: &RequestInfo<'_>, headers: &HeaderMap)
     }
     if let Some(id) = headers.get(&X_REQUEST_ID).and_then(|v| v.to_str().ok()) {
         tag("guid:x-request-id", id.to_string());
+    }
+    if let Some(how) = inference {
+        tag(PARENT_TAG, how.as_str().to_owned());
     }
     Pending {
         kind,
@@ -1217,6 +1290,172 @@ mod tests {
         );
         assert_eq!(cfg.name_budget.len(), 1);
         assert_eq!(name("/y"), "GET {other}");
+    }
+
+    /// An inbound hop and the set of in-flight requests it was entered into, as the proxy
+    /// does; returns the hop, its guard and the headers the app received.
+    fn inbound_in_flight(
+        cfg: &TracerConfig,
+        set: &std::sync::Arc<InFlight>,
+        sent: &[(&str, &str)],
+    ) -> (Hop, crate::infer::InFlightGuard, HeaderMap) {
+        let mut h = headers(sent);
+        let hop = start_hop(
+            cfg,
+            &req(Direction::Inbound, "/trace/1"),
+            &mut h,
+            SystemTime::now(),
+        )
+        .expect("traced");
+        let guard = set.enter(Some(hop.candidate(&h)));
+        (hop, guard, h)
+    }
+
+    fn inferring() -> TracerConfig {
+        TracerConfig {
+            infer_parents: true,
+            ..TracerConfig::new("service1")
+        }
+    }
+
+    fn outbound(cfg: &TracerConfig, set: &InFlight, h: &mut HeaderMap) -> Span {
+        start_hop_inferring(
+            cfg,
+            &req(Direction::Outbound, "/trace/2"),
+            h,
+            SystemTime::now(),
+            Some(set),
+        )
+        .expect("traced")
+        .finish(&ok(), SystemTime::now())
+        .expect("sampled")
+    }
+
+    #[test]
+    fn a_headerless_call_continues_the_one_request_in_flight_as_if_copied() {
+        let cfg = TracerConfig {
+            formats: vec![PropagationFormat::B3Multi],
+            ..inferring()
+        };
+        let set = InFlight::new();
+        // The caller sent W3C; the app received B3 multi (config) and W3C (what arrived).
+        let (server, _guard, app_saw) = inbound_in_flight(
+            &cfg,
+            &set,
+            &[("traceparent", &format!("00-{T128}-{S1}-01"))],
+        );
+        let mut h = HeaderMap::new();
+        let client = outbound(&cfg, &set, &mut h);
+        assert_eq!(client.trace_id, server.context().trace_id);
+        assert_eq!(client.parent_id, Some(server.context().span_id));
+        assert_eq!(client.kind, SpanKind::Client);
+        assert_eq!(client.tags[PARENT_TAG], "inferred");
+        // The callee gets what it would have got had the app copied the headers.
+        assert_eq!(get(&h, "x-b3-traceid"), Some(T128));
+        assert_eq!(get(&h, "x-b3-spanid"), Some(client.id.to_hex().as_str()));
+        assert!(
+            get(&h, "traceparent").is_some_and(|v| v.contains(T128)),
+            "{h:?}"
+        );
+        assert_eq!(get(&h, "x-request-id"), get(&app_saw, "x-request-id"));
+        assert_eq!(
+            client.tags.get("guid:x-request-id").map(String::as_str),
+            get(&app_saw, "x-request-id")
+        );
+    }
+
+    #[test]
+    fn an_unsampled_request_in_flight_passes_its_decision_on() {
+        let cfg = inferring();
+        let set = InFlight::new();
+        let (_server, _guard, _) = inbound_in_flight(&cfg, &set, &[("b3", "0")]);
+        let mut h = HeaderMap::new();
+        let hop = start_hop_inferring(
+            &cfg,
+            &req(Direction::Outbound, "/trace/2"),
+            &mut h,
+            SystemTime::now(),
+            Some(&set),
+        )
+        .expect("traced");
+        assert_eq!(hop.inference(), Some(Inference::Inferred));
+        assert!(!hop.is_sampled());
+        assert_eq!(get(&h, "x-b3-sampled"), Some("0"));
+    }
+
+    #[test]
+    fn headers_the_app_copied_win_over_the_request_in_flight() {
+        let cfg = inferring();
+        let set = InFlight::new();
+        let (_other, _guard, _) = inbound_in_flight(&cfg, &set, &[]);
+        let mut h = headers(&[("x-b3-traceid", T128), ("x-b3-spanid", S1)]);
+        let client = outbound(&cfg, &set, &mut h);
+        assert_eq!(client.trace_id.to_hex(), T128);
+        assert_eq!(client.parent_id.map(|p| p.to_hex()), Some(S1.to_owned()));
+        assert!(
+            !client.tags.contains_key(PARENT_TAG),
+            "exactly today's span"
+        );
+    }
+
+    #[test]
+    fn none_or_several_in_flight_start_a_tagged_new_trace() {
+        let cfg = inferring();
+        let set = InFlight::new();
+        let absent = outbound(&cfg, &set, &mut HeaderMap::new());
+        assert_eq!(absent.parent_id, None);
+        assert_eq!(absent.tags[PARENT_TAG], "absent");
+        let (a, _ga, _) = inbound_in_flight(&cfg, &set, &[]);
+        let (b, _gb, _) = inbound_in_flight(&cfg, &set, &[]);
+        let ambiguous = outbound(&cfg, &set, &mut HeaderMap::new());
+        assert_eq!(ambiguous.parent_id, None);
+        assert_ne!(ambiguous.trace_id, a.context().trace_id);
+        assert_ne!(ambiguous.trace_id, b.context().trace_id);
+        assert_eq!(ambiguous.tags[PARENT_TAG], "ambiguous");
+    }
+
+    #[test]
+    fn with_the_mode_off_spans_are_exactly_todays() {
+        let cfg = TracerConfig::new("service1");
+        assert!(!cfg.infer_parents, "off by default");
+        let set = InFlight::new();
+        let (_server, _guard, _) = inbound_in_flight(&cfg, &set, &[]);
+        let now = SystemTime::now();
+        let mut with_set = HeaderMap::new();
+        let mut today = HeaderMap::new();
+        let r = req(Direction::Outbound, "/trace/2");
+        let a = start_hop_inferring(&cfg, &r, &mut with_set, now, Some(&set)).expect("traced");
+        let b = start_hop(&cfg, &r, &mut today, now).expect("traced");
+        assert_eq!(a.inference(), None);
+        let (a, b) = (
+            a.finish(&ok(), now).expect("sampled"),
+            b.finish(&ok(), now).expect("sampled"),
+        );
+        assert_eq!(a.parent_id, None, "a new root, as without the mode");
+        assert_eq!(a.tags, b.tags);
+        assert_eq!(
+            (a.kind, &a.name, a.timestamp),
+            (b.kind, &b.name, b.timestamp)
+        );
+        let names = |h: &HeaderMap| h.keys().map(|k| k.as_str().to_owned()).collect::<Vec<_>>();
+        assert_eq!(names(&with_set), names(&today));
+    }
+
+    #[test]
+    fn the_pod_annotation_beats_the_file_for_parent_inference() {
+        let on = ProxyConfig::from_yaml("inferParents: true\n").expect("valid");
+        let flags = TracerFlags::new("a", 1.0);
+        assert!(TracerConfig::from_proxy_config(&on, &flags).infer_parents);
+        let off_by_pod = TracerFlags {
+            infer_parents_override: Some(false),
+            ..flags.clone()
+        };
+        assert!(!TracerConfig::from_proxy_config(&on, &off_by_pod).infer_parents);
+        let on_by_pod = TracerFlags {
+            infer_parents_override: Some(true),
+            ..flags
+        };
+        assert!(TracerConfig::from_proxy_config(&ProxyConfig::default(), &on_by_pod).infer_parents);
     }
 }
 

@@ -21,6 +21,11 @@
 //!    [`encode_otlp`] (protobuf, OpenTelemetry semantic conventions, the pod's [`Resource`])
 //!    or [`encode_zipkin_v2`] (JSON): one span model, two encodings, so they cannot drift.
 //!
+//! Opt-in ([`TracerConfig::infer_parents`]): for apps that copy no headers, the proxy calls
+//! [`start_hop_inferring`] with the pod's inbound requests in flight ([`InFlight`]); an
+//! outbound request without context then continues the only one in flight, or starts a new
+//! trace when there are none or several ([`infer`]).
+//!
 //! Details of the API beyond that flow, and why they exist:
 //! - [`ExporterConfig::new`] fills in defaults; `initial_backoff` is the wait before the first
 //!   retry of a failed batch (doubled per retry, capped), so a collector that is restarting is
@@ -40,6 +45,7 @@ pub mod error;
 pub mod export;
 pub mod hop;
 pub mod id;
+pub mod infer;
 pub mod naming;
 pub mod otlp;
 pub mod propagation;
@@ -49,8 +55,11 @@ pub mod tls;
 
 pub use error::{Error, Result};
 pub use export::{ExportHandle, ExportStats, Exporter, ExporterConfig, render_metrics};
-pub use hop::{Hop, RequestInfo, ResponseInfo, TracerConfig, TracerFlags, start_hop};
+pub use hop::{
+    Hop, RequestInfo, ResponseInfo, TracerConfig, TracerFlags, start_hop, start_hop_inferring,
+};
 pub use id::{SpanContext, SpanId, TraceId};
+pub use infer::{InFlight, InFlightGuard, Inference};
 pub use naming::{MAX_DEFAULT_NAMES, NameBudget, route_template};
 pub use otlp::{Resource, encode_otlp};
 pub use propagation::{Extracted, Formats};
