@@ -586,6 +586,7 @@ fn chart_injects_deployments_and_jaeger_holds_the_full_trace() -> Result<()> {
     // protocol (OTLP/HTTP to Jaeger's 4318 receiver). Without a DNS add-on the sidecars get
     // the collector by its ClusterIP instead.
     let collector = cluster_ip(&cluster, SYSTEM_NS, "jaeger-collector")?;
+    // The endpoint the sidecars are given (what `sidetrace check` names, too).
     let expected = if cluster.env().dns {
         format!("http://jaeger-collector.{SYSTEM_NS}:4318/v1/traces")
     } else {
@@ -908,7 +909,7 @@ spec:
         |code, out| {
             code == 1
                 && out.contains(&format!(
-                    "✗ collector http://{collector}:4318/v1/traces is unreachable: service \
+                    "✗ collector {expected} is unreachable: service \
                      sidetrace-system/jaeger-collector has no ready endpoints"
                 ))
         },
