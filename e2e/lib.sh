@@ -9,3 +9,12 @@ die() {
 	log "ERROR: $*"
 	exit 1
 }
+
+# timed NAME CMD... — run a set-up step, printing its start and how long it took.
+timed() {
+	local name=$1 t0=$SECONDS
+	shift
+	log "==> $name"
+	"$@"
+	log "<== $name ($((SECONDS - t0))s)"
+}

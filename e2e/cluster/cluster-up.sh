@@ -41,15 +41,6 @@ on_exit() {
 }
 trap on_exit EXIT
 
-# timed NAME CMD... — run a set-up step, print its timing.
-timed() {
-	local name=$1 t0=$SECONDS
-	shift
-	log "==> $name"
-	"$@"
-	log "<== $name ($((SECONDS - t0))s)"
-}
-
 # wait_for WHAT COMPONENT SECONDS CMD... — poll CMD; fail with COMPONENT's log if it dies or times out.
 wait_for() {
 	local what=$1 comp=$2 secs=$3 t0=$SECONDS pid

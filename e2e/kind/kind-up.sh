@@ -23,14 +23,6 @@ LOG_TAG=kind-up
 source "$ROOT/e2e/lib.sh"
 eval "$(sed -n -E 's/^(K8S_VERSION)=([^ ]+).*/\1=\2/p' "$ROOT/e2e/peers.sh")"
 
-timed() {
-	local name=$1 t0=$SECONDS
-	shift
-	log "==> $name"
-	"$@"
-	log "<== $name ($((SECONDS - t0))s)"
-}
-
 timed "Docker engine" "$HERE/engine.sh"
 KIND=$(command -v kind || true)
 if [[ -z "$KIND" ]]; then
