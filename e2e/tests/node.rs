@@ -898,24 +898,6 @@ spec:
         },
     )?;
 
-    // 4e. The collector with nothing behind it.
-    say("sidetrace check: collector unreachable");
-    scale(&cluster, "jaeger", 0)?;
-    wait_check(
-        &cluster,
-        "check names the unreachable collector",
-        &["-n", &ns],
-        no_op,
-        |code, out| {
-            code == 1
-                && out.contains(&format!(
-                    "✗ collector {expected} is unreachable: service \
-                     sidetrace-system/jaeger-collector has no ready endpoints"
-                ))
-        },
-    )?;
-    scale(&cluster, "jaeger", 1)?;
-
     // 5. A TracedService update renames service1's operation; no pod restarts.
     say("TracedService update");
     let before = pods(&cluster, &ns, "app=service1")?.remove(0);
@@ -1113,6 +1095,25 @@ spec:
         "the Job's pod: native proxy {native_proxy}, phase {}",
         batch["status"]["phase"]
     );
+
+    // 5e. The collector with nothing behind it. Last of the steps that read traces: the
+    // Jaeger pod that comes back holds none of the earlier ones.
+    say("sidetrace check: collector unreachable");
+    scale(&cluster, "jaeger", 0)?;
+    wait_check(
+        &cluster,
+        "check names the unreachable collector",
+        &["-n", &ns],
+        no_op,
+        |code, out| {
+            code == 1
+                && out.contains(&format!(
+                    "✗ collector {expected} is unreachable: service \
+                     sidetrace-system/jaeger-collector has no ready endpoints"
+                ))
+        },
+    )?;
+    scale(&cluster, "jaeger", 1)?;
 
     // 6. Webhook loss with failurePolicy Ignore: pods are still created, without a sidecar.
     say("webhook loss");
