@@ -11,7 +11,6 @@ use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use bytes::Bytes;
 use common::*;
@@ -107,23 +106,6 @@ fn value(kvs: &[KeyValue], key: &str) -> Option<String> {
     }
 }
 
-/// Polls the proxy's metrics until `done` holds; fails with the metrics after [`WAIT`].
-async fn wait_metrics(proxy: &Proxy, what: &str, done: impl Fn(&str) -> bool) {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let text = proxy.metrics().await;
-        if done(&text) {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{what}:\n{text}\n{}",
-            proxy.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 fn m(text: &str, series: &str) -> f64 {
     metric_value(text, series)
 }
@@ -158,10 +140,11 @@ async fn spans_reach_an_otlp_collector_with_conventions_and_the_pod_resource() {
     .await
     .expect("request");
     assert_eq!(status, 200);
-    wait_metrics(&proxy, "span exported", |t| {
-        m(t, "sidetrace_spans_exported_total") >= 1.0
-    })
-    .await;
+    proxy
+        .wait_metrics("span exported", |t| {
+            m(t, "sidetrace_spans_exported_total") >= 1.0
+        })
+        .await;
     let reqs = collector.requests();
     let rs = &reqs[0].resource_spans[0];
     let res = &rs.resource.as_ref().expect("resource").attributes;
@@ -226,10 +209,11 @@ async fn overload_answers_with_retry_after_are_retried_and_requests_are_unaffect
         let (status, _, body) = c.get(&format!("/busy{i}"), &[]).await.expect("request");
         assert_eq!((status.as_u16(), body.as_str()), (200, "hello from app"));
     }
-    wait_metrics(&proxy, "every span exported after the retries", |t| {
-        m(t, "sidetrace_spans_exported_total") >= 3.0
-    })
-    .await;
+    proxy
+        .wait_metrics("every span exported after the retries", |t| {
+            m(t, "sidetrace_spans_exported_total") >= 3.0
+        })
+        .await;
     let text = proxy.metrics().await;
     assert_eq!(
         m(&text, "sidetrace_span_export_retries_total"),
@@ -262,15 +246,17 @@ async fn an_overloaded_collector_beyond_the_retries_and_a_bad_request_drop_and_c
     .await;
     let mut c = H1::connect(proxy.inbound).await.expect("connect");
     assert_eq!(c.get("/a", &[]).await.expect("request").0, 200);
-    wait_metrics(&proxy, "dropped after its retry", |t| {
-        m(t, "sidetrace_spans_dropped_total{reason=\"send_failed\"}") >= 1.0
-    })
-    .await;
+    proxy
+        .wait_metrics("dropped after its retry", |t| {
+            m(t, "sidetrace_spans_dropped_total{reason=\"send_failed\"}") >= 1.0
+        })
+        .await;
     assert_eq!(c.get("/b", &[]).await.expect("request").0, 200);
-    wait_metrics(&proxy, "a 400 is rejected, never retried", |t| {
-        m(t, "sidetrace_spans_dropped_total{reason=\"rejected\"}") >= 1.0
-    })
-    .await;
+    proxy
+        .wait_metrics("a 400 is rejected, never retried", |t| {
+            m(t, "sidetrace_spans_dropped_total{reason=\"rejected\"}") >= 1.0
+        })
+        .await;
     let text = proxy.metrics().await;
     assert_eq!(
         m(&text, "sidetrace_span_export_retries_total"),
@@ -312,10 +298,11 @@ async fn a_hung_or_absent_otlp_collector_leaves_requests_alone() {
                 "{what}"
             );
         }
-        wait_metrics(&proxy, what, |t| {
-            m(t, "sidetrace_spans_dropped_total{reason=\"send_failed\"}") >= 4.0
-        })
-        .await;
+        proxy
+            .wait_metrics(what, |t| {
+                m(t, "sidetrace_spans_dropped_total{reason=\"send_failed\"}") >= 4.0
+            })
+            .await;
         assert_eq!(proxy.metric("sidetrace_spans_exported_total").await, 0.0);
         assert_eq!(c.get("/after", &[]).await.expect("after").0, 200, "{what}");
     }
@@ -350,15 +337,17 @@ async fn a_reload_switches_the_protocol_without_dropping_connections() {
     )
     .expect("write");
     std::fs::rename(&tmp, &config).expect("swap");
-    wait_metrics(&proxy, "reloaded", |t| {
-        m(t, "sidetrace_proxy_config_reloads_total{result=\"ok\"}") >= 1.0
-    })
-    .await;
+    proxy
+        .wait_metrics("reloaded", |t| {
+            m(t, "sidetrace_proxy_config_reloads_total{result=\"ok\"}") >= 1.0
+        })
+        .await;
     assert_eq!(c.get("/after", &[]).await.expect("second").0, 200);
-    wait_metrics(&proxy, "exported over OTLP", |t| {
-        m(t, "sidetrace_spans_exported_total") >= 2.0
-    })
-    .await;
+    proxy
+        .wait_metrics("exported over OTLP", |t| {
+            m(t, "sidetrace_spans_exported_total") >= 2.0
+        })
+        .await;
     let reqs = otlp.requests();
     let span = &reqs[0].resource_spans[0].scope_spans[0].spans[0];
     assert_eq!(

@@ -396,6 +396,24 @@ impl Proxy {
         metric_value(&self.metrics().await, series)
     }
 
+    /// Polls the proxy's metrics until `done` holds; fails with the metrics and the proxy's
+    /// log after [`WAIT`].
+    pub async fn wait_metrics(&self, what: &str, done: impl Fn(&str) -> bool) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let text = self.metrics().await;
+            if done(&text) {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{what}:\n{text}\n{}",
+                self.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Waits until the proxy says it exported exactly `n` spans and holds none: nothing queued,
     /// nothing dropped. Every span it recorded has then reached the collector, so a test can
     /// count what arrived without waiting for "nothing more".
