@@ -41,6 +41,15 @@ enum Cmd {
     /// Peer: plain TCP relay.
     #[command(hide = true)]
     Relay { listen: SocketAddr, to: SocketAddr },
+    /// Peer: transparent TCP relay on the capture ports (sidecar position, netns bench).
+    #[command(hide = true)]
+    TransparentRelay {
+        inbound: SocketAddr,
+        outbound: SocketAddr,
+        /// Runtime worker threads (1: a current-thread runtime).
+        #[arg(long, default_value_t = 2)]
+        workers: usize,
+    },
     /// Peer: span sink.
     #[command(hide = true)]
     Sink { listen: SocketAddr },
@@ -52,6 +61,11 @@ fn main() -> Result<()> {
         Cmd::Upstream { listen } => return servers::upstream(listen),
         Cmd::Relay { listen, to } => return servers::relay(listen, to),
         Cmd::Sink { listen } => return servers::sink(listen),
+        Cmd::TransparentRelay {
+            inbound,
+            outbound,
+            workers,
+        } => return servers::transparent_relay(inbound, outbound, workers),
         Cmd::Profile(o) => {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()

@@ -150,12 +150,17 @@ pub fn wait_port(addr: SocketAddr, limit: Duration) -> Result<()> {
 
 /// Pins the calling process (all its threads) to `cpus`.
 pub fn pin_self(cpus: &str) -> Result<()> {
+    pin(std::process::id(), cpus)
+}
+
+/// Pins process `pid` (all its threads) to `cpus`.
+pub fn pin(pid: u32, cpus: &str) -> Result<()> {
     let status = Command::new("taskset")
-        .args(["-a", "-p", "-c", cpus, &std::process::id().to_string()])
+        .args(["-a", "-p", "-c", cpus, &pid.to_string()])
         .stdout(Stdio::null())
         .status()?;
     if !status.success() {
-        bail!("taskset -p {cpus} failed");
+        bail!("taskset -a -p -c {cpus} {pid} failed");
     }
     Ok(())
 }

@@ -3,7 +3,7 @@
 //! user-space hop) and the span sink (a collector that only counts).
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -74,6 +74,61 @@ pub fn relay(listen: SocketAddr, to: SocketAddr) -> Result<()> {
             });
         }
     })
+}
+
+/// The transparent TCP relay: the floor of any sidecar in the transparent position. It listens
+/// on both capture ports, reads each connection's original destination (iptables `REDIRECT`)
+/// and relays bytes to it: from the passthrough source when it came in through the inbound
+/// port (so the init rules leave it alone, as sidetrace's and Istio's inbound hops do), plainly
+/// when outbound.
+pub fn transparent_relay(inbound: SocketAddr, outbound: SocketAddr, workers: usize) -> Result<()> {
+    let rt = if workers <= 1 {
+        runtime()?
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(workers)
+            .enable_all()
+            .build()?
+    };
+    rt.block_on(async move {
+        let inbound = TcpListener::bind(inbound).await?;
+        let outbound = TcpListener::bind(outbound).await?;
+        let passthrough = IpAddr::V4(sidetrace_contract::defaults::PASSTHROUGH_SOURCE_V4);
+        tokio::try_join!(
+            relay_accept_loop(inbound, Some(passthrough)),
+            relay_accept_loop(outbound, None)
+        )?;
+        Ok(())
+    })
+}
+
+async fn relay_accept_loop(listener: TcpListener, source: Option<IpAddr>) -> std::io::Result<()> {
+    loop {
+        let (stream, _) = listener.accept().await?;
+        tokio::spawn(relay_to_original_dst(stream, source));
+    }
+}
+
+async fn relay_to_original_dst(mut stream: TcpStream, source: Option<IpAddr>) {
+    let local_is_v4 = stream.local_addr().is_ok_and(|a| a.is_ipv4());
+    let Ok(dst) = sidetrace_proxy::orig_dst::original_dst(&stream, local_is_v4) else {
+        return;
+    };
+    let socket = match tokio::net::TcpSocket::new_v4() {
+        Ok(s) => s,
+        Err(_) => return,
+    };
+    if let Some(ip) = source
+        && socket.bind(SocketAddr::new(ip, 0)).is_err()
+    {
+        return;
+    }
+    let Ok(mut upstream) = socket.connect(dst).await else {
+        return;
+    };
+    let _ = stream.set_nodelay(true);
+    let _ = upstream.set_nodelay(true);
+    let _ = tokio::io::copy_bidirectional(&mut stream, &mut upstream).await;
 }
 
 /// Span sink: accepts any POST with 202 and counts the spans in Zipkin v2 JSON arrays

@@ -123,6 +123,11 @@ impl Collector {
         &self.kind
     }
 
+    /// The running process's pid (`None` while stopped).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// The namespace it runs in.
     pub fn namespace(&self) -> &str {
         &self.ns

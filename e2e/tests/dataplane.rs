@@ -25,7 +25,7 @@ use http::{StatusCode, Version};
 use sidetrace_contract::CollectorProtocol;
 use sidetrace_e2e::collector::{Span, render_tree};
 use sidetrace_e2e::netns::{
-    Binaries, CollectorChoice, Front, Options, Pod, TCP_ECHO_PORT, Topology, client,
+    Binaries, CollectorChoice, Front, Options, Pod, Sidecar, TCP_ECHO_PORT, Topology, client,
 };
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
@@ -247,7 +247,7 @@ async fn apps_alone_answer_across_the_bridge() {
     let Some(t) = topology(
         "apps_alone_answer_across_the_bridge",
         Options {
-            sidecars: false,
+            sidecar: Sidecar::None,
             ..Options::default()
         },
     )

@@ -30,6 +30,7 @@
 //! Namespaces left by a killed run (their pid is gone) are removed by the next run.
 
 pub mod client;
+pub mod envoy_sidecar;
 pub mod ns;
 
 use std::fmt;
@@ -272,8 +273,21 @@ pub struct Binaries {
     pub demo_app: PathBuf,
     /// The collector to run.
     pub collector: collector::Kind,
-    /// Envoy (`e2e/peers.sh envoy`), when installed: the interop front proxy.
+    /// Envoy (`e2e/peers.sh envoy`), when installed: the interop front proxy, and the
+    /// sidecar of [`Sidecar::Envoy`].
     pub envoy: Option<PathBuf>,
+    /// The relay of [`Sidecar::TcpRelay`]; [`Binaries::find`] leaves it unset (the benchmark
+    /// brings its own).
+    pub relay: Option<Program>,
+}
+
+/// A program and its arguments.
+#[derive(Clone, Debug)]
+pub struct Program {
+    /// The executable.
+    pub path: PathBuf,
+    /// Its arguments.
+    pub args: Vec<String>,
 }
 
 /// The cargo output directory holding this executable (`target/debug` for tests and bins).
@@ -432,6 +446,7 @@ impl Binaries {
             demo_app,
             collector,
             envoy,
+            relay: None,
         })
     }
 }
@@ -447,12 +462,43 @@ pub enum Front {
     Envoy,
 }
 
+/// What runs beside the app in each meshed pod.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Sidecar {
+    /// The app alone: no rules, no sidecar (the harness's own baseline).
+    None,
+    /// `sidetrace-init`'s rules and `sidetrace-proxy`, as the webhook injects them.
+    #[default]
+    Sidetrace,
+    /// `sidetrace-init`'s rules and Envoy in the proxy's place, configured as Istio runs its
+    /// sidecar ([`envoy_sidecar::config`]): the reference the transparent-path benchmark
+    /// compares against. Needs [`Binaries::envoy`].
+    Envoy,
+    /// `sidetrace-init`'s rules and a plain TCP relay on both capture ports
+    /// ([`Binaries::relay`]): the floor of any sidecar in that position.
+    TcpRelay,
+}
+
+impl Sidecar {
+    /// How reports name it.
+    pub fn label(self) -> &'static str {
+        match self {
+            Sidecar::None => "no sidecars",
+            Sidecar::Sidetrace => "sidetrace sidecars",
+            Sidecar::Envoy => "Envoy sidecars (Istio-style, Zipkin tracer)",
+            Sidecar::TcpRelay => "TCP relay sidecars",
+        }
+    }
+}
+
+/// The process names ([`Topology::spawn`]'s `what`) of the sidecars of every [`Sidecar`].
+const SIDECAR_PROCESSES: [&str; 3] = ["proxy", "sidecar-envoy", "relay"];
+
 /// How to build the topology.
 #[derive(Clone, Copy, Debug)]
 pub struct Options {
-    /// Run `sidetrace-init` and `sidetrace-proxy` in the meshed pods (false: apps only, the
-    /// harness's own baseline).
-    pub sidecars: bool,
+    /// What runs beside the app in the meshed pods.
+    pub sidecar: Sidecar,
     /// What runs in the front pod.
     pub front: Front,
     /// The apps copy the trace headers of their inbound requests onto their calls (the
@@ -464,17 +510,20 @@ pub struct Options {
     pub app_h2: bool,
     /// The pods' TracedServices set `inferParents`.
     pub infer_parents: bool,
+    /// Worker threads of each sidecar (`None`: each sidecar's own default).
+    pub sidecar_workers: Option<usize>,
 }
 
 impl Default for Options {
     fn default() -> Self {
         Self {
-            sidecars: true,
+            sidecar: Sidecar::Sidetrace,
             front: Front::Sidetrace,
             copy_trace_headers: true,
             app_workers: None,
             app_h2: false,
             infer_parents: false,
+            sidecar_workers: None,
         }
     }
 }
@@ -666,7 +715,7 @@ impl Topology {
         let local = SocketAddr::from(([127, 0, 0, 1], APP_PORT));
         self.wait_ok(&pod_ns, local, "/healthz", &format!("{pod}-app"))
             .await?;
-        if !opts.sidecars {
+        if opts.sidecar == Sidecar::None {
             return Ok(());
         }
 
@@ -678,6 +727,11 @@ impl Topology {
         let out =
             ns::output_in(&pod_ns, init).with_context(|| format!("sidetrace-init in {pod}"))?;
         std::fs::write(self.dir.join(format!("{pod}-init.log")), out)?;
+        match opts.sidecar {
+            Sidecar::Envoy => return self.start_envoy_sidecar(bins, opts, pod).await,
+            Sidecar::TcpRelay => return self.start_relay_sidecar(bins, pod).await,
+            Sidecar::None | Sidecar::Sidetrace => {}
+        }
 
         // The sidecar, as uid/gid 1337.
         let config = match proxy_config_yaml_for(pod, opts)? {
@@ -692,6 +746,10 @@ impl Topology {
         proxy
             .env_clear()
             .envs(proxy_env(pod, collector_url, config.as_deref()))
+            .envs(
+                opts.sidecar_workers
+                    .map(|n| ("SIDETRACE_WORKER_THREADS", n.to_string())),
+            )
             .uid(defaults::PROXY_UID)
             .gid(defaults::PROXY_GID);
         self.spawn(pod, "proxy", proxy)?;
@@ -704,6 +762,114 @@ impl Topology {
             &format!("{pod}-proxy"),
         )
         .await
+    }
+
+    /// Envoy in the proxy's place (see [`Sidecar::Envoy`]), as uid/gid 1337 like the proxy.
+    async fn start_envoy_sidecar(
+        &mut self,
+        bins: &Binaries,
+        opts: Options,
+        pod: Pod,
+    ) -> Result<()> {
+        let envoy = bins
+            .envoy
+            .as_ref()
+            .context("Envoy is not installed: run `e2e/peers.sh envoy`")?;
+        let envoy = self.executable_by_proxy_uid(envoy, "envoy")?;
+        let config = self.dir.join(format!("{pod}-envoy.yaml"));
+        std::fs::write(
+            &config,
+            envoy_sidecar::config(&envoy_sidecar::Params {
+                collector: SocketAddr::from((Pod::Collector.ip(), collector::ZIPKIN_PORT)),
+            }),
+        )?;
+        let mut cmd = Command::new(envoy);
+        cmd.arg("-c")
+            .arg(&config)
+            .args([
+                "--service-cluster",
+                pod.service_name(),
+                "--service-node",
+                &format!("{}-0", pod.name()),
+                "--concurrency",
+                // Istio's default for sidecars, and the proxy's default worker count.
+                &opts.sidecar_workers.unwrap_or(2).to_string(),
+                "--disable-hot-restart",
+                "--log-level",
+                "warning",
+            ])
+            .env_clear()
+            .uid(defaults::PROXY_UID)
+            .gid(defaults::PROXY_GID);
+        self.spawn(pod, "sidecar-envoy", cmd)?;
+        self.wait_through_sidecar(pod).await
+    }
+
+    /// The plain TCP relay in the proxy's place (see [`Sidecar::TcpRelay`]), as uid/gid 1337.
+    async fn start_relay_sidecar(&mut self, bins: &Binaries, pod: Pod) -> Result<()> {
+        let relay = bins
+            .relay
+            .as_ref()
+            .context("no TCP relay program given (Binaries::relay)")?;
+        let mut cmd = Command::new(&relay.path);
+        cmd.args(&relay.args)
+            .env_clear()
+            .uid(defaults::PROXY_UID)
+            .gid(defaults::PROXY_GID);
+        self.spawn(pod, "relay", cmd)?;
+        self.wait_through_sidecar(pod).await
+    }
+
+    /// Ready once the app answers from another pod: the request crosses the inbound capture,
+    /// so it only succeeds when the sidecar listens (REDIRECT to a closed port is refused).
+    async fn wait_through_sidecar(&mut self, pod: Pod) -> Result<()> {
+        let what = format!("{pod} through its sidecar");
+        self.wait_ok(&self.ns(Pod::Client), pod.app(), "/healthz", &what)
+            .await
+    }
+
+    /// `path` itself when uid 1337 can execute it; otherwise a hard link (or copy) in the
+    /// topology's directory, which it can (peers live under root's private home).
+    fn executable_by_proxy_uid(&self, path: &Path, name: &str) -> Result<PathBuf> {
+        if others_can_execute(path) {
+            return Ok(path.to_owned());
+        }
+        let target = self.dir.join(name);
+        if !target.exists() {
+            let real = std::fs::canonicalize(path)
+                .with_context(|| format!("resolving {}", path.display()))?;
+            if std::fs::hard_link(&real, &target).is_err() {
+                std::fs::copy(&real, &target)
+                    .with_context(|| format!("copying {} for uid 1337", real.display()))?;
+            }
+        }
+        Ok(target)
+    }
+
+    /// The pids of every process the topology started (the collector's included), for
+    /// benchmarks that pin them to CPUs.
+    pub fn pids(&self) -> Vec<u32> {
+        self.procs
+            .iter()
+            .map(|p| p.child.id())
+            .chain(self.collector.as_ref().and_then(Collector::pid))
+            .collect()
+    }
+
+    /// The pids of the sidecars (sidetrace's proxies, Envoys or relays; the front Envoy of
+    /// [`Front::Envoy`] is not one), for benchmarks that count their CPU time.
+    pub fn sidecar_pids(&self) -> Vec<u32> {
+        self.procs
+            .iter()
+            .filter(|p| {
+                Pod::MESHED.iter().any(|pod| {
+                    SIDECAR_PROCESSES
+                        .iter()
+                        .any(|what| p.name == format!("{pod}-{what}"))
+                })
+            })
+            .map(|p| p.child.id())
+            .collect()
     }
 
     fn add_namespace(&mut self, name: &str) -> Result<()> {
