@@ -47,6 +47,9 @@ struct Cli {
     /// sidetrace-proxy binary (default: target/release/sidetrace-proxy).
     #[arg(long)]
     proxy_bin: Option<PathBuf>,
+    /// A second sidetrace-proxy build measured in the same run (before/after comparisons).
+    #[arg(long)]
+    baseline_proxy_bin: Option<PathBuf>,
     /// Worker threads of every sidecar (proxy `--worker-threads`, Envoy `--concurrency`,
     /// relay runtime); all sidecars and apps share CPU 1, so more would only contend.
     #[arg(long, default_value_t = 1)]
@@ -71,6 +74,9 @@ fn connector(namespace: String) -> Connector {
         Box::pin(async move { ns::connect_in(&namespace, addr, Duration::from_secs(5)).await })
     })
 }
+
+/// How the report names the topology of `--baseline-proxy-bin`.
+const BASELINE_LABEL: &str = "sidetrace sidecars, baseline build";
 
 /// CPU for the load generator and the collectors; the pods get the other.
 const GENERATOR_CPU: &str = "0";
@@ -146,35 +152,49 @@ struct Sample {
 
 async fn run(cli: &Cli, bins: &Binaries, app_note: &str) -> Result<String> {
     procs::pin_self(GENERATOR_CPU)?;
-    let mut sidecars = vec![Sidecar::None, Sidecar::TcpRelay, Sidecar::Sidetrace];
+    // (label, sidecar, binaries) of every topology; the first is the baseline of "added".
+    let mut runs: Vec<(String, Sidecar, Binaries)> =
+        [Sidecar::None, Sidecar::TcpRelay, Sidecar::Sidetrace]
+            .into_iter()
+            .map(|s| (s.label().to_owned(), s, bins.clone()))
+            .collect();
+    if let Some(before) = &cli.baseline_proxy_bin {
+        let mut b = bins.clone();
+        b.proxy = before.clone();
+        runs.push((BASELINE_LABEL.to_owned(), Sidecar::Sidetrace, b));
+    }
     let envoy_note = if cli.no_envoy {
         "left out (--no-envoy)".to_owned()
     } else if let Some(e) = &bins.envoy {
-        sidecars.push(Sidecar::Envoy);
+        runs.push((
+            Sidecar::Envoy.label().to_owned(),
+            Sidecar::Envoy,
+            bins.clone(),
+        ));
         envoy_version(e)
     } else {
         "not installed (`e2e/peers.sh envoy`): left out".to_owned()
     };
     let mut topologies = Vec::new();
-    for &sidecar in &sidecars {
+    for (label, sidecar, bins) in &runs {
         let t = Topology::start(
             bins,
             Options {
-                sidecar,
+                sidecar: *sidecar,
                 front: Front::Sidetrace,
                 sidecar_workers: Some(cli.workers),
                 ..Options::default()
             },
         )
         .await
-        .with_context(|| format!("topology with {}", sidecar.label()))?;
+        .with_context(|| format!("topology with {label}"))?;
         for pid in t.pids() {
             procs::pin(pid, PODS_CPU)?;
         }
         if let Some(pid) = t.collector().pid() {
             procs::pin(pid, GENERATOR_CPU)?;
         }
-        topologies.push((sidecar, t));
+        topologies.push((*sidecar, t));
     }
     let paths = [
         (
@@ -305,14 +325,18 @@ fn report(
          generator (this process) and the collectors on CPU 0; apps and sidecars on CPU 1, \
          {} worker per sidecar. Real iptables (`sidetrace-init`'s rules) in every topology with \
          a sidecar; the sidecar runs as uid 1337 on both capture ports. Demo app build: \
-         {app_note}; proxy: {}; Envoy: {envoy_note}. Each topology has its own Zipkin server; \
+         {app_note}; proxy: {}{}; Envoy: {envoy_note}. Each topology has its own Zipkin server; \
          sidetrace and Envoy trace every request. Added = topology minus no sidecars, per \
          round; sidecar CPU = CPU time of all the topology's sidecars over the run, per 1,000 \
          requests. Cells: median of rounds (min–max).\n\n",
         cli.rounds,
         cli.secs,
         cli.workers,
-        bins.proxy.display()
+        bins.proxy.display(),
+        cli.baseline_proxy_bin
+            .as_ref()
+            .map(|b| format!(" (baseline build: {})", b.display()))
+            .unwrap_or_default(),
     );
     out.push_str(
         "| path | rate | topology | p50 µs | p99 µs | added p50 µs | added p99 µs | sidecar CPU ms/1k | achieved rps | errors |\n\
