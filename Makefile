@@ -4,7 +4,7 @@ CARGO ?= cargo
 CACHE ?= $(HOME)/.cache/sidetrace
 export SIDETRACE_CACHE := $(CACHE)
 
-.PHONY: help test unit lint fmt crds chart-docs demo e2e-local e2e-controlplane e2e-kind bench bench-profile images peers cluster-up cluster-down e2e-node ci-cold
+.PHONY: help test unit lint fmt crds chart-docs demo e2e-local e2e-controlplane e2e-kind bench bench-netns bench-profile images peers cluster-up cluster-down e2e-node ci-cold
 
 help: ## list targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -53,12 +53,21 @@ bench: ## benchmarks side by side with Envoy; writes bench/RESULTS.md (BENCH_ARG
 	@[ -s "$(CACHE)/bin/zipkin.jar" ] || e2e/peers.sh zipkin
 	$(CARGO) build --release -p sidetrace-proxy -p sidetrace-injector -p sidetrace-operator
 	@# Root-only tiers (write "Not measured: why" otherwise): operator vs a real apiserver,
-	@# transparent path in netns pods. Debug-built harnesses; the binaries under test are release.
+	@# transparent path in netns pods. Debug-built operator harness; the binaries under test are release.
 	$(CARGO) build -p sidetrace-init -p sidetrace-e2e --bins
 	-$(CARGO) run -p sidetrace-bench --features operator --bin sidetrace-bench-operator
-	-$(CARGO) run -p sidetrace-bench --features operator --bin sidetrace-bench-netns
+	-$(MAKE) bench-netns
 	$(CARGO) run --release -p sidetrace-bench --bin sidetrace-bench-metrics
 	$(CARGO) run --release -p sidetrace-bench --bin sidetrace-bench -- all $(BENCH_ARGS)
+
+bench-netns: ## the transparent path (real iptables, netns pods): no sidecars vs a TCP relay vs sidetrace vs Envoy as Istio's sidecar, pinned, interleaved (root); writes bench/RESULTS-netns.md (NETNS_ARGS=--help)
+	@[ -x "$(CACHE)/bin/envoy" ] || e2e/peers.sh envoy
+	@[ -s "$(CACHE)/bin/zipkin.jar" ] || e2e/peers.sh zipkin
+	@# Everything release, the load generator too: the harness finds the pods' binaries beside itself.
+	$(CARGO) build --release -p sidetrace-init -p sidetrace-proxy
+	$(CARGO) build --release -p sidetrace-e2e --bin sidetrace-demo-app
+	$(CARGO) build --release -p sidetrace-bench --features operator --bin sidetrace-bench --bin sidetrace-bench-netns
+	target/release/sidetrace-bench-netns $(NETNS_ARGS)
 
 bench-profile: ## per-request instructions, allocations, syscalls (callgrind, dhat, strace -c) of the proxy vs a TCP relay; writes bench/RESULTS-profile.md
 	@# The release build with symbols kept (profile `profiling`), so the tables name functions.
