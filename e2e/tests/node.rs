@@ -1113,7 +1113,31 @@ spec:
                 ))
         },
     )?;
+    // 5f. The collector comes back, a new pod behind the same Service: the running proxies
+    // export to it with no restart. (service2's proxy still exports to the https URL of 5b,
+    // so a new trace holds the front's and service1's spans.)
+    say("collector back");
     scale(&cluster, "jaeger", 1)?;
+    let mut seen = String::new();
+    cluster
+        .wait(
+            "the new Jaeger pod receives front-proxy's and service1's spans",
+            &ns,
+            WAIT,
+            || {
+                let (code, _) = cluster.http_get(&format!("http://{client_ip}:8080/go"))?;
+                ensure!(code == 200, "client → front-proxy: {code}");
+                std::thread::sleep(Duration::from_secs(2));
+                let traces = jaeger_traces(&cluster, &query, "front-proxy")?;
+                seen = traces.iter().map(|t| render_tree(t)).collect();
+                Ok(traces.iter().any(|t| {
+                    ["front-proxy", "service1"]
+                        .iter()
+                        .all(|svc| t.iter().any(|s| s.service() == *svc))
+                }))
+            },
+        )
+        .with_context(|| format!("traces in the new Jaeger pod:\n{seen}"))?;
 
     // 6. Webhook loss with failurePolicy Ignore: pods are still created, without a sidecar.
     say("webhook loss");
