@@ -146,6 +146,8 @@ struct Sample {
     lat: Percentiles,
     /// Sidecar CPU (all sidecars of the topology) per 1,000 requests, ms.
     cpu_ms_per_1k: f64,
+    /// The collector's CPU per 1,000 requests, ms (on the load generator's CPU).
+    collector_ms_per_1k: f64,
     achieved_rps: f64,
     errors: u64,
 }
@@ -261,13 +263,17 @@ async fn run(cli: &Cli, bins: &Binaries, app_note: &str) -> Result<String> {
                     let t = &topologies[ti].1;
                     let _ = load::open_loop(c, &req, rate, Duration::from_millis(300)).await;
                     let pids = t.sidecar_pids();
+                    let collector = t.collector().pid().unwrap_or(0);
                     let cpu0: u64 = pids.iter().map(|&p| procs::cpu_ns(p)).sum();
+                    let col0 = procs::cpu_ns(collector);
                     let mut run = load::open_loop(c, &req, rate, dur).await;
                     let cpu1: u64 = pids.iter().map(|&p| procs::cpu_ns(p)).sum();
-                    let done = run.done.max(1) as f64;
+                    let col1 = procs::cpu_ns(collector);
+                    let per_1k = |ns: u64| ns as f64 / 1e6 / run.done.max(1) as f64 * 1000.0;
                     samples[pi][ri][ti].push(Sample {
                         lat: Percentiles::of(&mut run.lat),
-                        cpu_ms_per_1k: (cpu1 - cpu0) as f64 / 1e6 / done * 1000.0,
+                        cpu_ms_per_1k: per_1k(cpu1.saturating_sub(cpu0)),
+                        collector_ms_per_1k: per_1k(col1.saturating_sub(col0)),
                         achieved_rps: run.done as f64 / run.elapsed.as_secs_f64(),
                         errors: run.errors,
                     });
@@ -328,7 +334,9 @@ fn report(
          {app_note}; proxy: {}{}; Envoy: {envoy_note}. Each topology has its own Zipkin server; \
          sidetrace and Envoy trace every request. Added = topology minus no sidecars, per \
          round; sidecar CPU = CPU time of all the topology's sidecars over the run, per 1,000 \
-         requests. Cells: median of rounds (min–max).\n\n",
+         requests; collector CPU = its Zipkin server's, which shares CPU 0 with the load \
+         generator (span ingest is the collector's cost, not the sidecar's, but it runs \
+         beside the generator). Cells: median of rounds (min–max).\n\n",
         cli.rounds,
         cli.secs,
         cli.workers,
@@ -339,8 +347,8 @@ fn report(
             .unwrap_or_default(),
     );
     out.push_str(
-        "| path | rate | topology | p50 µs | p99 µs | added p50 µs | added p99 µs | sidecar CPU ms/1k | achieved rps | errors |\n\
-         |---|--:|---|--:|--:|--:|--:|--:|--:|--:|\n",
+        "| path | rate | topology | p50 µs | p99 µs | added p50 µs | added p99 µs | sidecar CPU ms/1k | collector CPU ms/1k | achieved rps | errors |\n\
+         |---|--:|---|--:|--:|--:|--:|--:|--:|--:|--:|\n",
     );
     let spread = |v: Vec<f64>| Spread::of(&v);
     for (pi, path) in paths.iter().enumerate() {
@@ -369,9 +377,13 @@ fn report(
                 };
                 let _ = writeln!(
                     out,
-                    "| {path} | {rate} | {label} | {} | {} | {a50} | {a99} | {cpu} | {} | {} |",
+                    "| {path} | {rate} | {label} | {} | {} | {a50} | {a99} | {cpu} | {} | {} | {} |",
                     spread_cell(f(|p| p.p50), 1),
                     spread_cell(f(|p| p.p99), 1),
+                    cell(
+                        spread(s.iter().map(|x| x.collector_ms_per_1k).collect()).median,
+                        1
+                    ),
                     cell(spread(s.iter().map(|x| x.achieved_rps).collect()).median, 0),
                     s.iter().map(|x| x.errors).sum::<u64>(),
                 );
