@@ -30,6 +30,7 @@ use crate::naming::{NameBudget, overflow_name, route_template};
 use crate::propagation::{self, Formats, X_REQUEST_ID};
 use crate::sampling::{self, Incoming, Policy, Reason, TraceLimiter};
 use crate::span::{Endpoint, Span, SpanKind};
+use crate::text::Text;
 
 /// User agents of kubelet probes start with this; probes are proxied but never traced.
 pub const KUBE_PROBE_USER_AGENT_PREFIX: &str = "kube-probe/";
@@ -60,8 +61,10 @@ pub struct TracerConfig {
     pub operations: Vec<OperationRule>,
     /// Paths proxied but not traced: exact, or a prefix when ending in `*`.
     pub exclude_paths: Vec<String>,
-    /// Static tags added to every span (the proxy's own tags win on a clash).
-    pub tags: BTreeMap<String, String>,
+    /// Static tags added to every span (the proxy's own tags win on a clash). Held shared
+    /// ([`Text::shared`]): every span clones the map, which then counts references instead of
+    /// copying strings.
+    pub tags: BTreeMap<Text, Text>,
     /// The pod's IPv4, for `localEndpoint` when the socket address is loopback/unspecified.
     pub local_ipv4: Option<Ipv4Addr>,
     /// Keep the query string in `http.url` (a TracedService's `recordQueryString`). Off by
@@ -134,8 +137,13 @@ impl TracerConfig {
     /// flag override beats the file, the file beats a flag default (see [`TracerFlags`]). The
     /// one constructor for the proxy and the tests, so the precedence cannot drift.
     pub fn from_proxy_config(cfg: &ProxyConfig, flags: &TracerFlags) -> Self {
-        let mut tags = flags.tags.clone();
-        tags.extend(cfg.tags.clone());
+        // The file's tags over the flags' (a later insert wins).
+        let tags = flags
+            .tags
+            .iter()
+            .chain(&cfg.tags)
+            .map(|(k, v)| (Text::shared(k), Text::shared(v)))
+            .collect();
         Self {
             service_name: flags
                 .service_name_override
@@ -236,6 +244,32 @@ fn path_only(path: &str) -> &str {
     path.split('?').next().unwrap_or(path)
 }
 
+/// `s` cut to at most `max` bytes, at a character boundary.
+fn truncate_str(s: &str, max: usize) -> &str {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+/// A tag value copied from the request (in place when short, see [`Text::copy`]), at most
+/// [`MAX_TAG_LEN`] bytes.
+fn tag_text(v: &str) -> Text {
+    Text::copy(truncate_str(v, MAX_TAG_LEN))
+}
+
+/// A tag value formatted straight into its [`Text`] (no intermediate `String` when short), at
+/// most [`MAX_TAG_LEN`] bytes.
+fn tag_fmt(args: std::fmt::Arguments<'_>) -> Text {
+    let t = Text::display(args);
+    if t.len() > MAX_TAG_LEN {
+        tag_text(&t)
+    } else {
+        t
+    }
+}
+
 fn truncate(mut s: String, max: usize) -> String {
     if s.len() > max {
         let mut end = max;
@@ -313,7 +347,7 @@ struct Pending {
     kind: SpanKind,
     local: Endpoint,
     remote: Endpoint,
-    tags: BTreeMap<String, String>,
+    tags: BTreeMap<Text, Text>,
 }
 
 fn micros_since_epoch(t: SystemTime) -> u64 {
@@ -377,22 +411,22 @@ impl Hop {
         let p = self.pending?;
         let mut tags = p.tags;
         if let Some(status) = resp.status {
-            tags.insert("http.status_code".into(), status.to_string());
+            tags.insert("http.status_code".into(), Text::display(status));
         }
         if let Some(size) = resp.response_size {
-            tags.insert("response_size".into(), size.to_string());
+            tags.insert("response_size".into(), Text::display(size));
         }
         let mut grpc_error = false;
         if let Some(code) = &resp.grpc_status {
-            let code = truncate(code.trim().to_string(), 16);
-            grpc_error = grpc_status_is_error(&code, p.kind);
-            tags.insert("grpc.status_code".into(), code);
+            let code = truncate_str(code.trim(), 16);
+            grpc_error = grpc_status_is_error(code, p.kind);
+            tags.insert("grpc.status_code".into(), Text::copy(code));
         }
         if let Some(kind) = resp.error_type {
-            tags.insert("error.type".into(), kind.to_owned());
+            tags.insert("error.type".into(), Text::from_static(kind));
         }
         if let Some(err) = &resp.error {
-            tags.insert("error".into(), truncate(err.clone(), MAX_TAG_LEN));
+            tags.insert("error".into(), tag_text(err));
         } else if resp.status.is_some_and(|s| s >= 500) || grpc_error {
             // Envoy's convention: `error=true` on 5xx.
             tags.insert("error".into(), "true".into());
@@ -567,14 +601,15 @@ fn build_pending(
         Direction::Inbound => (SpanKind::Server, req.peer_addr),
         Direction::Outbound => (SpanKind::Client, req.upstream_addr),
     };
-    let upstream = addr_text(req.upstream_addr);
+    // In place, not on the heap: an IPv4 socket address fits in a Text.
+    let upstream = Text::display(req.upstream_addr);
     let host = req
         .authority
         .map(authority_without_userinfo)
-        .unwrap_or(&upstream);
+        .unwrap_or(upstream.as_str());
 
     let mut local = Endpoint::from_addr(
-        Some(cfg.service_name.clone()),
+        Some(Text::copy(&cfg.service_name)),
         req.local_addr,
         req.direction == Direction::Inbound,
     );
@@ -586,37 +621,40 @@ fn build_pending(
     }
     let remote = Endpoint::from_addr(None, remote_addr, true);
 
+    // Static tags are shared and the proxy's keys are fixed names: only the values the
+    // request brings are copied, and short ones in place (see `Text`).
     let mut tags = cfg.tags.clone();
-    let mut tag = |k: &str, v: String| {
-        tags.insert(k.to_string(), truncate(v, MAX_TAG_LEN));
+    let mut tag = |k: &'static str, v: Text| {
+        tags.insert(Text::from_static(k), v);
     };
-    tag("component", "proxy".into());
-    tag("http.method", req.method.to_string());
-    tag("http.path", path_only(req.path).to_string());
+    tag("component", Text::from_static("proxy"));
+    tag("http.method", tag_text(req.method));
+    tag("http.path", tag_text(path_only(req.path)));
     let url_path = if cfg.record_query_string {
         req.path
     } else {
         path_only(req.path)
     };
-    tag("http.url", format!("{}://{host}{url_path}", req.scheme));
-    tag("http.protocol", req.protocol.to_string());
-    tag("peer.address", addr_text(remote_addr));
-    tag("upstream_address", upstream.clone());
     tag(
-        "upstream_cluster",
-        match req.direction {
-            Direction::Inbound => format!("inbound|{}", req.upstream_addr.port()),
-            Direction::Outbound => format!("outbound|{host}"),
-        },
+        "http.url",
+        tag_fmt(format_args!("{}://{host}{url_path}", req.scheme)),
     );
+    tag("http.protocol", tag_text(req.protocol));
+    tag("peer.address", Text::display(remote_addr));
+    let cluster = match req.direction {
+        Direction::Inbound => tag_fmt(format_args!("inbound|{}", req.upstream_addr.port())),
+        Direction::Outbound => tag_fmt(format_args!("outbound|{host}")),
+    };
+    tag("upstream_address", upstream.clone());
+    tag("upstream_cluster", cluster);
     if let Some(ua) = req.user_agent {
-        tag("user_agent", ua.to_string());
+        tag("user_agent", tag_text(ua));
     }
     if let Some(id) = headers.get(&X_REQUEST_ID).and_then(|v| v.to_str().ok()) {
-        tag("guid:x-request-id", id.to_string());
+        tag("guid:x-request-id", tag_text(id));
     }
     if let Some(how) = inference {
-        tag(PARENT_TAG, how.as_str().to_owned());
+        tag(PARENT_TAG, Text::from_static(how.as_str()));
     }
     Pending {
         kind,
@@ -711,7 +749,10 @@ mod tests {
             "the tag keeps the real path"
         );
         assert_eq!(span.duration, 1, "at least 1 µs");
-        assert_eq!(span.tags.get("guid:x-request-id"), Some(&rid));
+        assert_eq!(
+            span.tags.get("guid:x-request-id").map(Text::as_str),
+            Some(rid.as_str())
+        );
     }
 
     #[test]
@@ -742,7 +783,7 @@ mod tests {
             .expect("sampled");
         assert_eq!(span.parent_id.map(|p| p.to_hex()).as_deref(), Some(S1));
         assert_eq!(
-            span.tags.get("guid:x-request-id").map(String::as_str),
+            span.tags.get("guid:x-request-id").map(Text::as_str),
             Some("abc")
         );
     }
@@ -1049,8 +1090,8 @@ mod tests {
     fn tags_never_carry_credentials() {
         let cfg = TracerConfig {
             tags: [
-                ("team".to_string(), "shop".to_string()),
-                ("http.method".to_string(), "SPOOFED".to_string()),
+                (Text::from("team"), Text::from("shop")),
+                (Text::from("http.method"), Text::from("SPOOFED")),
             ]
             .into(),
             ..TracerConfig::new("s")
@@ -1359,7 +1400,7 @@ mod tests {
         );
         assert_eq!(get(&h, "x-request-id"), get(&app_saw, "x-request-id"));
         assert_eq!(
-            client.tags.get("guid:x-request-id").map(String::as_str),
+            client.tags.get("guid:x-request-id").map(Text::as_str),
             get(&app_saw, "x-request-id")
         );
     }

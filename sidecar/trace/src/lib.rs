@@ -51,6 +51,7 @@ pub mod otlp;
 pub mod propagation;
 pub mod sampling;
 pub mod span;
+pub mod text;
 pub mod tls;
 
 pub use error::{Error, Result};
@@ -66,4 +67,5 @@ pub use propagation::{Extracted, Formats};
 pub use sidetrace_contract::CollectorProtocol;
 pub use sidetrace_contract::{Direction, OperationRule, PropagationFormat};
 pub use span::{Endpoint, Span, SpanKind, encode_zipkin_v2};
+pub use text::Text;
 pub use tls::CollectorRoots;

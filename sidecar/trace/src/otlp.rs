@@ -33,6 +33,7 @@ use opentelemetry_proto::tonic::trace::v1::{
 use prost::Message;
 
 use crate::span::{Endpoint, Span, SpanKind};
+use crate::text::Text;
 
 /// Instrumentation scope of every span: the proxy made them, not the app.
 pub const SCOPE_NAME: &str = "sidetrace-proxy";
@@ -124,7 +125,7 @@ const MAPPED_TAGS: &[&str] = &[
 /// carries (the proxy tags spans with `k8s.pod.name` for Zipkin) are not repeated per span.
 pub fn to_otlp_span(span: &Span, resource: &Resource) -> OtlpSpan {
     let tags = &span.tags;
-    let tag = |k: &str| tags.get(k).map(String::as_str);
+    let tag = |k: &str| tags.get(k).map(Text::as_str);
     let mut attrs: Vec<KeyValue> = Vec::with_capacity(tags.len() + 4);
 
     if let Some(m) = tag("http.method") {
@@ -191,7 +192,7 @@ pub fn to_otlp_span(span: &Span, resource: &Resource) -> OtlpSpan {
         _ => {}
     }
     for (k, v) in tags {
-        if !MAPPED_TAGS.contains(&k.as_str()) && !resource.attributes.contains_key(k) {
+        if !MAPPED_TAGS.contains(&k.as_str()) && !resource.attributes.contains_key(k.as_str()) {
             attrs.push(string_kv(k, v));
         }
     }

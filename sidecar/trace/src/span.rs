@@ -11,6 +11,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use serde::Serialize;
 
 use crate::id::{SpanId, TraceId};
+use crate::text::Text;
 
 /// Zipkin span kind; the proxy only makes these two.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -28,7 +29,7 @@ pub enum SpanKind {
 pub struct Endpoint {
     /// Service name, as configured (Zipkin lower-cases it server-side; Jaeger does not).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub service_name: Option<String>,
+    pub service_name: Option<Text>,
     /// IPv4 address (IPv4-mapped IPv6 addresses are reported here).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ipv4: Option<Ipv4Addr>,
@@ -43,7 +44,7 @@ pub struct Endpoint {
 impl Endpoint {
     /// An endpoint for `addr`. Unspecified addresses are left out; `with_port` false drops the
     /// port (a client's ephemeral port is noise in a trace view).
-    pub fn from_addr(service_name: Option<String>, addr: SocketAddr, with_port: bool) -> Self {
+    pub fn from_addr(service_name: Option<Text>, addr: SocketAddr, with_port: bool) -> Self {
         let mut e = Self {
             service_name,
             port: (with_port && addr.port() != 0).then_some(addr.port()),
@@ -89,9 +90,10 @@ pub struct Span {
     /// B3 debug: asks the collector to keep the trace whatever its own sampling says.
     #[serde(skip_serializing_if = "is_false")]
     pub debug: bool,
-    /// String tags (`http.method`, `http.status_code`, `error`, ...), sorted by key.
+    /// String tags (`http.method`, `http.status_code`, `error`, ...), sorted by key. [`Text`]
+    /// keys and values: fixed names and short values do not allocate (see [`crate::text`]).
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
-    pub tags: BTreeMap<String, String>,
+    pub tags: BTreeMap<Text, Text>,
 }
 
 /// Room reserved per span in a batch's JSON (a proxy span with its dozen tags is about
@@ -140,7 +142,7 @@ pub(crate) mod fixtures {
             debug: false,
             tags: tags
                 .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .map(|(k, v)| (Text::copy(k), Text::copy(v)))
                 .collect(),
         }
     }
@@ -161,7 +163,7 @@ pub(crate) mod fixtures {
             timestamp: 1,
             duration: 1,
             local_endpoint: Endpoint::from_addr(
-                Some(service.into()),
+                Some(Text::copy(service)),
                 local.parse().expect("addr"),
                 false,
             ),
@@ -173,7 +175,7 @@ pub(crate) mod fixtures {
             debug: true,
             tags: tags
                 .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .map(|(k, v)| (Text::copy(k), Text::copy(v)))
                 .collect(),
         }
     }
