@@ -325,7 +325,7 @@ mod tests {
             serde_json::to_string(&m).expect("json"),
             r#"{"a":"1","b":"2"}"#
         );
-        let shared = Text::from(String::from("x".repeat(40))).into_shared();
+        let shared = Text::from("x".repeat(40)).into_shared();
         assert_eq!(shared.clone(), shared);
     }
 }
