@@ -20,7 +20,7 @@ use http::{Method, Request, Response, StatusCode};
 use hyper::body::{Body as _, Frame, Incoming, SizeHint};
 use hyper_util::rt::TokioIo;
 use sidetrace_contract::Direction;
-use sidetrace_trace::{ExportHandle, Hop, InFlightGuard, RequestInfo, ResponseInfo};
+use sidetrace_trace::{ConnTags, ExportHandle, Hop, InFlightGuard, RequestInfo, ResponseInfo};
 
 use crate::limits::{IdleClock, IdleIo};
 use crate::red::{Observation, UNTRACED_OPERATION, status_class};
@@ -40,6 +40,29 @@ pub struct ConnInfo {
     pub upstream: Dest,
     /// HTTP/2 (prior knowledge) rather than HTTP/1.
     pub h2: bool,
+    /// The span tags of the addresses above, formatted once for all the connection's
+    /// requests.
+    pub tags: ConnTags,
+}
+
+impl ConnInfo {
+    /// A connection's facts, with its span tags made from them.
+    pub fn new(
+        direction: Direction,
+        local_addr: SocketAddr,
+        peer_addr: SocketAddr,
+        upstream: Dest,
+        h2: bool,
+    ) -> Self {
+        Self {
+            direction,
+            local_addr,
+            peer_addr,
+            upstream,
+            h2,
+            tags: ConnTags::new(direction, peer_addr, upstream.addr),
+        }
+    }
 }
 
 /// Headers that describe one connection, not the message (RFC 9110 §7.6.1), never forwarded.
@@ -171,6 +194,7 @@ pub async fn proxy(
             peer_addr: conn.peer_addr,
             upstream_addr: conn.upstream.addr,
             protocol,
+            conn_tags: Some(&conn.tags),
         };
         sidetrace_trace::start_hop_inferring(
             &live.tracer,

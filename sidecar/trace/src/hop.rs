@@ -305,6 +305,53 @@ pub struct RequestInfo<'a> {
     pub upstream_addr: SocketAddr,
     /// `HTTP/1.1`, `HTTP/2` or `gRPC`.
     pub protocol: &'a str,
+    /// The connection's tag values, made once per connection ([`ConnTags::new`]); `None`
+    /// (or tags of other addresses) formats them per request.
+    pub conn_tags: Option<&'a ConnTags>,
+}
+
+/// The tag values a connection's requests share: the addresses as text. Formatting three
+/// socket addresses cost about as much as the rest of a span's tags; the proxy makes these
+/// once per connection and every span of it clones them (in place or a reference count,
+/// see [`Text`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConnTags {
+    direction: Direction,
+    peer_addr: SocketAddr,
+    upstream_addr: SocketAddr,
+    /// `peer.address`: the caller inbound, the callee outbound.
+    remote_address: Text,
+    /// `upstream_address`, and the host of requests without an authority.
+    upstream_address: Text,
+    /// `upstream_cluster` of inbound requests (`inbound|<port>`); an outbound request's
+    /// names its host, so it is made per request.
+    inbound_cluster: Option<Text>,
+}
+
+impl ConnTags {
+    /// The tag values of a connection from `peer_addr` forwarded to `upstream_addr`.
+    pub fn new(direction: Direction, peer_addr: SocketAddr, upstream_addr: SocketAddr) -> Self {
+        let remote = match direction {
+            Direction::Inbound => peer_addr,
+            Direction::Outbound => upstream_addr,
+        };
+        Self {
+            direction,
+            peer_addr,
+            upstream_addr,
+            remote_address: Text::display(remote).into_shared(),
+            upstream_address: Text::display(upstream_addr).into_shared(),
+            inbound_cluster: (direction == Direction::Inbound)
+                .then(|| tag_fmt(format_args!("inbound|{}", upstream_addr.port())).into_shared()),
+        }
+    }
+
+    /// Whether these are the tags of `req`'s connection.
+    fn describe(&self, req: &RequestInfo<'_>) -> bool {
+        self.direction == req.direction
+            && self.peer_addr == req.peer_addr
+            && self.upstream_addr == req.upstream_addr
+    }
 }
 
 /// What the proxy knows when the exchange ends.
@@ -601,8 +648,15 @@ fn build_pending(
         Direction::Inbound => (SpanKind::Server, req.peer_addr),
         Direction::Outbound => (SpanKind::Client, req.upstream_addr),
     };
-    // In place, not on the heap: an IPv4 socket address fits in a Text.
-    let upstream = Text::display(req.upstream_addr);
+    let conn = match req.conn_tags {
+        Some(c) if c.describe(req) => std::borrow::Cow::Borrowed(c),
+        _ => std::borrow::Cow::Owned(ConnTags::new(
+            req.direction,
+            req.peer_addr,
+            req.upstream_addr,
+        )),
+    };
+    let upstream = &conn.upstream_address;
     let host = req
         .authority
         .map(authority_without_userinfo)
@@ -640,10 +694,10 @@ fn build_pending(
         tag_fmt(format_args!("{}://{host}{url_path}", req.scheme)),
     );
     tag("http.protocol", tag_text(req.protocol));
-    tag("peer.address", Text::display(remote_addr));
-    let cluster = match req.direction {
-        Direction::Inbound => tag_fmt(format_args!("inbound|{}", req.upstream_addr.port())),
-        Direction::Outbound => tag_fmt(format_args!("outbound|{host}")),
+    tag("peer.address", conn.remote_address.clone());
+    let cluster = match &conn.inbound_cluster {
+        Some(inbound) => inbound.clone(),
+        None => tag_fmt(format_args!("outbound|{host}")),
     };
     tag("upstream_address", upstream.clone());
     tag("upstream_cluster", cluster);
@@ -685,6 +739,7 @@ mod tests {
             peer_addr: "10.1.0.9:40000".parse().expect("addr"),
             upstream_addr: "127.0.0.1:8000".parse().expect("addr"),
             protocol: "HTTP/1.1",
+            conn_tags: None,
         }
     }
 
@@ -1084,6 +1139,45 @@ mod tests {
         );
         let long = format!("/{}", "é".repeat(200));
         assert!(name(Direction::Inbound, &long).len() <= MAX_NAME_LEN);
+    }
+
+    #[test]
+    fn connection_tags_give_the_spans_per_request_formatting_gives() {
+        let cfg = TracerConfig::new("service1");
+        let span = |req: &RequestInfo<'_>| {
+            let mut h = headers(&[("x-request-id", "r-1")]);
+            let mut span = start_hop(&cfg, req, &mut h, SystemTime::now())
+                .expect("traced")
+                .finish_after(&ok(), Duration::from_micros(5))
+                .expect("sampled");
+            // Ids and times differ per hop; the tags are the point.
+            span.tags.remove("guid:x-request-id");
+            span.tags
+        };
+        for direction in [Direction::Inbound, Direction::Outbound] {
+            for authority in [Some("service2:8000"), None] {
+                let mut plain = req(direction, "/trace/1");
+                plain.authority = authority;
+                plain.peer_addr = "[fd00::9]:40000".parse().expect("addr");
+                let tags = ConnTags::new(direction, plain.peer_addr, plain.upstream_addr);
+                let cached = RequestInfo {
+                    conn_tags: Some(&tags),
+                    ..plain
+                };
+                assert_eq!(span(&cached), span(&plain), "{direction:?} {authority:?}");
+                // Tags of another connection are not used.
+                let other = ConnTags::new(
+                    direction,
+                    "10.9.9.9:1".parse().expect("addr"),
+                    plain.upstream_addr,
+                );
+                let wrong = RequestInfo {
+                    conn_tags: Some(&other),
+                    ..plain
+                };
+                assert_eq!(span(&wrong), span(&plain));
+            }
+        }
     }
 
     #[test]
@@ -1557,6 +1651,7 @@ mod property_tests {
                 peer_addr: "10.0.0.2:5000".parse().expect("addr"),
                 upstream_addr: "127.0.0.1:80".parse().expect("addr"),
                 protocol: "HTTP/1.1",
+                conn_tags: None,
             };
             let hop = start_hop(&cfg, &req, &mut h, SystemTime::now()).expect("traced");
             let after = extract(&h);

@@ -57,7 +57,8 @@ pub mod tls;
 pub use error::{Error, Result};
 pub use export::{ExportHandle, ExportStats, Exporter, ExporterConfig, render_metrics};
 pub use hop::{
-    Hop, RequestInfo, ResponseInfo, TracerConfig, TracerFlags, start_hop, start_hop_inferring,
+    ConnTags, Hop, RequestInfo, ResponseInfo, TracerConfig, TracerFlags, start_hop,
+    start_hop_inferring,
 };
 pub use id::{SpanContext, SpanId, TraceId};
 pub use infer::{InFlight, InFlightGuard, Inference};

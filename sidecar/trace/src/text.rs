@@ -94,6 +94,27 @@ impl Text {
         })
     }
 
+    /// The bytes of the string, without the UTF-8 check [`Text::as_str`] makes of text kept
+    /// in place: comparing and ordering by bytes is comparing and ordering `str`s.
+    pub fn as_bytes(&self) -> &[u8] {
+        match &self.0 {
+            Repr::Static(s) => s.as_bytes(),
+            Repr::Inline { len, buf } => &buf[..usize::from(*len)],
+            Repr::Shared(s) => s.as_bytes(),
+            Repr::Owned(s) => s.as_bytes(),
+        }
+    }
+
+    /// Length in bytes (without the UTF-8 check of [`Text::as_str`]).
+    pub fn len(&self) -> usize {
+        self.as_bytes().len()
+    }
+
+    /// Whether the text is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     /// The string.
     pub fn as_str(&self) -> &str {
         match &self.0 {
@@ -187,7 +208,7 @@ impl From<Text> for String {
 
 impl PartialEq for Text {
     fn eq(&self, other: &Self) -> bool {
-        self.as_str() == other.as_str()
+        self.as_bytes() == other.as_bytes()
     }
 }
 
@@ -201,7 +222,8 @@ impl PartialOrd for Text {
 
 impl Ord for Text {
     fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        self.as_str().cmp(other.as_str())
+        // `str` orders by bytes.
+        self.as_bytes().cmp(other.as_bytes())
     }
 }
 
@@ -214,31 +236,31 @@ impl Hash for Text {
 
 impl PartialEq<str> for Text {
     fn eq(&self, other: &str) -> bool {
-        self.as_str() == other
+        self.as_bytes() == other.as_bytes()
     }
 }
 
 impl PartialEq<&str> for Text {
     fn eq(&self, other: &&str) -> bool {
-        self.as_str() == *other
+        self.as_bytes() == other.as_bytes()
     }
 }
 
 impl PartialEq<String> for Text {
     fn eq(&self, other: &String) -> bool {
-        self.as_str() == other.as_str()
+        self.as_bytes() == other.as_bytes()
     }
 }
 
 impl PartialEq<Text> for &str {
     fn eq(&self, other: &Text) -> bool {
-        *self == other.as_str()
+        self.as_bytes() == other.as_bytes()
     }
 }
 
 impl PartialEq<Text> for str {
     fn eq(&self, other: &Text) -> bool {
-        self == other.as_str()
+        self.as_bytes() == other.as_bytes()
     }
 }
 
