@@ -30,6 +30,7 @@ use crate::naming::{NameBudget, overflow_name, route_template};
 use crate::propagation::{self, Formats, X_REQUEST_ID};
 use crate::sampling::{self, Incoming, Policy, Reason, TraceLimiter};
 use crate::span::{Endpoint, Span, SpanKind};
+use crate::tags::Tags;
 use crate::text::Text;
 
 /// User agents of kubelet probes start with this; probes are proxied but never traced.
@@ -38,6 +39,9 @@ pub const KUBE_PROBE_USER_AGENT_PREFIX: &str = "kube-probe/";
 /// Longest tag value and default operation name kept, in bytes: a bound on span memory
 /// whatever the request line looks like.
 pub const MAX_TAG_LEN: usize = 1024;
+/// Most tags the proxy itself puts on a span (besides the config's static tags): the room a
+/// span's tags are made with.
+const SPAN_TAGS: usize = 16;
 /// Longest default operation name, in bytes.
 pub const MAX_NAME_LEN: usize = 128;
 
@@ -64,7 +68,7 @@ pub struct TracerConfig {
     /// Static tags added to every span (the proxy's own tags win on a clash). Held shared
     /// ([`Text::shared`]): every span clones the map, which then counts references instead of
     /// copying strings.
-    pub tags: BTreeMap<Text, Text>,
+    pub tags: Tags,
     /// The pod's IPv4, for `localEndpoint` when the socket address is loopback/unspecified.
     pub local_ipv4: Option<Ipv4Addr>,
     /// Keep the query string in `http.url` (a TracedService's `recordQueryString`). Off by
@@ -125,7 +129,7 @@ impl TracerConfig {
             formats: DEFAULT_PROPAGATION.to_vec(),
             operations: Vec::new(),
             exclude_paths: Vec::new(),
-            tags: BTreeMap::new(),
+            tags: Tags::new(),
             local_ipv4: None,
             record_query_string: false,
             infer_parents: false,
@@ -394,7 +398,7 @@ struct Pending {
     kind: SpanKind,
     local: Endpoint,
     remote: Endpoint,
-    tags: BTreeMap<Text, Text>,
+    tags: Tags,
 }
 
 fn micros_since_epoch(t: SystemTime) -> u64 {
@@ -677,7 +681,7 @@ fn build_pending(
 
     // Static tags are shared and the proxy's keys are fixed names: only the values the
     // request brings are copied, and short ones in place (see `Text`).
-    let mut tags = cfg.tags.clone();
+    let mut tags = cfg.tags.with_room(SPAN_TAGS);
     let mut tag = |k: &'static str, v: Text| {
         tags.insert(Text::from_static(k), v);
     };

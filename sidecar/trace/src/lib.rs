@@ -51,6 +51,7 @@ pub mod otlp;
 pub mod propagation;
 pub mod sampling;
 pub mod span;
+pub mod tags;
 pub mod text;
 pub mod tls;
 
@@ -68,5 +69,6 @@ pub use propagation::{Extracted, Formats};
 pub use sidetrace_contract::CollectorProtocol;
 pub use sidetrace_contract::{Direction, OperationRule, PropagationFormat};
 pub use span::{Endpoint, Span, SpanKind, encode_zipkin_v2};
+pub use tags::Tags;
 pub use text::Text;
 pub use tls::CollectorRoots;

@@ -5,12 +5,12 @@
 //! `kind` as `SERVER`/`CLIENT`, endpoints with `serviceName`/`ipv4`/`ipv6`/`port`, and
 //! string-to-string `tags`. Absent optional fields are omitted, not `null`.
 
-use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use serde::Serialize;
 
 use crate::id::{SpanId, TraceId};
+use crate::tags::Tags;
 use crate::text::Text;
 
 /// Zipkin span kind; the proxy only makes these two.
@@ -91,9 +91,10 @@ pub struct Span {
     #[serde(skip_serializing_if = "is_false")]
     pub debug: bool,
     /// String tags (`http.method`, `http.status_code`, `error`, ...), sorted by key. [`Text`]
-    /// keys and values: fixed names and short values do not allocate (see [`crate::text`]).
-    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
-    pub tags: BTreeMap<Text, Text>,
+    /// keys and values: fixed names and short values do not allocate (see [`crate::text`]),
+    /// in one vector per span ([`Tags`]).
+    #[serde(skip_serializing_if = "Tags::is_empty")]
+    pub tags: Tags,
 }
 
 /// Room reserved per span in a batch's JSON (a proxy span with its dozen tags is about
