@@ -35,6 +35,15 @@ impl Tags {
 
     /// Sets `key` to `value`; returns the value it replaces.
     pub fn insert(&mut self, key: Text, value: Text) -> Option<Text> {
+        // Tags written in key order (the proxy's own, mostly) go at the end without a search.
+        if self
+            .0
+            .last()
+            .is_none_or(|(last, _)| last.as_bytes() < key.as_bytes())
+        {
+            self.0.push((key, value));
+            return None;
+        }
         match self.find(key.as_str()) {
             Ok(i) => Some(std::mem::replace(&mut self.0[i].1, value)),
             Err(i) => {
