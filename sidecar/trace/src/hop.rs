@@ -202,24 +202,29 @@ impl TracerConfig {
         method: &str,
         path: &str,
         host: &str,
-    ) -> String {
+    ) -> Text {
         if let Some(rule) = self
             .operations
             .iter()
             .find(|r| r.matches(direction, method, path, host))
         {
-            return rule.name.clone();
+            return Text::copy(&rule.name);
         }
         let route = route_template(path_only(path));
+        // Formatted in place when short (most names are), see `Text`.
         let name = match direction {
-            Direction::Inbound => format!("{method} {route}"),
-            Direction::Outbound => format!("{method} {host}{route}"),
+            Direction::Inbound => Text::display(format_args!("{method} {route}")),
+            Direction::Outbound => Text::display(format_args!("{method} {host}{route}")),
         };
-        let name = truncate(name, MAX_NAME_LEN);
+        let name = if name.len() > MAX_NAME_LEN {
+            Text::copy(truncate_str(&name, MAX_NAME_LEN))
+        } else {
+            name
+        };
         if self.name_budget.admit(&name) {
             name
         } else {
-            overflow_name(method).to_owned()
+            Text::from_static(overflow_name(method))
         }
     }
 
@@ -272,17 +277,6 @@ fn tag_fmt(args: std::fmt::Arguments<'_>) -> Text {
     } else {
         t
     }
-}
-
-fn truncate(mut s: String, max: usize) -> String {
-    if s.len() > max {
-        let mut end = max;
-        while !s.is_char_boundary(end) {
-            end -= 1;
-        }
-        s.truncate(end);
-    }
-    s
 }
 
 /// Everything the tracer needs to know about a request, filled by the proxy.
@@ -380,7 +374,7 @@ pub struct ResponseInfo {
 pub struct Hop {
     context: SpanContext,
     /// The span name, decided for every traced request (metrics count unsampled ones too).
-    name: String,
+    name: Text,
     /// Why the hop is sampled or not.
     sampling: Reason,
     /// Formats the context was written in for the next hop.

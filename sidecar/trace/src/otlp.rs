@@ -634,7 +634,7 @@ pub(crate) mod oracle {
                 .parent_id
                 .map(|p| p.as_u64().to_be_bytes().to_vec())
                 .unwrap_or_default(),
-            name: span.name.clone(),
+            name: span.name.to_string(),
             kind: match span.kind {
                 SpanKind::Server => OtlpKind::Server,
                 SpanKind::Client => OtlpKind::Client,
@@ -1000,7 +1000,7 @@ mod tests {
         huge.tags.remove("error.type");
         huge.tags
             .insert("note".into(), Text::copy(&"é".repeat(10_000)));
-        huge.name = "n".repeat(200);
+        huge.name = "n".repeat(200).into();
         spans.push(huge);
 
         let mut bare = server_span();

@@ -77,7 +77,7 @@ pub struct Span {
     /// SERVER or CLIENT.
     pub kind: SpanKind,
     /// Operation name.
-    pub name: String,
+    pub name: Text,
     /// Start, microseconds since the Unix epoch.
     pub timestamp: u64,
     /// Duration in microseconds, at least 1 (Zipkin treats 0 as "unknown").
@@ -279,7 +279,7 @@ pub(crate) mod fixtures {
             parent_id: SpanId::from_hex("0020000000000001"),
             id: SpanId::from_hex("a2fb4a1d1a96d312").expect("id"),
             kind: SpanKind::Server,
-            name: name.into(),
+            name: Text::copy(name),
             timestamp: 1_700_000_000_000_000,
             duration: 1234,
             local_endpoint: Endpoint::from_addr(
@@ -312,7 +312,7 @@ pub(crate) mod fixtures {
             parent_id: None,
             id: SpanId::from_hex("00000000000000ff").expect("id"),
             kind: SpanKind::Client,
-            name: name.into(),
+            name: Text::copy(name),
             timestamp: 1,
             duration: 1,
             local_endpoint: Endpoint::from_addr(

@@ -5,7 +5,8 @@
 //! (`proxy`, `HTTP/1.1`, `GET`) or short (`200`, `/small`), and the static tags of the config
 //! are the same for every span. `Text` holds each without copying where it can:
 //! - a `&'static str` (fixed names and words): no allocation;
-//! - up to [`INLINE`] bytes in place (status codes, sizes, short paths): no allocation;
+//! - up to [`INLINE`] bytes in place (status codes, sizes, short paths and URLs, most span
+//!   names): no allocation;
 //! - an `Arc<str>` shared with the config or the connection (static tags, peer addresses): a
 //!   reference count, no allocation;
 //! - an owned `String` otherwise (a URL, a long user agent).
@@ -22,8 +23,10 @@ use std::sync::Arc;
 
 use serde::{Serialize, Serializer};
 
-/// Longest string kept in place: with the length byte, the size of the `String` variant.
-pub const INLINE: usize = 22;
+/// Longest string kept in place: with its length byte and the enum's tag, the 32 bytes the
+/// `String` variant (24, aligned to 8, plus the tag) takes anyway. Long enough for a span
+/// name like `GET /trace/{id}` and a URL like `http://service2:8000/trace/2`.
+pub const INLINE: usize = 30;
 
 /// A cheap-to-build, cheap-to-clone string; see the module docs.
 #[derive(Clone)]
@@ -65,7 +68,7 @@ impl Text {
         let _ = fmt::write(&mut w, format_args!("{value}"));
         match w.spill {
             Some(s) => Self(Repr::Owned(s)),
-            // `len` is at most INLINE (22), which fits in a u8.
+            // `len` is at most INLINE (30), which fits in a u8.
             None => Self(Repr::Inline {
                 len: w.len as u8,
                 buf: w.buf,
@@ -87,7 +90,7 @@ impl Text {
             let mut buf = [0; INLINE];
             buf[..s.len()].copy_from_slice(s.as_bytes());
             Self(Repr::Inline {
-                // At most INLINE (22) by the check above.
+                // At most INLINE (30) by the check above.
                 len: s.len() as u8,
                 buf,
             })
@@ -334,6 +337,11 @@ mod tests {
         let mut by_text = texts.to_vec();
         by_text.sort();
         assert_eq!(by_text.iter().map(Text::as_str).collect::<Vec<_>>(), sorted);
+    }
+
+    #[test]
+    fn in_place_text_costs_no_room_beyond_a_string() {
+        assert_eq!(std::mem::size_of::<Text>(), 32);
     }
 
     #[test]
