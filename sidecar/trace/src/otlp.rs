@@ -135,11 +135,16 @@ pub fn encode_otlp(spans: &[Span], resource: &Resource) -> Vec<u8> {
                     buf,
                     field::RESOURCE_ATTRIBUTES,
                     "service.name",
-                    &Value::Str(service),
+                    &Value::Str(service.as_bytes()),
                 );
                 for (k, v) in &resource.attributes {
                     if k != "service.name" {
-                        key_value(buf, field::RESOURCE_ATTRIBUTES, k, &Value::Str(v));
+                        key_value(
+                            buf,
+                            field::RESOURCE_ATTRIBUTES,
+                            k,
+                            &Value::Str(v.as_bytes()),
+                        );
                     }
                 }
             });
@@ -168,7 +173,8 @@ fn service_of(span: &Span) -> &str {
 /// An attribute value: borrowed from the span where it can be.
 #[derive(Debug)]
 enum Value<'a> {
-    Str(&'a str),
+    /// UTF-8 (a `str` or a [`Text`]'s bytes, read without checking them again).
+    Str(&'a [u8]),
     /// Text the span does not hold as such (an address, a status code as text).
     Text(Text),
     Int(i64),
@@ -183,8 +189,53 @@ struct Attr<'a> {
 fn str_attr<'a>(attrs: &mut Vec<Attr<'a>>, key: &'a str, value: &'a str) {
     attrs.push(Attr {
         key,
-        value: Value::Str(value),
+        value: Value::Str(value.as_bytes()),
     });
+}
+
+fn text_attr<'a>(attrs: &mut Vec<Attr<'a>>, key: &'a str, value: &'a Text) {
+    attrs.push(Attr {
+        key,
+        value: Value::Str(value.as_bytes()),
+    });
+}
+
+/// The Zipkin tags the mapping reads, found in one pass over a span's tags instead of a
+/// search per name; the others are copied under their own name.
+#[derive(Default)]
+struct Known<'a> {
+    method: Option<&'a Text>,
+    path: Option<&'a Text>,
+    url: Option<&'a Text>,
+    status_code: Option<&'a Text>,
+    protocol: Option<&'a Text>,
+    /// Mapped from the remote endpoint instead, so only recognised here.
+    peer_address: Option<&'a Text>,
+    user_agent: Option<&'a Text>,
+    response_size: Option<&'a Text>,
+    grpc_status_code: Option<&'a Text>,
+    error: Option<&'a Text>,
+    error_type: Option<&'a Text>,
+}
+
+impl<'a> Known<'a> {
+    /// Where a mapped tag goes; `None` for a tag copied under its own name.
+    fn slot(&mut self, key: &[u8]) -> Option<&mut Option<&'a Text>> {
+        Some(match key {
+            b"http.method" => &mut self.method,
+            b"http.path" => &mut self.path,
+            b"http.url" => &mut self.url,
+            b"http.status_code" => &mut self.status_code,
+            b"http.protocol" => &mut self.protocol,
+            b"peer.address" => &mut self.peer_address,
+            b"user_agent" => &mut self.user_agent,
+            b"response_size" => &mut self.response_size,
+            b"grpc.status_code" => &mut self.grpc_status_code,
+            b"error" => &mut self.error,
+            b"error.type" => &mut self.error_type,
+            _ => return None,
+        })
+    }
 }
 
 fn int_attr<'a>(attrs: &mut Vec<Attr<'a>>, key: &'a str, value: i64) {
@@ -204,12 +255,17 @@ fn span_attributes<'a>(
     attrs: &mut Vec<Attr<'a>>,
 ) -> Option<&'a str> {
     let tags = &span.tags;
-    let tag = |k: &str| tags.get(k).map(Text::as_str);
-
-    if let Some(m) = tag("http.method") {
-        str_attr(attrs, "http.request.method", m);
+    let mut known = Known::default();
+    for (k, v) in tags {
+        if let Some(slot) = known.slot(k.as_bytes()) {
+            *slot = Some(v);
+        }
     }
-    let url = tag("http.url").map(split_url);
+
+    if let Some(m) = known.method {
+        text_attr(attrs, "http.request.method", m);
+    }
+    let url = known.url.map(|u| split_url(u.as_str()));
     if let Some((scheme, authority, _)) = url {
         str_attr(attrs, "url.scheme", scheme);
         if let Some((host, port)) = split_authority(authority, scheme) {
@@ -219,24 +275,26 @@ fn span_attributes<'a>(
             }
         }
     }
-    if let Some(p) = tag("http.path") {
-        str_attr(attrs, "url.path", p);
+    if let Some(p) = known.path {
+        text_attr(attrs, "url.path", p);
     }
     if span.kind == SpanKind::Client
-        && let Some(full) = tag("http.url")
+        && let Some(full) = known.url
     {
-        str_attr(attrs, "url.full", full);
+        text_attr(attrs, "url.full", full);
     }
     if let Some(q) = url.and_then(|(_, _, q)| q) {
         // Present only when the TracedService opted in to query strings.
         str_attr(attrs, "url.query", q);
     }
-    let status = tag("http.status_code").and_then(|s| s.parse::<i64>().ok());
+    let status = known
+        .status_code
+        .and_then(|s| s.as_str().parse::<i64>().ok());
     if let Some(s) = status {
         int_attr(attrs, "http.response.status_code", s);
     }
-    if let Some(proto) = tag("http.protocol") {
-        let (name, version) = protocol_name_version(proto);
+    if let Some(proto) = known.protocol {
+        let (name, version) = protocol_name_version(proto.as_str());
         str_attr(attrs, "network.protocol.name", name);
         if let Some(v) = version {
             str_attr(attrs, "network.protocol.version", v);
@@ -253,22 +311,25 @@ fn span_attributes<'a>(
         ["network.local.address", "network.local.port"],
         &span.local_endpoint,
     );
-    if let Some(ua) = tag("user_agent") {
-        str_attr(attrs, "user_agent.original", ua);
+    if let Some(ua) = known.user_agent {
+        text_attr(attrs, "user_agent.original", ua);
     }
-    if let Some(size) = tag("response_size").and_then(|s| s.parse::<i64>().ok()) {
+    if let Some(size) = known
+        .response_size
+        .and_then(|s| s.as_str().parse::<i64>().ok())
+    {
         int_attr(attrs, "http.response.body.size", size);
     }
-    if let Some(code) = tag("grpc.status_code") {
-        match code.parse::<i64>() {
+    if let Some(code) = known.grpc_status_code {
+        match code.as_str().parse::<i64>() {
             Ok(c) => int_attr(attrs, "rpc.grpc.status_code", c),
-            Err(_) => str_attr(attrs, "rpc.grpc.status_code", code),
+            Err(_) => text_attr(attrs, "rpc.grpc.status_code", code),
         }
     }
-    let error = tag("error");
+    let error = known.error.map(Text::as_str);
     // error.type: the proxy's own failure class, else (convention for HTTP) the status code.
-    match (tag("error.type"), error, status) {
-        (Some(t), _, _) => str_attr(attrs, "error.type", t),
+    match (known.error_type, error, status) {
+        (Some(t), _, _) => text_attr(attrs, "error.type", t),
         (None, Some(_), Some(s)) => attrs.push(Attr {
             key: "error.type",
             value: Value::Text(Text::display(s)),
@@ -277,8 +338,10 @@ fn span_attributes<'a>(
         _ => {}
     }
     for (k, v) in tags {
-        if !MAPPED_TAGS.contains(&k.as_str()) && !resource.attributes.contains_key(k.as_str()) {
-            str_attr(attrs, k, v);
+        if Known::default().slot(k.as_bytes()).is_none()
+            && !resource.attributes.contains_key(k.as_str())
+        {
+            text_attr(attrs, k.as_str(), v);
         }
     }
     // `error=true` is Zipkin's bare flag (5xx, gRPC failure): no message to carry.
@@ -344,7 +407,7 @@ fn key_value(buf: &mut Vec<u8>, tag: u32, key: &str, value: &Value<'_>) {
     message(buf, tag, |buf| {
         string(buf, field::KEY_VALUE_KEY, key);
         message(buf, field::KEY_VALUE_VALUE, |buf| match value {
-            Value::Str(s) => length_delimited(buf, field::ANY_VALUE_STRING, s.as_bytes()),
+            Value::Str(s) => length_delimited(buf, field::ANY_VALUE_STRING, s),
             Value::Text(t) => length_delimited(buf, field::ANY_VALUE_STRING, t.as_bytes()),
             // int64 on the wire: the two's complement as a 64-bit varint.
             Value::Int(i) => {
@@ -410,7 +473,8 @@ fn fixed64(buf: &mut Vec<u8>, tag: u32, value: u64) {
 }
 
 /// Zipkin tags that become a semantic-convention attribute (or the status) instead of being
-/// copied under their own name.
+/// copied under their own name: the oracle's list, which `Known::slot` matches.
+#[cfg(test)]
 const MAPPED_TAGS: &[&str] = &[
     "http.method",
     "http.path",
@@ -1019,6 +1083,16 @@ mod tests {
             });
         }
         spans
+    }
+
+    #[test]
+    fn the_one_pass_lookup_maps_exactly_the_mapped_tags() {
+        for k in MAPPED_TAGS {
+            assert!(Known::default().slot(k.as_bytes()).is_some(), "{k}");
+        }
+        for k in ["component", "http.methods", "error.typ", "", "team"] {
+            assert!(Known::default().slot(k.as_bytes()).is_none(), "{k}");
+        }
     }
 
     #[test]
