@@ -237,15 +237,48 @@ pub fn parse_strace(text: &str) -> Counts {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Target {
     Relay,
-    Proxy { otlp: bool },
+    /// `red`: the per-request RED metrics at the proxy's default (`--request-metrics
+    /// exemplars`, as in production); false runs with `--request-metrics off`, to show what
+    /// they cost.
+    Proxy {
+        otlp: bool,
+        red: bool,
+    },
 }
 
 impl Target {
     fn label(self) -> &'static str {
         match self {
             Self::Relay => "tcp-relay",
-            Self::Proxy { otlp: false } => "sidetrace (Zipkin JSON export)",
-            Self::Proxy { otlp: true } => "sidetrace (OTLP export)",
+            Self::Proxy {
+                otlp: false,
+                red: true,
+            } => "sidetrace (Zipkin JSON export)",
+            Self::Proxy {
+                otlp: true,
+                red: true,
+            } => "sidetrace (OTLP export)",
+            Self::Proxy {
+                otlp: false,
+                red: false,
+            } => "sidetrace (Zipkin JSON export, request metrics off)",
+            Self::Proxy {
+                otlp: true,
+                red: false,
+            } => "sidetrace (OTLP export, request metrics off)",
+        }
+    }
+
+    /// A file-name-safe name, distinct per target (the tools' reports are named by it).
+    fn slug(self) -> &'static str {
+        match self {
+            Self::Relay => "relay",
+            Self::Proxy { otlp, red } => match (otlp, red) {
+                (false, true) => "zipkin",
+                (true, true) => "otlp",
+                (false, false) => "zipkin-nored",
+                (true, false) => "otlp-nored",
+            },
         }
     }
 }
@@ -274,29 +307,29 @@ async fn one_run(
     idle: usize,
 ) -> Result<Counts> {
     let listen = procs::free_port()?;
-    let report = s.tmp.join(format!(
-        "{tool}-{}-{n}-{idle}.out",
-        target.label().split(' ').next().unwrap_or("x")
-    ));
+    let report = s
+        .tmp
+        .join(format!("{tool}-{}-{n}-{idle}.out", target.slug()));
     let (program, mut args): (PathBuf, Vec<String>) = match target {
         Target::Relay => (
             s.exe.clone(),
             vec!["relay".into(), lo(listen).to_string(), lo(s.up).to_string()],
         ),
-        Target::Proxy { otlp } => {
+        Target::Proxy { otlp, red } => {
             let path = if otlp { "v1/traces" } else { "api/v2/spans" };
             let ports = [listen, procs::free_port()?, procs::free_port()?];
             let collector = format!("http://127.0.0.1:{}/{path}", s.sink);
-            (
-                s.proxy.clone(),
-                proxy_args(
-                    ports,
-                    Listener::Inbound,
-                    lo(s.up),
-                    &collector,
-                    DEFAULT_MAX_CONNECTIONS,
-                ),
-            )
+            let mut args = proxy_args(
+                ports,
+                Listener::Inbound,
+                lo(s.up),
+                &collector,
+                DEFAULT_MAX_CONNECTIONS,
+            );
+            if !red {
+                args.extend(["--request-metrics".to_owned(), "off".to_owned()]);
+            }
+            (s.proxy.clone(), args)
         }
     };
     let admin = match target {
@@ -464,8 +497,22 @@ pub async fn run(opts: ProfileOpts) -> Result<String> {
     let started = Instant::now();
     let targets = [
         Target::Relay,
-        Target::Proxy { otlp: false },
-        Target::Proxy { otlp: true },
+        Target::Proxy {
+            otlp: false,
+            red: true,
+        },
+        Target::Proxy {
+            otlp: true,
+            red: true,
+        },
+        Target::Proxy {
+            otlp: false,
+            red: false,
+        },
+        Target::Proxy {
+            otlp: true,
+            red: false,
+        },
     ];
     let n = opts.requests;
     let mut md = String::new();
@@ -476,7 +523,8 @@ pub async fn run(opts: ProfileOpts) -> Result<String> {
          the figures are the difference divided by {n}, so start-up, connection set-up and \
          shutdown cancel out. sidetrace-proxy: explicit mode (inbound listener forwarding to the \
          upstream), `--sampling 1` (every request traced and exported to a sink that answers \
-         202), one worker thread. tcp-relay: the bench's own tokio `copy_bidirectional` relay \
+         202), one worker thread, request (RED) metrics at their default (`exemplars`, as in \
+         production) unless the row says `request metrics off`. tcp-relay: the bench's own tokio `copy_bidirectional` relay \
          (the floor for one user-space hop). Instructions are user space only (callgrind); \
          syscalls are every thread's (strace -f -c); allocations are heap blocks (dhat).\n\n\
          Proxy binary: `{}` (the release build with symbols: `cargo build --profile profiling \
@@ -509,6 +557,10 @@ pub async fn run(opts: ProfileOpts) -> Result<String> {
             let per = Counts::per_request(&long, &short, n);
             summary.push((tool.clone(), target.label().to_owned(), per.total));
             if matches!(target, Target::Relay) && tool != "strace" {
+                continue;
+            }
+            // Without request metrics: the totals only (the difference is the metrics).
+            if matches!(target, Target::Proxy { red: false, .. }) {
                 continue;
             }
             match tool.as_str() {
@@ -560,7 +612,10 @@ pub async fn run(opts: ProfileOpts) -> Result<String> {
             "profile: heap per idle connection ({:.0} s so far)",
             started.elapsed().as_secs_f64()
         );
-        let target = Target::Proxy { otlp: false };
+        let target = Target::Proxy {
+            otlp: false,
+            red: true,
+        };
         let k = opts.idle_conns;
         let base = one_run(&s, target, "dhat", 10, 1, 0).await;
         let held = match &base {

@@ -20,7 +20,7 @@ use http::{Method, Request, Response, StatusCode};
 use hyper::body::{Body as _, Frame, Incoming, SizeHint};
 use hyper_util::rt::TokioIo;
 use sidetrace_contract::Direction;
-use sidetrace_trace::{ExportHandle, Hop, InFlightGuard, RequestInfo, ResponseInfo};
+use sidetrace_trace::{ConnTags, ExportHandle, Hop, InFlightGuard, RequestInfo, ResponseInfo};
 
 use crate::limits::{IdleClock, IdleIo};
 use crate::red::{Observation, UNTRACED_OPERATION, status_class};
@@ -40,16 +40,48 @@ pub struct ConnInfo {
     pub upstream: Dest,
     /// HTTP/2 (prior knowledge) rather than HTTP/1.
     pub h2: bool,
+    /// The span tags of the addresses above, formatted once for all the connection's
+    /// requests.
+    pub tags: ConnTags,
+}
+
+impl ConnInfo {
+    /// A connection's facts, with its span tags made from them.
+    pub fn new(
+        direction: Direction,
+        local_addr: SocketAddr,
+        peer_addr: SocketAddr,
+        upstream: Dest,
+        h2: bool,
+    ) -> Self {
+        Self {
+            direction,
+            local_addr,
+            peer_addr,
+            upstream,
+            h2,
+            tags: ConnTags::new(direction, peer_addr, upstream.addr),
+        }
+    }
 }
 
 /// Headers that describe one connection, not the message (RFC 9110 §7.6.1), never forwarded.
-const HOP_BY_HOP: [&str; 5] = [
-    "keep-alive",
-    "proxy-connection",
-    "transfer-encoding",
-    "upgrade",
-    "connection",
+/// Names, not strings: a `HeaderName` is looked up without being parsed first.
+const HOP_BY_HOP: [HeaderName; 5] = [
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    header::CONNECTION,
 ];
+
+/// gRPC's status header (in trailers, or in the headers of a trailers-only response).
+const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
+
+/// Whether `strip_hop_by_hop` has anything to do with a header of this name.
+fn is_hop_by_hop_or_te(name: &HeaderName) -> bool {
+    name == header::TE || HOP_BY_HOP.contains(name)
+}
 
 /// Whether a request asks to switch protocols (HTTP/1.1 `Connection: upgrade` + `Upgrade`).
 pub fn is_upgrade_request(headers: &HeaderMap) -> bool {
@@ -69,6 +101,11 @@ fn connection_has(headers: &HeaderMap, token: &str) -> bool {
 /// `keep_upgrade`, `Connection: upgrade` and `Upgrade` survive (the upstream must see them to
 /// switch protocols). `TE: trailers` survives (gRPC needs it end to end).
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    // Most messages carry none of these (HTTP/1.1 keeps a connection alive without saying
+    // so): one look at each name present costs less than a hashed removal per name below.
+    if !keep_upgrade && !headers.keys().any(is_hop_by_hop_or_te) {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -81,7 +118,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
         headers.remove(name);
     }
     for name in HOP_BY_HOP {
-        if keep_upgrade && (name == "upgrade" || name == "connection") {
+        if keep_upgrade && (name == header::UPGRADE || name == header::CONNECTION) {
             continue;
         }
         headers.remove(name);
@@ -112,7 +149,7 @@ pub fn is_grpc(headers: &HeaderMap) -> bool {
 
 fn grpc_status(headers: &HeaderMap) -> Option<String> {
     headers
-        .get("grpc-status")
+        .get(GRPC_STATUS)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned)
 }
@@ -171,6 +208,7 @@ pub async fn proxy(
             peer_addr: conn.peer_addr,
             upstream_addr: conn.upstream.addr,
             protocol,
+            conn_tags: Some(&conn.tags),
         };
         sidetrace_trace::start_hop_inferring(
             &live.tracer,
@@ -424,7 +462,7 @@ pub fn local_reply(grpc: bool, why: LocalReply) -> Response<Body> {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/grpc"),
         );
-        h.insert("grpc-status", HeaderValue::from_static(why.grpc_status()));
+        h.insert(GRPC_STATUS, HeaderValue::from_static(why.grpc_status()));
         h.insert("grpc-message", HeaderValue::from_static(why.message()));
     } else {
         h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
@@ -618,6 +656,23 @@ mod tests {
         let names: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
         assert_eq!(names, ["x-b3-traceid", "te"]);
         assert_eq!(h["te"], "trailers");
+
+        // Each one alone is found by the quick look too; a message without any is left as is.
+        for (name, value, left) in [
+            ("keep-alive", "timeout=5", 1),
+            ("proxy-connection", "close", 1),
+            ("transfer-encoding", "chunked", 1),
+            ("upgrade", "h2c", 1),
+            ("connection", "close", 1),
+            ("te", "gzip", 1),
+            ("te", "trailers", 2),
+            ("x-other", "1", 2),
+        ] {
+            let mut h = headers(&[(name, value), ("x-b3-sampled", "1")]);
+            strip_hop_by_hop(&mut h, false);
+            assert_eq!(h.len(), left, "{name}: {value}");
+            assert_eq!(h["x-b3-sampled"], "1");
+        }
     }
 
     #[test]

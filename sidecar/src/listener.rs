@@ -244,18 +244,18 @@ async fn handle_connection(
     shared.metrics.detected(direction, detected);
     tracing::debug!(direction = direction_label(direction), %peer, upstream = %route.upstream, protocol = detected.label(), "accepted");
     let io = Rewind::new(prefix, stream);
-    let info = Arc::new(ConnInfo {
+    let info = Arc::new(ConnInfo::new(
         direction,
         // The pod's side of the connection: what the caller dialled on inbound, the app's
         // own socket on outbound (the original destination there is the callee).
-        local_addr: match direction {
+        match direction {
             Direction::Inbound => canonical(route.original),
             Direction::Outbound => peer,
         },
-        peer_addr: peer,
-        upstream: route.upstream,
-        h2: detected == Detected::Http2,
-    });
+        peer,
+        route.upstream,
+        detected == Detected::Http2,
+    ));
     // HTTP/2 and opaque connections are boxed: their futures are larger than HTTP/1's, and
     // this task is sized for the largest, so every keep-alive HTTP/1 connection would carry
     // their room while it idles.

@@ -75,6 +75,7 @@ fuzz_target!(|data: &[u8]| {
             peer_addr: "10.0.0.2:5000".parse().expect("literal"),
             upstream_addr: "127.0.0.1:80".parse().expect("literal"),
             protocol: "HTTP/1.1",
+            conn_tags: None,
         };
         let mut h = headers.clone();
         if let Some(hop) = start_hop(&cfg, &req, &mut h, SystemTime::now()) {

@@ -23,6 +23,7 @@ fn main() {
         peer_addr: "10.1.0.9:40000".parse().expect("literal"),
         upstream_addr: "127.0.0.1:8000".parse().expect("literal"),
         protocol: "HTTP/1.1",
+        conn_tags: None,
     };
     let mut base = HeaderMap::new();
     base.insert(

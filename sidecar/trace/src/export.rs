@@ -740,6 +740,7 @@ mod tests {
             peer_addr: "10.0.0.2:5000".parse().expect("addr"),
             upstream_addr: "127.0.0.1:80".parse().expect("addr"),
             protocol: "HTTP/1.1",
+            conn_tags: None,
         };
         let mut h = HeaderMap::new();
         start_hop(&cfg, &req, &mut h, SystemTime::now())

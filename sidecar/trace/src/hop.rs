@@ -30,6 +30,8 @@ use crate::naming::{NameBudget, overflow_name, route_template};
 use crate::propagation::{self, Formats, X_REQUEST_ID};
 use crate::sampling::{self, Incoming, Policy, Reason, TraceLimiter};
 use crate::span::{Endpoint, Span, SpanKind};
+use crate::tags::Tags;
+use crate::text::Text;
 
 /// User agents of kubelet probes start with this; probes are proxied but never traced.
 pub const KUBE_PROBE_USER_AGENT_PREFIX: &str = "kube-probe/";
@@ -37,6 +39,9 @@ pub const KUBE_PROBE_USER_AGENT_PREFIX: &str = "kube-probe/";
 /// Longest tag value and default operation name kept, in bytes: a bound on span memory
 /// whatever the request line looks like.
 pub const MAX_TAG_LEN: usize = 1024;
+/// Most tags the proxy itself puts on a span (besides the config's static tags): the room a
+/// span's tags are made with.
+const SPAN_TAGS: usize = 16;
 /// Longest default operation name, in bytes.
 pub const MAX_NAME_LEN: usize = 128;
 
@@ -60,8 +65,10 @@ pub struct TracerConfig {
     pub operations: Vec<OperationRule>,
     /// Paths proxied but not traced: exact, or a prefix when ending in `*`.
     pub exclude_paths: Vec<String>,
-    /// Static tags added to every span (the proxy's own tags win on a clash).
-    pub tags: BTreeMap<String, String>,
+    /// Static tags added to every span (the proxy's own tags win on a clash). Held shared
+    /// ([`Text::shared`]): every span clones the map, which then counts references instead of
+    /// copying strings.
+    pub tags: Tags,
     /// The pod's IPv4, for `localEndpoint` when the socket address is loopback/unspecified.
     pub local_ipv4: Option<Ipv4Addr>,
     /// Keep the query string in `http.url` (a TracedService's `recordQueryString`). Off by
@@ -122,7 +129,7 @@ impl TracerConfig {
             formats: DEFAULT_PROPAGATION.to_vec(),
             operations: Vec::new(),
             exclude_paths: Vec::new(),
-            tags: BTreeMap::new(),
+            tags: Tags::new(),
             local_ipv4: None,
             record_query_string: false,
             infer_parents: false,
@@ -134,8 +141,13 @@ impl TracerConfig {
     /// flag override beats the file, the file beats a flag default (see [`TracerFlags`]). The
     /// one constructor for the proxy and the tests, so the precedence cannot drift.
     pub fn from_proxy_config(cfg: &ProxyConfig, flags: &TracerFlags) -> Self {
-        let mut tags = flags.tags.clone();
-        tags.extend(cfg.tags.clone());
+        // The file's tags over the flags' (a later insert wins).
+        let tags = flags
+            .tags
+            .iter()
+            .chain(&cfg.tags)
+            .map(|(k, v)| (Text::shared(k), Text::shared(v)))
+            .collect();
         Self {
             service_name: flags
                 .service_name_override
@@ -190,24 +202,29 @@ impl TracerConfig {
         method: &str,
         path: &str,
         host: &str,
-    ) -> String {
+    ) -> Text {
         if let Some(rule) = self
             .operations
             .iter()
             .find(|r| r.matches(direction, method, path, host))
         {
-            return rule.name.clone();
+            return Text::copy(&rule.name);
         }
         let route = route_template(path_only(path));
+        // Formatted in place when short (most names are), see `Text`.
         let name = match direction {
-            Direction::Inbound => format!("{method} {route}"),
-            Direction::Outbound => format!("{method} {host}{route}"),
+            Direction::Inbound => Text::display(format_args!("{method} {route}")),
+            Direction::Outbound => Text::display(format_args!("{method} {host}{route}")),
         };
-        let name = truncate(name, MAX_NAME_LEN);
+        let name = if name.len() > MAX_NAME_LEN {
+            Text::copy(truncate_str(&name, MAX_NAME_LEN))
+        } else {
+            name
+        };
         if self.name_budget.admit(&name) {
             name
         } else {
-            overflow_name(method).to_owned()
+            Text::from_static(overflow_name(method))
         }
     }
 
@@ -236,15 +253,30 @@ fn path_only(path: &str) -> &str {
     path.split('?').next().unwrap_or(path)
 }
 
-fn truncate(mut s: String, max: usize) -> String {
-    if s.len() > max {
-        let mut end = max;
-        while !s.is_char_boundary(end) {
-            end -= 1;
-        }
-        s.truncate(end);
+/// `s` cut to at most `max` bytes, at a character boundary.
+fn truncate_str(s: &str, max: usize) -> &str {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
     }
-    s
+    &s[..end]
+}
+
+/// A tag value copied from the request (in place when short, see [`Text::copy`]), at most
+/// [`MAX_TAG_LEN`] bytes.
+fn tag_text(v: &str) -> Text {
+    Text::copy(truncate_str(v, MAX_TAG_LEN))
+}
+
+/// A tag value formatted straight into its [`Text`] (no intermediate `String` when short), at
+/// most [`MAX_TAG_LEN`] bytes.
+fn tag_fmt(args: std::fmt::Arguments<'_>) -> Text {
+    let t = Text::display(args);
+    if t.len() > MAX_TAG_LEN {
+        tag_text(&t)
+    } else {
+        t
+    }
 }
 
 /// Everything the tracer needs to know about a request, filled by the proxy.
@@ -271,6 +303,53 @@ pub struct RequestInfo<'a> {
     pub upstream_addr: SocketAddr,
     /// `HTTP/1.1`, `HTTP/2` or `gRPC`.
     pub protocol: &'a str,
+    /// The connection's tag values, made once per connection ([`ConnTags::new`]); `None`
+    /// (or tags of other addresses) formats them per request.
+    pub conn_tags: Option<&'a ConnTags>,
+}
+
+/// The tag values a connection's requests share: the addresses as text. Formatting three
+/// socket addresses cost about as much as the rest of a span's tags; the proxy makes these
+/// once per connection and every span of it clones them (in place or a reference count,
+/// see [`Text`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConnTags {
+    direction: Direction,
+    peer_addr: SocketAddr,
+    upstream_addr: SocketAddr,
+    /// `peer.address`: the caller inbound, the callee outbound.
+    remote_address: Text,
+    /// `upstream_address`, and the host of requests without an authority.
+    upstream_address: Text,
+    /// `upstream_cluster` of inbound requests (`inbound|<port>`); an outbound request's
+    /// names its host, so it is made per request.
+    inbound_cluster: Option<Text>,
+}
+
+impl ConnTags {
+    /// The tag values of a connection from `peer_addr` forwarded to `upstream_addr`.
+    pub fn new(direction: Direction, peer_addr: SocketAddr, upstream_addr: SocketAddr) -> Self {
+        let remote = match direction {
+            Direction::Inbound => peer_addr,
+            Direction::Outbound => upstream_addr,
+        };
+        Self {
+            direction,
+            peer_addr,
+            upstream_addr,
+            remote_address: Text::display(remote).into_shared(),
+            upstream_address: Text::display(upstream_addr).into_shared(),
+            inbound_cluster: (direction == Direction::Inbound)
+                .then(|| tag_fmt(format_args!("inbound|{}", upstream_addr.port())).into_shared()),
+        }
+    }
+
+    /// Whether these are the tags of `req`'s connection.
+    fn describe(&self, req: &RequestInfo<'_>) -> bool {
+        self.direction == req.direction
+            && self.peer_addr == req.peer_addr
+            && self.upstream_addr == req.upstream_addr
+    }
 }
 
 /// What the proxy knows when the exchange ends.
@@ -295,7 +374,7 @@ pub struct ResponseInfo {
 pub struct Hop {
     context: SpanContext,
     /// The span name, decided for every traced request (metrics count unsampled ones too).
-    name: String,
+    name: Text,
     /// Why the hop is sampled or not.
     sampling: Reason,
     /// Formats the context was written in for the next hop.
@@ -313,7 +392,7 @@ struct Pending {
     kind: SpanKind,
     local: Endpoint,
     remote: Endpoint,
-    tags: BTreeMap<String, String>,
+    tags: Tags,
 }
 
 fn micros_since_epoch(t: SystemTime) -> u64 {
@@ -377,22 +456,22 @@ impl Hop {
         let p = self.pending?;
         let mut tags = p.tags;
         if let Some(status) = resp.status {
-            tags.insert("http.status_code".into(), status.to_string());
+            tags.insert("http.status_code".into(), Text::display(status));
         }
         if let Some(size) = resp.response_size {
-            tags.insert("response_size".into(), size.to_string());
+            tags.insert("response_size".into(), Text::display(size));
         }
         let mut grpc_error = false;
         if let Some(code) = &resp.grpc_status {
-            let code = truncate(code.trim().to_string(), 16);
-            grpc_error = grpc_status_is_error(&code, p.kind);
-            tags.insert("grpc.status_code".into(), code);
+            let code = truncate_str(code.trim(), 16);
+            grpc_error = grpc_status_is_error(code, p.kind);
+            tags.insert("grpc.status_code".into(), Text::copy(code));
         }
         if let Some(kind) = resp.error_type {
-            tags.insert("error.type".into(), kind.to_owned());
+            tags.insert("error.type".into(), Text::from_static(kind));
         }
         if let Some(err) = &resp.error {
-            tags.insert("error".into(), truncate(err.clone(), MAX_TAG_LEN));
+            tags.insert("error".into(), tag_text(err));
         } else if resp.status.is_some_and(|s| s >= 500) || grpc_error {
             // Envoy's convention: `error=true` on 5xx.
             tags.insert("error".into(), "true".into());
@@ -567,14 +646,22 @@ fn build_pending(
         Direction::Inbound => (SpanKind::Server, req.peer_addr),
         Direction::Outbound => (SpanKind::Client, req.upstream_addr),
     };
-    let upstream = addr_text(req.upstream_addr);
+    let conn = match req.conn_tags {
+        Some(c) if c.describe(req) => std::borrow::Cow::Borrowed(c),
+        _ => std::borrow::Cow::Owned(ConnTags::new(
+            req.direction,
+            req.peer_addr,
+            req.upstream_addr,
+        )),
+    };
+    let upstream = &conn.upstream_address;
     let host = req
         .authority
         .map(authority_without_userinfo)
-        .unwrap_or(&upstream);
+        .unwrap_or(upstream.as_str());
 
     let mut local = Endpoint::from_addr(
-        Some(cfg.service_name.clone()),
+        Some(Text::copy(&cfg.service_name)),
         req.local_addr,
         req.direction == Direction::Inbound,
     );
@@ -586,37 +673,41 @@ fn build_pending(
     }
     let remote = Endpoint::from_addr(None, remote_addr, true);
 
-    let mut tags = cfg.tags.clone();
-    let mut tag = |k: &str, v: String| {
-        tags.insert(k.to_string(), truncate(v, MAX_TAG_LEN));
+    // Static tags are shared and the proxy's keys are fixed names: only the values the
+    // request brings are copied, and short ones in place (see `Text`). Written in key order,
+    // so each lands at the end of the sorted tags without a search (see `Tags::insert`).
+    let mut tags = cfg.tags.with_room(SPAN_TAGS);
+    let mut tag = |k: &'static str, v: Text| {
+        tags.insert(Text::from_static(k), v);
     };
-    tag("component", "proxy".into());
-    tag("http.method", req.method.to_string());
-    tag("http.path", path_only(req.path).to_string());
+    tag("component", Text::from_static("proxy"));
+    if let Some(id) = headers.get(&X_REQUEST_ID).and_then(|v| v.to_str().ok()) {
+        tag("guid:x-request-id", tag_text(id));
+    }
+    tag("http.method", tag_text(req.method));
+    tag("http.path", tag_text(path_only(req.path)));
+    tag("http.protocol", tag_text(req.protocol));
     let url_path = if cfg.record_query_string {
         req.path
     } else {
         path_only(req.path)
     };
-    tag("http.url", format!("{}://{host}{url_path}", req.scheme));
-    tag("http.protocol", req.protocol.to_string());
-    tag("peer.address", addr_text(remote_addr));
-    tag("upstream_address", upstream.clone());
     tag(
-        "upstream_cluster",
-        match req.direction {
-            Direction::Inbound => format!("inbound|{}", req.upstream_addr.port()),
-            Direction::Outbound => format!("outbound|{host}"),
-        },
+        "http.url",
+        tag_fmt(format_args!("{}://{host}{url_path}", req.scheme)),
     );
-    if let Some(ua) = req.user_agent {
-        tag("user_agent", ua.to_string());
-    }
-    if let Some(id) = headers.get(&X_REQUEST_ID).and_then(|v| v.to_str().ok()) {
-        tag("guid:x-request-id", id.to_string());
-    }
+    tag("peer.address", conn.remote_address.clone());
     if let Some(how) = inference {
-        tag(PARENT_TAG, how.as_str().to_owned());
+        tag(PARENT_TAG, Text::from_static(how.as_str()));
+    }
+    let cluster = match &conn.inbound_cluster {
+        Some(inbound) => inbound.clone(),
+        None => tag_fmt(format_args!("outbound|{host}")),
+    };
+    tag("upstream_address", upstream.clone());
+    tag("upstream_cluster", cluster);
+    if let Some(ua) = req.user_agent {
+        tag("user_agent", tag_text(ua));
     }
     Pending {
         kind,
@@ -647,6 +738,7 @@ mod tests {
             peer_addr: "10.1.0.9:40000".parse().expect("addr"),
             upstream_addr: "127.0.0.1:8000".parse().expect("addr"),
             protocol: "HTTP/1.1",
+            conn_tags: None,
         }
     }
 
@@ -711,7 +803,10 @@ mod tests {
             "the tag keeps the real path"
         );
         assert_eq!(span.duration, 1, "at least 1 µs");
-        assert_eq!(span.tags.get("guid:x-request-id"), Some(&rid));
+        assert_eq!(
+            span.tags.get("guid:x-request-id").map(Text::as_str),
+            Some(rid.as_str())
+        );
     }
 
     #[test]
@@ -742,7 +837,7 @@ mod tests {
             .expect("sampled");
         assert_eq!(span.parent_id.map(|p| p.to_hex()).as_deref(), Some(S1));
         assert_eq!(
-            span.tags.get("guid:x-request-id").map(String::as_str),
+            span.tags.get("guid:x-request-id").map(Text::as_str),
             Some("abc")
         );
     }
@@ -1046,11 +1141,50 @@ mod tests {
     }
 
     #[test]
+    fn connection_tags_give_the_spans_per_request_formatting_gives() {
+        let cfg = TracerConfig::new("service1");
+        let span = |req: &RequestInfo<'_>| {
+            let mut h = headers(&[("x-request-id", "r-1")]);
+            let mut span = start_hop(&cfg, req, &mut h, SystemTime::now())
+                .expect("traced")
+                .finish_after(&ok(), Duration::from_micros(5))
+                .expect("sampled");
+            // Ids and times differ per hop; the tags are the point.
+            span.tags.remove("guid:x-request-id");
+            span.tags
+        };
+        for direction in [Direction::Inbound, Direction::Outbound] {
+            for authority in [Some("service2:8000"), None] {
+                let mut plain = req(direction, "/trace/1");
+                plain.authority = authority;
+                plain.peer_addr = "[fd00::9]:40000".parse().expect("addr");
+                let tags = ConnTags::new(direction, plain.peer_addr, plain.upstream_addr);
+                let cached = RequestInfo {
+                    conn_tags: Some(&tags),
+                    ..plain
+                };
+                assert_eq!(span(&cached), span(&plain), "{direction:?} {authority:?}");
+                // Tags of another connection are not used.
+                let other = ConnTags::new(
+                    direction,
+                    "10.9.9.9:1".parse().expect("addr"),
+                    plain.upstream_addr,
+                );
+                let wrong = RequestInfo {
+                    conn_tags: Some(&other),
+                    ..plain
+                };
+                assert_eq!(span(&wrong), span(&plain));
+            }
+        }
+    }
+
+    #[test]
     fn tags_never_carry_credentials() {
         let cfg = TracerConfig {
             tags: [
-                ("team".to_string(), "shop".to_string()),
-                ("http.method".to_string(), "SPOOFED".to_string()),
+                (Text::from("team"), Text::from("shop")),
+                (Text::from("http.method"), Text::from("SPOOFED")),
             ]
             .into(),
             ..TracerConfig::new("s")
@@ -1359,7 +1493,7 @@ mod tests {
         );
         assert_eq!(get(&h, "x-request-id"), get(&app_saw, "x-request-id"));
         assert_eq!(
-            client.tags.get("guid:x-request-id").map(String::as_str),
+            client.tags.get("guid:x-request-id").map(Text::as_str),
             get(&app_saw, "x-request-id")
         );
     }
@@ -1516,6 +1650,7 @@ mod property_tests {
                 peer_addr: "10.0.0.2:5000".parse().expect("addr"),
                 upstream_addr: "127.0.0.1:80".parse().expect("addr"),
                 protocol: "HTTP/1.1",
+                conn_tags: None,
             };
             let hop = start_hop(&cfg, &req, &mut h, SystemTime::now()).expect("traced");
             let after = extract(&h);

@@ -37,6 +37,11 @@
 //! - [`TracerConfig::new`] (defaults, for tests and tools) and
 //!   [`TracerConfig::from_proxy_config`] (a config file over the proxy's [`TracerFlags`]) build
 //!   the settings.
+//! - Span tag keys and values are [`Text`] (a fixed name, short text in place, shared or
+//!   owned) in one sorted [`Tags`] vector per span, and the proxy formats a connection's
+//!   address tags once ([`ConnTags`]): a span costs a handful of allocations, not two per tag.
+//!   Both encodings write bytes straight from the span (no `serde_json` or prost messages on
+//!   the export path); the tests hold them to what those libraries produce.
 //! - [`ExportStats`] is a snapshot of the exporter's counters (`exported`, `batches_sent`,
 //!   `retries`, the dropped spans by reason, `queue_depth`, `queue_capacity`) that
 //!   [`render_metrics`] writes as Prometheus text.
@@ -51,12 +56,15 @@ pub mod otlp;
 pub mod propagation;
 pub mod sampling;
 pub mod span;
+pub mod tags;
+pub mod text;
 pub mod tls;
 
 pub use error::{Error, Result};
 pub use export::{ExportHandle, ExportStats, Exporter, ExporterConfig, render_metrics};
 pub use hop::{
-    Hop, RequestInfo, ResponseInfo, TracerConfig, TracerFlags, start_hop, start_hop_inferring,
+    ConnTags, Hop, RequestInfo, ResponseInfo, TracerConfig, TracerFlags, start_hop,
+    start_hop_inferring,
 };
 pub use id::{SpanContext, SpanId, TraceId};
 pub use infer::{InFlight, InFlightGuard, Inference};
@@ -66,4 +74,6 @@ pub use propagation::{Extracted, Formats};
 pub use sidetrace_contract::CollectorProtocol;
 pub use sidetrace_contract::{Direction, OperationRule, PropagationFormat};
 pub use span::{Endpoint, Span, SpanKind, encode_zipkin_v2};
+pub use tags::Tags;
+pub use text::Text;
 pub use tls::CollectorRoots;
