@@ -11,6 +11,11 @@
 //!   reference count, no allocation;
 //! - an owned `String` otherwise (a URL, a long user agent).
 //!
+//! Why not `smol_str` or `compact_str`: `smol_str` keeps 23 bytes in place and copies every
+//! longer owned `String` into a new `Arc<str>` (the 24–30-byte URLs of outbound spans, such as
+//! `http://service2:8000/trace/2`, would allocate); `compact_str` allocates again on every
+//! clone of a heap string (the config's static tags are cloned into every span).
+//!
 //! It compares, orders, hashes and serialises as the `str` it holds, so a `BTreeMap<Text, _>`
 //! is sorted and looked up (`tags["http.path"]`) exactly as a `BTreeMap<String, _>`, and the
 //! Zipkin JSON is byte-for-byte what `String`s gave.
