@@ -335,6 +335,15 @@ fn start_proxy_on(
         collector,
         env.idle_conns + 1000,
     );
+    // An `--option value` in `extra` replaces the default one (the proxy refuses repeats).
+    for pair in extra.chunks(2) {
+        if let [flag, _] = pair
+            && flag.starts_with("--")
+            && let Some(i) = args.iter().position(|a| a == flag)
+        {
+            args.drain(i..i + 2);
+        }
+    }
     args.extend(extra.iter().map(|s| (*s).to_owned()));
     let p = env.spawn(name, &env.sut_cpu, bin, &args)?;
     let listen = match listener {
@@ -751,6 +760,16 @@ async fn http(env: &Env) -> Result<String> {
             up,
             &collector,
             &["--request-metrics", "off"],
+        )?,
+        // The HTTP proxy without its tracing: nothing sampled, so no span is built or
+        // exported (headers are still parsed, propagated and counted). What is left over the
+        // relay is the cost of being an HTTP proxy at all.
+        start_proxy(
+            env,
+            "sidetrace-untraced",
+            up,
+            &collector,
+            &["--sampling", "0"],
         )?,
     ];
     push_baseline(env, &mut suts, up, &collector)?;

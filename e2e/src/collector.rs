@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, bail, ensure};
 
 pub use sidetrace_cli::spans::{
     Endpoint, Span, format_duration, jaeger_spans, jaeger_traces, render_tree,
@@ -57,13 +57,22 @@ pub enum Kind {
         /// Which of its receivers the proxies post to.
         protocol: CollectorProtocol,
     },
+    /// A Zipkin v2 receiver on [`ZIPKIN_PORT`] that only counts the spans it is sent
+    /// (`GET /count`) and keeps none: for benchmarks, where a real collector's ingest work
+    /// would compete with what is measured. Started as `program args`; it has no query API.
+    CountingSink {
+        /// The sink program.
+        program: PathBuf,
+        /// Its arguments (it must listen on the collector address's [`ZIPKIN_PORT`]).
+        args: Vec<String>,
+    },
 }
 
 impl Kind {
     /// The protocol the proxies speak to it (the Zipkin server speaks only Zipkin v2).
     pub fn protocol(&self) -> CollectorProtocol {
         match self {
-            Self::Zipkin { .. } => CollectorProtocol::Zipkin,
+            Self::Zipkin { .. } | Self::CountingSink { .. } => CollectorProtocol::Zipkin,
             Self::Jaeger { protocol, .. } => *protocol,
         }
     }
@@ -81,13 +90,14 @@ impl Kind {
         match self {
             Self::Zipkin { .. } => "zipkin",
             Self::Jaeger { .. } => "jaeger",
+            Self::CountingSink { .. } => "counting sink",
         }
     }
 
     /// The port the query API and UI listen on.
     pub fn query_port(&self) -> u16 {
         match self {
-            Self::Zipkin { .. } => ZIPKIN_PORT,
+            Self::Zipkin { .. } | Self::CountingSink { .. } => ZIPKIN_PORT,
             Self::Jaeger { .. } => JAEGER_QUERY_PORT,
         }
     }
@@ -186,6 +196,11 @@ impl Collector {
                 c.env("JAEGER_LISTEN_HOST", "0.0.0.0");
                 c
             }
+            Kind::CountingSink { program, args } => {
+                let mut c = Command::new(program);
+                c.args(args);
+                c
+            }
         };
         cmd.stdin(Stdio::null())
             .stdout(log.try_clone()?)
@@ -199,6 +214,7 @@ impl Collector {
         let (addr, path) = match self.kind {
             Kind::Zipkin { .. } => (self.query_addr(), "/health"),
             Kind::Jaeger { .. } => (self.query_addr(), "/api/services"),
+            Kind::CountingSink { .. } => (self.query_addr(), "/count"),
         };
         loop {
             if let Some(child) = self.child.as_mut()
@@ -262,6 +278,7 @@ impl Collector {
                 let v = self.query(&format!("/api/traces/{id}")).await?;
                 Ok(v.map(|v| jaeger_spans(&v)).unwrap_or_default())
             }
+            Kind::CountingSink { .. } => bail!("the counting sink keeps no traces"),
         }
     }
 
@@ -287,7 +304,27 @@ impl Collector {
                     .await?;
                 Ok(v.map(|v| jaeger_traces(&v)).unwrap_or_default())
             }
+            Kind::CountingSink { .. } => bail!("the counting sink keeps no traces"),
         }
+    }
+
+    /// Spans received so far ([`Kind::CountingSink`] only).
+    pub async fn span_count(&self) -> Result<u64> {
+        ensure!(
+            matches!(self.kind, Kind::CountingSink { .. }),
+            "only the counting sink counts spans"
+        );
+        let r = client::get(&self.ns, self.query_addr(), "/count", &[]).await?;
+        ensure!(
+            r.status.is_success(),
+            "sink /count: {} {}",
+            r.status,
+            r.body
+        );
+        r.body
+            .trim()
+            .parse()
+            .with_context(|| format!("sink /count: not a number: {}", r.body))
     }
 
     /// Poll until trace `id` holds at least `n` spans, then return them.

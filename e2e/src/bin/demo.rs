@@ -353,6 +353,8 @@ async fn serve_until_ctrl_c(t: &Topology, args: &Args) -> Result<()> {
     let ui_url = match collector.kind() {
         sidetrace_e2e::collector::Kind::Zipkin { .. } => format!("http://{ui_addr}/zipkin/"),
         sidetrace_e2e::collector::Kind::Jaeger { .. } => format!("http://{ui_addr}/"),
+        // The demo never picks the benchmarks' sink.
+        sidetrace_e2e::collector::Kind::CountingSink { .. } => format!("http://{ui_addr}/count"),
     };
     println!("==> running until Ctrl-C");
     println!("    {} UI:      {ui_url}", collector.kind().label());
