@@ -20,6 +20,8 @@ unit: ## unit and component tests only (no root, no peers; the end-to-end tiers 
 lint: ## rustfmt and clippy, as CI runs them
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	@# The root-only benchmarks (operator, transparent path) build only with this feature.
+	$(CARGO) clippy -p sidetrace-bench --features operator --all-targets -- -D warnings
 
 fmt: ## format the code
 	$(CARGO) fmt --all
