@@ -22,6 +22,11 @@ fn dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden")
 }
 
+/// `value` as the golden JSON files hold it: pretty, with a final newline.
+fn pretty_json(value: &impl serde::Serialize) -> String {
+    serde_json::to_string_pretty(value).expect("json") + "\n"
+}
+
 fn check_or_update(name: &str, actual: &str, failures: &mut Vec<String>) {
     let path = dir().join(name);
     if std::env::var_os("UPDATE_GOLDEN").is_some() {
@@ -237,11 +242,7 @@ fn checklists_render_as_in_the_golden_files() {
         &render::checklist(&failing, false),
         &mut failures,
     );
-    check_or_update(
-        "check-failures.json",
-        &(serde_json::to_string_pretty(&failing).expect("json") + "\n"),
-        &mut failures,
-    );
+    check_or_update("check-failures.json", &pretty_json(&failing), &mut failures);
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
 }
 
@@ -279,11 +280,7 @@ fn status_renders_as_in_the_golden_files() {
     let mut failures = Vec::new();
     check_or_update("status.txt", &render_table(&rows, false), &mut failures);
     check_or_update("status-wide.txt", &render_table(&rows, true), &mut failures);
-    check_or_update(
-        "status.json",
-        &(serde_json::to_string_pretty(&rows).expect("json") + "\n"),
-        &mut failures,
-    );
+    check_or_update("status.json", &pretty_json(&rows), &mut failures);
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
 }
 

@@ -432,6 +432,17 @@ impl Metrics {
 mod tests {
     use super::*;
 
+    /// Renders `m` for Prometheus, checks that every one of `lines` is a whole line of it,
+    /// and returns the text.
+    fn assert_renders_lines(m: &Metrics, lines: &[&str]) -> String {
+        let mut out = String::new();
+        m.render(&mut out, Exposition::Prometheus);
+        for line in lines {
+            assert!(out.lines().any(|l| l == *line), "missing {line}\n{out}");
+        }
+        out
+    }
+
     #[test]
     fn renders_red_series_grpc_and_gauges() {
         let m = Metrics::default();
@@ -449,24 +460,23 @@ mod tests {
         m.refused(Direction::Inbound, Refusal::Limit);
         m.upstream_timeout(Direction::Outbound);
         m.idle_timeout(Direction::Inbound);
-        let mut out = String::new();
-        m.render(&mut out, Exposition::Prometheus);
-        for line in [
-            "sidetrace_proxy_requests_total{direction=\"inbound\",operation=\"GET /\",status_class=\"2xx\"} 1",
-            "sidetrace_proxy_grpc_requests_total{direction=\"outbound\"} 1",
-            "sidetrace_proxy_connections_open{direction=\"inbound\"} 1",
-            "sidetrace_proxy_detected_protocol_total{direction=\"inbound\",protocol=\"http2\"} 1",
-            "sidetrace_proxy_connections_refused_total{direction=\"outbound\",reason=\"loop\"} 1",
-            "sidetrace_proxy_connections_refused_total{direction=\"inbound\",reason=\"limit\"} 1",
-            "sidetrace_proxy_connections_refused_total{direction=\"outbound\",reason=\"limit\"} 0",
-            "sidetrace_proxy_upstream_timeouts_total{direction=\"outbound\"} 1",
-            "sidetrace_proxy_upstream_timeouts_total{direction=\"inbound\"} 0",
-            "sidetrace_proxy_idle_timeouts_total{direction=\"inbound\"} 1",
-            "# TYPE sidetrace_proxy_upstream_timeouts_total counter",
-            "# TYPE sidetrace_proxy_idle_timeouts_total counter",
-        ] {
-            assert!(out.lines().any(|l| l == line), "missing {line}\n{out}");
-        }
+        assert_renders_lines(
+            &m,
+            &[
+                "sidetrace_proxy_requests_total{direction=\"inbound\",operation=\"GET /\",status_class=\"2xx\"} 1",
+                "sidetrace_proxy_grpc_requests_total{direction=\"outbound\"} 1",
+                "sidetrace_proxy_connections_open{direction=\"inbound\"} 1",
+                "sidetrace_proxy_detected_protocol_total{direction=\"inbound\",protocol=\"http2\"} 1",
+                "sidetrace_proxy_connections_refused_total{direction=\"outbound\",reason=\"loop\"} 1",
+                "sidetrace_proxy_connections_refused_total{direction=\"inbound\",reason=\"limit\"} 1",
+                "sidetrace_proxy_connections_refused_total{direction=\"outbound\",reason=\"limit\"} 0",
+                "sidetrace_proxy_upstream_timeouts_total{direction=\"outbound\"} 1",
+                "sidetrace_proxy_upstream_timeouts_total{direction=\"inbound\"} 0",
+                "sidetrace_proxy_idle_timeouts_total{direction=\"inbound\"} 1",
+                "# TYPE sidetrace_proxy_upstream_timeouts_total counter",
+                "# TYPE sidetrace_proxy_idle_timeouts_total counter",
+            ],
+        );
         drop(g);
         assert_eq!(m.open_connections(), 0);
     }
@@ -478,14 +488,13 @@ mod tests {
         assert!(budget.admit("GET /a"));
         assert!(!budget.admit("GET /b"));
         assert!(!budget.admit("GET /c"));
-        let mut out = String::new();
-        m.render(&mut out, Exposition::Prometheus);
-        for line in [
-            "# TYPE sidetrace_span_names_overflow_total counter",
-            "sidetrace_span_names_overflow_total 2",
-        ] {
-            assert!(out.lines().any(|l| l == line), "missing {line}\n{out}");
-        }
+        let out = assert_renders_lines(
+            &m,
+            &[
+                "# TYPE sidetrace_span_names_overflow_total counter",
+                "sidetrace_span_names_overflow_total 2",
+            ],
+        );
         assert!(out.contains("# HELP sidetrace_span_names_overflow_total "));
     }
 
@@ -520,16 +529,15 @@ mod tests {
         m.sampling_decision(Reason::Limit, false);
         m.sampling_decision(Reason::Untrusted, true);
         m.sampling_decision(Reason::Untrusted, true);
-        let mut out = String::new();
-        m.render(&mut out, Exposition::Prometheus);
-        for line in [
-            "# TYPE sidetrace_proxy_sampling_decisions_total counter",
-            "sidetrace_proxy_sampling_decisions_total{reason=\"limit\",sampled=\"false\"} 1",
-            "sidetrace_proxy_sampling_decisions_total{reason=\"untrusted\",sampled=\"true\"} 2",
-            "sidetrace_proxy_sampling_decisions_total{reason=\"rate\",sampled=\"true\"} 0",
-        ] {
-            assert!(out.lines().any(|l| l == line), "missing {line}\n{out}");
-        }
+        assert_renders_lines(
+            &m,
+            &[
+                "# TYPE sidetrace_proxy_sampling_decisions_total counter",
+                "sidetrace_proxy_sampling_decisions_total{reason=\"limit\",sampled=\"false\"} 1",
+                "sidetrace_proxy_sampling_decisions_total{reason=\"untrusted\",sampled=\"true\"} 2",
+                "sidetrace_proxy_sampling_decisions_total{reason=\"rate\",sampled=\"true\"} 0",
+            ],
+        );
     }
 
     #[test]
@@ -538,16 +546,15 @@ mod tests {
         m.parent_inference(Inference::Inferred);
         m.parent_inference(Inference::Inferred);
         m.parent_inference(Inference::Absent);
-        let mut out = String::new();
-        m.render(&mut out, Exposition::Prometheus);
-        for line in [
-            "# TYPE sidetrace_parent_inference_total counter",
-            "sidetrace_parent_inference_total{decision=\"inferred\"} 2",
-            "sidetrace_parent_inference_total{decision=\"ambiguous\"} 0",
-            "sidetrace_parent_inference_total{decision=\"absent\"} 1",
-        ] {
-            assert!(out.lines().any(|l| l == line), "{line} missing:\n{out}");
-        }
+        assert_renders_lines(
+            &m,
+            &[
+                "# TYPE sidetrace_parent_inference_total counter",
+                "sidetrace_parent_inference_total{decision=\"inferred\"} 2",
+                "sidetrace_parent_inference_total{decision=\"ambiguous\"} 0",
+                "sidetrace_parent_inference_total{decision=\"absent\"} 1",
+            ],
+        );
     }
 
     #[test]
@@ -555,14 +562,13 @@ mod tests {
         let m = Metrics::default();
         m.malformed_context();
         m.malformed_context();
-        let mut out = String::new();
-        m.render(&mut out, Exposition::Prometheus);
-        for line in [
-            "# TYPE sidetrace_trace_context_malformed_total counter",
-            "sidetrace_trace_context_malformed_total 2",
-        ] {
-            assert!(out.lines().any(|l| l == line), "missing {line}\n{out}");
-        }
+        assert_renders_lines(
+            &m,
+            &[
+                "# TYPE sidetrace_trace_context_malformed_total counter",
+                "sidetrace_trace_context_malformed_total 2",
+            ],
+        );
     }
 
     #[test]
