@@ -58,7 +58,9 @@ if [[ "${PURGE_DEBS:-0}" == 1 ]]; then
 	dpkg --remove-architecture arm64 2>/dev/null && apt-get update -qq >/dev/null 2>&1 || true
 	# A new machine has no Docker engine running, no images and no runtime wrapper.
 	pkill -TERM -x dockerd 2>/dev/null || true
-	rm -rf /var/lib/docker /etc/docker /usr/local/libexec/sidetrace
+	# /var/lib/docker may be a mount point of its own (it is on these machines): empty it.
+	[[ -d /var/lib/docker ]] && find /var/lib/docker -mindepth 1 -maxdepth 1 -exec rm -rf {} +
+	rm -rf /etc/docker /usr/local/libexec/sidetrace
 fi
 
 # The toolchains stay where the machine has them; every cache moves to the empty HOME.
